@@ -1,0 +1,51 @@
+"""``instaseg <verb>``: a thin command line over the Python API.
+
+Each group of verbs lives beside this file (``cli_data``, ``cli_models``, ``cli_eval``,
+``cli_review``) and registers itself on ``app``. Errors in the user's input arrive here as
+``InstasegError`` and leave as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from instaseg.errors import InstasegError
+
+app = typer.Typer(
+    name="instaseg",
+    help="Instance segmentation toolkit: data, models, metric and label review, offline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+EXIT_INPUT_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run ``app`` and turn every failure into a one-line message and an exit status."""
+    try:
+        app(args=argv, prog_name="instaseg")
+    except InstasegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_INPUT_ERROR)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug of ours: still one line, with the way to the traceback
+        if os.environ.get("INSTASEG_DEBUG"):
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"error: unexpected {type(exc).__name__}: {message} (set INSTASEG_DEBUG=1 to see the traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(3)
+
+
+# Importing the verb groups registers their commands on ``app``.
+from instaseg import cli_data, cli_eval, cli_models, cli_review  # noqa: E402,F401

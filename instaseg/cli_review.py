@@ -1,0 +1,5 @@
+"""CLI verbs for the review step (registered on ``instaseg.cli.app``)."""
+
+from __future__ import annotations
+
+from instaseg.cli import app  # noqa: F401

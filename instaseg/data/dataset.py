@@ -1,0 +1,172 @@
+"""The canonical dataset model: a COCO instances file held as its own dicts, plus indexes.
+
+Keeping the COCO dicts themselves (rather than copying them into objects) means nothing a file
+carries is lost on a load/save round trip, and loading stays as fast as parsing the JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from instaseg import io, masks as mask_ops
+from instaseg.errors import InstasegError
+from instaseg.structures import Instances
+
+_REQUIRED = {
+    "images": (("id", int), ("file_name", str), ("width", int), ("height", int)),
+    "annotations": (("id", int), ("image_id", int), ("category_id", int)),
+    "categories": (("id", int), ("name", str)),
+}
+
+
+class Dataset:
+    """A COCO-format instance segmentation dataset.
+
+    Args:
+        coco: the COCO dict, with ``images``, ``annotations`` and ``categories`` lists.
+        image_root: folder that image ``file_name`` paths are relative to.
+        source: the file it was read from, used in error messages.
+    """
+
+    def __init__(self, coco: dict[str, Any], image_root: str | Path = ".", source: str | Path | None = None):
+        self.coco = coco
+        self.image_root = Path(image_root)
+        self.source = Path(source) if source is not None else None
+        _validate_schema(coco, self.source)
+
+    # -- loading and saving -------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, images: str | Path | None = None) -> "Dataset":
+        """Read a COCO instances JSON; the image root defaults to the JSON's folder."""
+        path = Path(path)
+        coco = io.read_json(path)
+        return cls(coco, images if images is not None else path.parent, source=path)
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the COCO JSON atomically."""
+        return io.write_json(path, self.coco, overwrite=overwrite)
+
+    def copy(self) -> "Dataset":
+        return Dataset(copy.deepcopy(self.coco), self.image_root, self.source)
+
+    # -- the three lists ----------------------------------------------------------------------
+    @property
+    def images(self) -> list[dict]:
+        return self.coco["images"]
+
+    @property
+    def annotations(self) -> list[dict]:
+        return self.coco["annotations"]
+
+    @property
+    def categories(self) -> list[dict]:
+        return self.coco["categories"]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({len(self.images)} images, {len(self.annotations)} instances, "
+            f"{len(self.categories)} classes, root={str(self.image_root)!r})"
+        )
+
+    # -- indexes (rebuilt by ``reindex`` after the lists change) --------------------------------
+    def reindex(self) -> None:
+        for name in ("image_by_id", "annotations_by_image", "category_index"):
+            self.__dict__.pop(name, None)
+
+    @cached_property
+    def image_by_id(self) -> dict[int, dict]:
+        return {img["id"]: img for img in self.images}
+
+    @cached_property
+    def annotations_by_image(self) -> dict[int, list[dict]]:
+        index: dict[int, list[dict]] = defaultdict(list)
+        for ann in self.annotations:
+            index[ann["image_id"]].append(ann)
+        return index
+
+    @cached_property
+    def category_index(self) -> dict[int, int]:
+        """COCO category id -> position in ``class_names``."""
+        return {cat["id"]: k for k, cat in enumerate(self.categories)}
+
+    @property
+    def class_names(self) -> list[str]:
+        return [cat["name"] for cat in self.categories]
+
+    @property
+    def category_ids(self) -> list[int]:
+        return [cat["id"] for cat in self.categories]
+
+    # -- per-image access -----------------------------------------------------------------------
+    def image_path(self, image: dict | int) -> Path:
+        image = self.image_by_id[image] if isinstance(image, int) else image
+        return io.safe_join(self.image_root, image["file_name"], record=f"image id {image['id']}")
+
+    def read_image(self, image: dict | int) -> np.ndarray:
+        """The image's pixels as (H, W, 3) uint8, checked against the size the JSON declares."""
+        image = self.image_by_id[image] if isinstance(image, int) else image
+        pixels = io.read_image(self.image_path(image))
+        if pixels.shape[:2] != (image["height"], image["width"]):
+            raise InstasegError(
+                f"image is {pixels.shape[1]}x{pixels.shape[0]} but the JSON says "
+                f"{image['width']}x{image['height']}",
+                file=self.image_path(image),
+                record=f"image id {image['id']}",
+            )
+        return pixels
+
+    def ground_truth(self, image: dict | int) -> Instances:
+        """The image's annotations as ``Instances`` (score 1; ``data`` holds annotation ids and iscrowd)."""
+        image = self.image_by_id[image] if isinstance(image, int) else image
+        height, width = image["height"], image["width"]
+        anns = self.annotations_by_image.get(image["id"], [])
+        rles = [mask_ops.to_rle(ann.get("segmentation") or [], height, width) for ann in anns]
+        instances = Instances.from_masks(
+            mask_ops.decode_many(rles, height, width),
+            [self.category_index[ann["category_id"]] for ann in anns],
+            [ann.get("score", 1.0) for ann in anns],
+            self.class_names,
+            annotation_id=np.asarray([ann["id"] for ann in anns], np.int64),
+            iscrowd=np.asarray([bool(ann.get("iscrowd", 0)) for ann in anns], bool),
+        )
+        return instances
+
+    def subset(self, image_ids: Iterable[int]) -> "Dataset":
+        """A new dataset with only the given images and their annotations (categories kept)."""
+        wanted = set(image_ids)
+        coco = {k: v for k, v in self.coco.items() if k not in ("images", "annotations")}
+        coco["images"] = [img for img in self.images if img["id"] in wanted]
+        coco["annotations"] = [ann for ann in self.annotations if ann["image_id"] in wanted]
+        return Dataset(copy.deepcopy(coco), self.image_root, self.source)
+
+
+def _validate_schema(coco: Any, source: Path | None) -> None:
+    """Refuse files that are not COCO instances JSON, naming the first malformed record.
+
+    Content problems (unknown categories, bad polygons, ...) are left to ``instaseg check``,
+    which reports all of them; this only guarantees the fields every step reads exist.
+    """
+    if not isinstance(coco, dict):
+        raise InstasegError("not a COCO instances file (top level is not an object)", file=source)
+    for key, fields in _REQUIRED.items():
+        records = coco.setdefault(key, []) if key == "annotations" else coco.get(key)
+        if not isinstance(records, list):
+            raise InstasegError(f"not a COCO instances file (missing '{key}' list)", file=source)
+        for position, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise InstasegError("record is not an object", file=source, record=f"{key}[{position}]")
+            for name, kind in fields:
+                value = record.get(name)
+                if not isinstance(value, kind) or isinstance(value, bool):
+                    label = f"{key}[{position}]" + (f" (id {record['id']})" if "id" in record else "")
+                    problem = "missing" if value is None else f"has {type(value).__name__}"
+                    raise InstasegError(f"field '{name}' {problem}, expected {kind.__name__}", file=source, record=label)

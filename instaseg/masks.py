@@ -1,0 +1,117 @@
+"""Conversions between the three mask encodings: COCO polygons, COCO RLE and dense boolean arrays.
+
+pycocotools does the rasterising and run-length coding, so masks drawn here are pixel-for-pixel
+the masks the COCO metric sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+Segmentation = Any  # list of polygons [[x1, y1, x2, y2, ...], ...] or an RLE dict {"size", "counts"}
+
+
+def is_rle(segmentation: Segmentation) -> bool:
+    return isinstance(segmentation, dict)
+
+
+def to_rle(segmentation: Segmentation, height: int, width: int) -> dict:
+    """Any COCO segmentation (polygons, uncompressed or compressed RLE) as one compressed RLE."""
+    if is_rle(segmentation):
+        counts = segmentation["counts"]
+        if isinstance(counts, list):
+            rle = mask_utils.frPyObjects(segmentation, *segmentation["size"])
+        else:
+            rle = {"size": list(segmentation["size"]), "counts": counts}
+    else:
+        polygons = [list(map(float, p)) for p in segmentation if len(p) >= 6]
+        if not polygons:
+            return encode(np.zeros((height, width), bool))
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    return _str_counts(rle)
+
+
+def _str_counts(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {"size": [int(s) for s in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def _bytes_counts(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def encode(mask: np.ndarray) -> dict:
+    """A boolean (H, W) mask as a compressed RLE dict with string counts (JSON-ready)."""
+    return _str_counts(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
+
+
+def encode_many(masks: np.ndarray) -> list[dict]:
+    """(N, H, W) boolean masks as a list of compressed RLE dicts."""
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    return [_str_counts(r) for r in rles]
+
+
+def decode(segmentation: Segmentation, height: int, width: int) -> np.ndarray:
+    """Any COCO segmentation as a boolean (H, W) mask."""
+    return mask_utils.decode(_bytes_counts(to_rle(segmentation, height, width))).astype(bool)
+
+
+def decode_many(rles: list[dict], height: int, width: int) -> np.ndarray:
+    if not rles:
+        return np.zeros((0, height, width), bool)
+    return mask_utils.decode([_bytes_counts(r) for r in rles]).transpose(2, 0, 1).astype(bool)
+
+
+def area(rle: dict) -> int:
+    return int(mask_utils.area(_bytes_counts(rle)))
+
+
+def bbox(rle: dict) -> list[float]:
+    """Tight COCO box [x, y, w, h] of an RLE mask."""
+    return [float(v) for v in mask_utils.toBbox(_bytes_counts(rle))]
+
+
+def iou(rles_a: list[dict], rles_b: list[dict], iscrowd_b: list[bool] | None = None) -> np.ndarray:
+    """(len(a), len(b)) mask IoU matrix, with COCO's crowd rule for ``b`` entries marked crowd."""
+    if not rles_a or not rles_b:
+        return np.zeros((len(rles_a), len(rles_b)))
+    crowd = [int(c) for c in (iscrowd_b or [0] * len(rles_b))]
+    return np.asarray(
+        mask_utils.iou([_bytes_counts(r) for r in rles_a], [_bytes_counts(r) for r in rles_b], crowd)
+    ).reshape(len(rles_a), len(rles_b))
+
+
+def to_polygons(mask: np.ndarray, min_points: int = 3) -> list[list[float]]:
+    """Outer contours of a boolean mask as COCO polygons.
+
+    The contour runs through the centres of the boundary pixels; moving each vertex half a pixel
+    outwards (by tracing a 2x-upsampled mask) makes pycocotools redraw nearly the same pixels.
+    Holes cannot be expressed in COCO polygons and are filled.
+    """
+    mask = np.ascontiguousarray(mask.astype(np.uint8))
+    if not mask.any():
+        return []
+    big = cv2.resize(mask, (mask.shape[1] * 2, mask.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = []
+    for contour in contours:
+        if len(contour) < min_points:
+            continue
+        points = (contour.reshape(-1, 2).astype(np.float64) + 0.5) / 2.0
+        polygons.append([round(float(v), 2) for v in points.reshape(-1)])
+    return polygons
+
+
+def box_from_mask(mask: np.ndarray) -> list[float]:
+    """Tight [x1, y1, x2, y2] box of a boolean mask (pixel edges), zeros for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]

@@ -1,0 +1,46 @@
+"""Shared test helpers: run the CLI in-process and locate the optional real datasets."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from instaseg.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str | Path) -> CliResult:
+    """Run ``instaseg ARGS...`` in this process and capture its exit status and output."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def shared_dataset(name: str) -> Path:
+    """Path to ../shared/datasets/NAME, skipping the test when the checkout has none beside it."""
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"needs ../shared/datasets/{name}, which is not beside this checkout")
+    return path
