@@ -71,6 +71,15 @@ def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
     return write_bytes(path, text.encode("utf-8"), overwrite)
 
 
+def write_image(path: str | Path, pixels: np.ndarray, overwrite: bool = False) -> Path:
+    """Save an array as an image (format from the suffix, PNG by default) atomically."""
+    import io as _bytes_io
+
+    buffer = _bytes_io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))
+    return write_bytes(path, buffer.getvalue(), overwrite)
+
+
 def dumps_json(obj: Any, indent: bool = False) -> bytes:
     if orjson is not None:
         option = orjson.OPT_SERIALIZE_NUMPY | (orjson.OPT_INDENT_2 if indent else 0)
