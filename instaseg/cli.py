@@ -48,4 +48,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Importing the verb groups registers their commands on ``app``.
-from instaseg import cli_data, cli_eval, cli_models, cli_review  # noqa: E402,F401
+from instaseg import cli_check, cli_data, cli_eval, cli_models, cli_predict, cli_review  # noqa: E402,F401

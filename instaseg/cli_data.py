@@ -2,4 +2,44 @@
 
 from __future__ import annotations
 
-from instaseg.cli import app  # noqa: F401
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from instaseg.cli import app
+from instaseg.data.convert import READERS, WRITERS, convert as convert_dataset
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="Dataset to read: a JSON file or a folder, depending on the format."),
+    out: Path = typer.Argument(..., help="Output: a .json file for coco, a folder for the other formats."),
+    from_format: Optional[str] = typer.Option(None, "--from", help=f"Input format: {', '.join(READERS)} (detected when left out)."),
+    to_format: Optional[str] = typer.Option(None, "--to", help=f"Output format: {', '.join(WRITERS)} (coco for a .json OUT)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder, where the input format does not say."),
+    class_name: Optional[str] = typer.Option(None, "--class", help="Class of instances whose format has none (default: object)."),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="Names file (YOLO) or instance/image -> class mapping (masks)."),
+    split: str = typer.Option("train", help="Split folder name for YOLO output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Convert a dataset between coco, yolo, via, labelme, masks, mask-files, semantic and panoptic."""
+    report = convert_dataset(
+        src,
+        out,
+        src_format=from_format,
+        out_format=to_format,
+        images=images,
+        class_name=class_name,
+        classes=classes,
+        split=split,
+        overwrite=overwrite,
+    )
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if report.detected:
+        typer.echo(f"detected format: {report.source_format}")
+    typer.echo(
+        f"read {report.images} images, {report.instances_read} instances ({report.source_format}); "
+        f"wrote {report.instances_written} instances to {out}; {len(report.warnings)} warnings"
+    )

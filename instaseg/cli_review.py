@@ -1,5 +1,141 @@
-"""CLI verbs for the review step (registered on ``instaseg.cli.app``)."""
+"""CLI verbs ``review`` (with ``review apply``) and ``noise`` (registered on ``instaseg.cli.app``).
+
+``instaseg review DATA ...`` runs a review and ``instaseg review apply REVIEW ...`` applies one:
+the ``review`` group falls back to its ``run`` command when the first word is not a subcommand.
+"""
 
 from __future__ import annotations
 
-from instaseg.cli import app  # noqa: F401
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from instaseg.cli import app
+
+
+class _RunByDefault(TyperGroup):
+    """A group whose ``run`` command is used when the first argument names no subcommand."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+review_app = typer.Typer(
+    cls=_RunByDefault,
+    no_args_is_help=True,
+    help="Find label errors: instaseg review DATA (--model M | --pred P | --folds K); then instaseg review apply.",
+)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("run")
+def review_run(
+    data: Annotated[Path, typer.Argument(help="Dataset to review: a COCO JSON, or any format `instaseg convert` reads.")],
+    model: Annotated[Optional[Path], typer.Option(help="Checkpoint that predicts every image (must not have trained on them).")] = None,
+    pred: Annotated[Optional[Path], typer.Option(help="Predictions: an `instaseg predict` folder or a COCO results JSON.")] = None,
+    folds: Annotated[Optional[int], typer.Option(min=2, help="Train K out-of-fold models, so no image is judged by a model that saw its labels.")] = None,
+    minutes_per_fold: Annotated[float, typer.Option(min=0.1, help="Training time of each fold model (with --folds).")] = 5.0,
+    epochs_per_fold: Annotated[Optional[int], typer.Option(min=1, help="Epochs of each fold model, instead of a time budget.")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture of the fold models (default: the trainer's).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Report folder [default: review-<DATA name>].")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Image folder, if not beside the dataset.")] = None,
+    max_pictures: Annotated[int, typer.Option(min=0, help="Draw pictures for this many suggestions, worst first.")] = 200,
+    min_score: Annotated[float, typer.Option(min=0.0, max=1.0, help="Leave out suggestions scoring below this.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed of the fold split and training.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Rank suspected label errors (missing, extra, wrong class, bad mask, duplicate) with suggested fixes.
+
+    OUT holds review.json, review.csv, report.html and pictures/ (label | suggested fix).
+    """
+    from instaseg.review import ReviewSettings, load_dataset, run_review
+
+    dataset = load_dataset(data, images)
+    target = out if out is not None else Path(f"review-{data.stem}")
+    document = run_review(
+        dataset, out=target, model=model, pred=pred, folds=folds, minutes_per_fold=None if epochs_per_fold else minutes_per_fold,
+        epochs_per_fold=epochs_per_fold, architecture=arch, max_pictures=max_pictures, seed=seed,
+        settings=ReviewSettings(min_score=min_score), overwrite=overwrite,
+    )
+    for warning in document["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
+    counts = ", ".join(f"{n} {t}" for t, n in document["counts"].items() if n) or "no suggestions"
+    typer.echo(f"{len(document['suggestions'])} suggestions ({counts})")
+    for s in document["suggestions"][:10]:
+        where = f"annotation {s['annotation_id']}" if s["annotation_id"] is not None else f"new {s['suggested_class']}"
+        typer.echo(f"  #{s['id']:<4} {s['score']:.2f}  {s['type']:<13} {s['file_name']}  {where}")
+    typer.echo(f"wrote {target}/report.html")
+
+
+@review_app.command("apply")
+def review_apply(
+    review: Annotated[Path, typer.Argument(help="review.json (or the review folder) written by `instaseg review`.")],
+    out: Annotated[Path, typer.Option(help="Corrected COCO JSON to write.")],
+    accept: Annotated[str, typer.Option(help="Suggestions to apply: ids like 3,7,10-12, 'all', or 'all-above SCORE'.")],
+    reject: Annotated[Optional[str], typer.Option(help="Suggestion ids never to apply, e.g. 4,9.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Apply to this COCO JSON instead of the reviewed one.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Write the dataset with the accepted suggestions applied; everything else stays exactly as it was."""
+    from instaseg import io
+    from instaseg.review import apply_review_file, save_dataset
+    from instaseg.review.apply import parse_accept, parse_ids
+
+    io.check_output(out, overwrite)
+    ids, above = parse_accept(accept)
+    fixed, changes = apply_review_file(review, accept=ids, accept_above=above, reject=parse_ids(reject), data=data)
+    save_dataset(fixed, out, overwrite=overwrite)
+    for change in changes:
+        detail = change.get("reason") or (f"category {change['from']} -> {change['to']}" if "to" in change else "")
+        typer.echo(f"  #{change['suggestion']:<4} {change['type']:<13} image {change['image_id']}  "
+                   f"annotation {change['annotation_id']}: {change['action']}" + (f" ({detail})" if detail else ""))
+    applied = sum(c["action"] != "skipped" for c in changes)
+    typer.echo(f"applied {applied} of {len(changes)} accepted suggestions; wrote {out}")
+
+
+@app.command()
+def noise(
+    data: Annotated[Path, typer.Argument(help="Clean dataset: a COCO JSON, or any format `instaseg convert` reads.")],
+    out: Annotated[Optional[Path], typer.Option(help="Noisy COCO JSON to write [default: <DATA>.noisy.json beside DATA].")] = None,
+    rates: Annotated[Optional[str], typer.Option(help="Error rates, e.g. 'missing=0.1,extra=0.1,wrong_class=0.05,bad_mask=0.1,duplicate=0.03'.")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Image folder, if not beside the dataset.")] = None,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same errors.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Inject known label errors into a dataset; the list of errors goes beside OUT as <OUT>.errors.json."""
+    from instaseg import io
+    from instaseg.review import inject_noise, load_dataset, save_dataset
+
+    target = out if out is not None else data.with_name(f"{data.stem}.noisy.json")
+    errors_path = target.with_name(f"{target.stem}.errors.json")
+    io.check_output(target, overwrite)
+    io.check_output(errors_path, overwrite)
+    noisy, injected = inject_noise(load_dataset(data, images), **_parse_rates(rates), seed=seed)
+    save_dataset(noisy, target, overwrite=overwrite)
+    io.write_json(errors_path, injected, overwrite=overwrite, indent=True)
+    counts = {t: sum(e["type"] == t for e in injected) for t in dict.fromkeys(e["type"] for e in injected)}
+    typer.echo(f"injected {len(injected)} errors ({', '.join(f'{n} {t}' for t, n in counts.items()) or 'none'})")
+    typer.echo(f"wrote {target} and {errors_path}")
+
+
+def _parse_rates(text: str | None) -> dict[str, float]:
+    from instaseg.errors import InstasegError
+
+    names = ("missing", "extra", "wrong_class", "bad_mask", "duplicate")
+    rates: dict[str, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, _, value = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in names:
+            raise InstasegError(f"unknown error type {name!r} in --rates; known: {', '.join(names)}")
+        try:
+            rates[name] = float(value)
+        except ValueError:
+            raise InstasegError(f"cannot read rate {part.strip()!r} in --rates (expected e.g. missing=0.1)") from None
+    return rates

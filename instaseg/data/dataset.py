@@ -43,10 +43,18 @@ class Dataset:
     # -- loading and saving -------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, images: str | Path | None = None) -> "Dataset":
-        """Read a COCO instances JSON; the image root defaults to the JSON's folder."""
+        """Read a COCO instances JSON.
+
+        The image root defaults to the JSON's folder, or to ``info.image_root`` (relative to that
+        folder) when the file names one, as ``instaseg convert`` does for images kept elsewhere.
+        """
         path = Path(path)
         coco = io.read_json(path)
-        return cls(coco, images if images is not None else path.parent, source=path)
+        if images is None:
+            info = coco.get("info") if isinstance(coco, dict) else None
+            relative_root = info.get("image_root") if isinstance(info, dict) else None
+            images = path.parent / relative_root if isinstance(relative_root, str) else path.parent
+        return cls(coco, images, source=path)
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the COCO JSON atomically."""

@@ -1,0 +1,135 @@
+"""CLI verbs to inspect a dataset: ``check``, ``stats`` and ``show`` (registered on ``instaseg.cli.app``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from instaseg import io
+from instaseg.cli import app
+from instaseg.data.check import check_dataset, count_problems, fix_dataset
+from instaseg.data.dataset import Dataset
+from instaseg.data.stats import dataset_stats, plot_stats, stats_tables
+from instaseg.viz import save_overlays
+
+EXIT_PROBLEMS = 1
+
+DataArgument = typer.Argument(..., help="The dataset: a COCO JSON file (or any format 'instaseg convert' reads).")
+ImagesOption = typer.Option(None, "--images", help="Folder the image file names are relative to (default: beside DATA).")
+
+
+def load_dataset(data: Path, images: Path | None = None) -> Dataset:
+    """Read DATA as a dataset: a COCO JSON as it is (so every problem in it stays visible to
+    ``check``), any other format through the converters."""
+    if data.suffix.lower() == ".json" and data.is_file():
+        coco = io.read_json(data)
+        if not isinstance(coco, dict) or "images" in coco or "annotations" in coco:
+            return _coco_dataset(coco, data, images)
+    try:
+        from instaseg.data.convert import read_dataset
+    except ImportError:
+        return Dataset.load(data, images)
+    return read_dataset(data, images=images)
+
+
+def _coco_dataset(coco: object, path: Path, images: Path | None) -> Dataset:
+    if images is None:
+        info = coco.get("info") if isinstance(coco, dict) else None
+        relative_root = info.get("image_root") if isinstance(info, dict) else None
+        images = path.parent / relative_root if isinstance(relative_root, str) else path.parent
+    return Dataset(coco, images, source=path)
+
+
+@app.command()
+def check(
+    data: Path = DataArgument,
+    images: Optional[Path] = ImagesOption,
+    fix: Optional[Path] = typer.Option(None, "--fix", help="Write a repaired COCO JSON here and list each change."),
+    as_json: bool = typer.Option(False, "--json", help="Print the problems as JSON instead of text."),
+    no_files: bool = typer.Option(False, "--no-files", help="Do not open the image files (JSON checks only)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --fix output if it exists."),
+) -> None:
+    """Report every problem in a dataset, with its file, image id and annotation id.
+
+    Exit status: 0 when there are no errors (warnings allowed), 1 with errors, 2 when DATA
+    cannot be read at all. With --fix, the status is that of the repaired copy.
+    """
+    if fix is not None:
+        io.check_output(fix, overwrite)
+    dataset = load_dataset(data, images)
+    problems = check_dataset(dataset, check_files=not no_files)
+    errors, warnings = count_problems(problems)
+    report: dict = {"file": str(data), "errors": errors, "warnings": warnings, "problems": [p.to_dict() for p in problems]}
+    lines = [str(p) for p in problems]
+    lines.append(f"{errors} error(s), {warnings} warning(s) in {len(dataset.images)} images, {len(dataset.annotations)} annotations")
+
+    if fix is not None:
+        fixed, changes = fix_dataset(dataset, problems)
+        _point_at_images(fixed, fix)
+        remaining = check_dataset(fixed, check_files=not no_files)
+        errors, _ = count_problems(remaining)
+        fixed.save(fix, overwrite=overwrite)
+        report["fix"] = {"file": str(fix), "changes": changes, "errors_left": errors}
+        lines += [f"fixed: {change}" for change in changes]
+        lines.append(f"wrote {fix}: {len(changes)} change(s), {errors} error(s) left")
+        lines += [f"  {p}" for p in remaining if p.severity == "error"]
+
+    if as_json:
+        sys.stdout.write(io.dumps_json(report, indent=True).decode() + "\n")
+    else:
+        typer.echo("\n".join(lines))
+    if errors:
+        raise typer.Exit(EXIT_PROBLEMS)
+
+
+def _point_at_images(dataset: Dataset, out: Path) -> None:
+    """Record the image folder in ``info.image_root`` when the repaired JSON lives elsewhere."""
+    root = os.path.relpath(dataset.image_root.resolve(), out.resolve().parent)
+    info = dataset.coco.get("info")
+    if root == "." and not (isinstance(info, dict) and "image_root" in info):
+        return
+    dataset.coco["info"] = {**(info if isinstance(info, dict) else {}), "image_root": Path(root).as_posix()}
+
+
+@app.command()
+def stats(
+    data: Path = DataArgument,
+    images: Optional[Path] = ImagesOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also save a figure (PNG, SVG or PDF) here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --plot file if it exists."),
+) -> None:
+    """Counts per class and per image, COCO size ranges and images without instances."""
+    if plot is not None:
+        io.check_output(plot, overwrite)
+    result = dataset_stats(load_dataset(data, images))
+    if plot is not None:
+        plot_stats(result, plot, overwrite=overwrite)
+    if as_json:
+        sys.stdout.write(io.dumps_json(result, indent=True).decode() + "\n")
+        return
+    from rich.console import Console
+
+    console = Console(file=sys.stdout)
+    for table in stats_tables(result):
+        console.print(table)
+    if plot is not None:
+        console.print(f"wrote {plot}")
+
+
+@app.command()
+def show(
+    data: Path = DataArgument,
+    out: Path = typer.Option(..., "--out", help="Folder to write one overlay PNG per image into."),
+    images: Optional[Path] = ImagesOption,
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Draw only the first N images."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Draw each image's annotations on it and save the pictures as PNG."""
+    io.check_output(out, overwrite)
+    written = save_overlays(load_dataset(data, images), out, limit=limit, overwrite=overwrite)
+    typer.echo(f"wrote {len(written)} picture(s) to {out}")

@@ -1,0 +1,93 @@
+"""CLI verbs ``predict`` and ``export`` (registered on ``instaseg.cli.app``).
+
+Models are imported inside the commands: torch takes seconds to import and ``instaseg --help``
+should not wait for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from instaseg.cli import app
+
+DEFAULT_PREDICT_DIR = Path("runs/predict")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Checkpoint file (best.pt / last.pt from `instaseg train`).")],
+    images: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
+    classes: Annotated[
+        Optional[str], typer.Option(help="Comma-separated class names to keep, e.g. 'cat,dog' (default: all).")
+    ] = None,
+    score: Annotated[float, typer.Option(min=0.0, max=1.0, help="Drop instances scoring below this.")] = 0.5,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Predictions folder to write (default: the first free runs/predict, runs/predict2, ...).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overlays: Annotated[bool, typer.Option(help="Draw each image's instances into OUT/overlays.")] = True,
+) -> None:
+    """Segment images with a trained model and write a predictions folder.
+
+    OUT holds predictions.json (COCO dict with scores), results.json (COCO results list),
+    counts.csv / counts.json (instances per class, per image and in total) and overlays/*.png.
+    """
+    from instaseg.predictor import load
+    from instaseg.predict import check_classes, predict_images
+
+    predictor = load(model)
+    wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
+    check_classes(wanted, predictor.class_names)  # before reading any image: a typo should fail fast
+    summary = predict_images(
+        predictor,
+        images,
+        score_threshold=score,
+        classes=wanted,
+        out=out if out is not None else _free_folder(DEFAULT_PREDICT_DIR),
+        overlays=overlays,
+        overwrite=overwrite,
+    )
+    console = Console(highlight=False)
+    err = Console(stderr=True, highlight=False)
+    for skip in summary["skipped"]:
+        err.print(f"warning: skipped {skip['reason']}", markup=False)
+    table = Table(title=f"{summary['images']} images, score >= {score:g}")
+    table.add_column("class")
+    table.add_column("instances", justify="right")
+    for name, count in summary["counts"].items():
+        table.add_row(name, str(count))
+    table.add_section()
+    table.add_row("total", str(summary["total"]))
+    console.print(table)
+    console.print(f"wrote {summary['out']}", markup=False)
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Checkpoint file (best.pt / last.pt from `instaseg train`).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")] = "onnx",
+    out: Annotated[
+        Optional[Path], typer.Option(help="Output file (default: beside MODEL, .onnx or .torchscript.pt).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Export a trained model to ONNX (runs in onnxruntime) or TorchScript, with a fixed input size."""
+    from instaseg.predictor import load
+    from instaseg.export import export_model
+
+    path = export_model(load(model), format, out=out, overwrite=overwrite, source=model)
+    typer.echo(f"wrote {path}")
+
+
+def _free_folder(base: Path) -> Path:
+    """``base`` if it does not exist yet, else the first free ``base2``, ``base3``, ..."""
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}{n}")
+    return candidate

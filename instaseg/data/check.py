@@ -1,0 +1,694 @@
+"""Dataset validation (``instaseg check``) and repair (``instaseg check --fix``).
+
+``check_dataset`` reports every problem it finds, each with its place: the file, the image id,
+the annotation id. Errors make a dataset unfit for training or evaluation as it stands; warnings
+are worth a look but harmless. ``fix_dataset`` writes a repaired copy and lists every change.
+
+Speed matters because datasets can hold hundreds of thousands of polygons: the per-record loop
+only does cheap type checks and gathers coordinates, and the geometry (bounds, extents, areas,
+self-intersections) is then checked on all polygons at once with NumPy and shapely's vectorised
+functions. Nothing is rasterised except the handful of near-empty polygons and the RLE masks,
+whose area and box pycocotools reads straight from the run lengths.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import shapely
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from instaseg import io, masks as mask_ops
+from instaseg.data.dataset import Dataset
+from instaseg.errors import InstasegError
+
+ERROR = "error"
+WARNING = "warning"
+
+# A box may differ from its mask's extent by this many pixels per edge before it is reported
+# (tools round boxes to whole pixels and may put edges on pixel centres).
+BOX_TOLERANCE = 2.0
+# Stored areas are compared with the polygon's own area, which differs from the rasterised area
+# by about half the perimeter, so only gross mismatches are reported.
+AREA_RELATIVE_TOLERANCE = 0.3
+AREA_ABSOLUTE_TOLERANCE = 8.0
+# Coordinates more than this many image sizes away from the image are "far outside".
+FAR_OUTSIDE = 4.0
+# Polygons smaller than this many square pixels are rasterised to see whether they draw any pixel.
+TINY_POLYGON_AREA = 2.0
+
+# (first bytes, last bytes) of a complete JPEG and PNG file.
+_END_MARKERS = ((b"\xff\xd8", b"\xff\xd9"), (b"\x89PNG", b"IEND\xaeB`\x82"))
+
+# Image problems that make an image unusable: ``--fix`` drops the image and its annotations.
+_UNUSABLE_IMAGE = {"path-escapes", "missing-image", "unreadable-image", "truncated-image", "image-too-large", "bad-image-size"}
+# Polygon problems that leave an annotation's mask undefined until ``--fix`` repairs it.
+_MALFORMED_POLYGON = ("bad-polygon", "odd-coordinates", "too-few-points", "points-far-outside")
+# Annotation problems that cannot be repaired: ``--fix`` drops the annotation.
+_UNUSABLE_ANNOTATION = {"unknown-image", "unknown-category", "no-segmentation", "bad-segmentation", "bad-rle", "rle-size-mismatch"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a dataset, with where it is.
+
+    Attributes:
+        severity: ``"error"`` or ``"warning"``.
+        kind: a stable short name, e.g. ``"unknown-category"`` or ``"self-intersection"``.
+        message: what is wrong, in words.
+        file: the file at fault (the image file for file problems, else the dataset file).
+        section: ``"images"``, ``"annotations"`` or ``"categories"``; None for the whole dataset.
+        index: position of the record in its list (tells records with the same id apart).
+        image_id, annotation_id, category_id: the ids of the record at fault.
+    """
+
+    severity: str
+    kind: str
+    message: str
+    file: str | None = None
+    section: str | None = None
+    index: int | None = None
+    image_id: int | None = None
+    annotation_id: int | None = None
+    category_id: int | None = None
+
+    @property
+    def record(self) -> str:
+        """The record at fault in words, e.g. ``"annotation id 12 (image id 3)"``."""
+        if self.section == "annotations":
+            return f"annotation id {self.annotation_id} (image id {self.image_id})"
+        if self.section == "images":
+            return f"image id {self.image_id}"
+        if self.section == "categories":
+            return f"category id {self.category_id}"
+        return ""
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.file, self.record, self.message) if p]
+        return f"{self.severity}: " + ": ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def check_dataset(dataset: Dataset, check_files: bool = True) -> list[Problem]:
+    """Every problem in a dataset, in the order images, categories, annotations.
+
+    Args:
+        dataset: the dataset to check.
+        check_files: also open each image file's header to check that it exists, is an image,
+            is complete and has the size the JSON declares (pixels are not decoded).
+    """
+    checker = _Checker(dataset)
+    checker.check_categories()
+    checker.check_images(check_files)
+    checker.check_annotations()
+    # Vectorised checks report late; list each record's problems together, in file order.
+    order = {"categories": 0, "images": 1, "annotations": 2}
+    return sorted(checker.problems, key=lambda p: (order.get(p.section, -1), p.index or 0))
+
+
+def count_problems(problems: Iterable[Problem]) -> tuple[int, int]:
+    """(errors, warnings) among ``problems``."""
+    counts = Counter(p.severity for p in problems)
+    return counts[ERROR], counts[WARNING]
+
+
+class _Checker:
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.source = str(dataset.source) if dataset.source is not None else None
+        self.problems: list[Problem] = []
+        self.image_size_by_id: dict[int, tuple[int, int]] = {}  # id -> (width, height), first of duplicates
+        self.category_ids: set[int] = set()
+
+    def _add(self, severity: str, kind: str, message: str, **where: Any) -> None:
+        where.setdefault("file", self.source)
+        self.problems.append(Problem(severity, kind, message, **where))
+
+    # -- categories ---------------------------------------------------------------------------
+    def check_categories(self) -> None:
+        names: dict[str, int] = {}
+        for index, category in enumerate(self.dataset.categories):
+            category_id, name = category["id"], category["name"]
+            where = dict(section="categories", index=index, category_id=category_id)
+            if category_id in self.category_ids:
+                self._add(ERROR, "duplicate-id", f"category id {category_id} is used more than once", **where)
+            self.category_ids.add(category_id)
+            if not name.strip():
+                self._add(ERROR, "empty-name", "category name is empty", **where)
+            elif name in names:
+                self._add(ERROR, "duplicate-name", f"category name {name!r} is also used by category id {names[name]}", **where)
+            else:
+                names[name] = category_id
+        if not self.dataset.categories:
+            self._add(ERROR, "no-categories", "the dataset has no categories")
+
+    # -- images -------------------------------------------------------------------------------
+    def check_images(self, check_files: bool) -> None:
+        images = self.dataset.images
+        if not images:
+            self._add(ERROR, "no-images", "the dataset has no images")
+        file_names: dict[str, int] = {}
+        annotated = {ann["image_id"] for ann in self.dataset.annotations}
+        for index, image in enumerate(tqdm(images, desc="checking images", unit="img", disable=None if check_files else True)):
+            image_id, width, height = image["id"], image["width"], image["height"]
+            where = dict(section="images", index=index, image_id=image_id)
+            if image_id in self.image_size_by_id:
+                self._add(ERROR, "duplicate-id", f"image id {image_id} is used more than once", **where)
+            else:
+                self.image_size_by_id[image_id] = (width, height)
+            if width <= 0 or height <= 0:
+                self._add(ERROR, "bad-image-size", f"declared size {width}x{height} is not positive", **where)
+            name = image["file_name"]
+            if name in file_names:
+                self._add(WARNING, "duplicate-file", f"file {name!r} is also listed as image id {file_names[name]}", **where)
+            else:
+                file_names[name] = image_id
+            if image_id not in annotated:
+                self._add(WARNING, "no-instances", "image has no annotations", **where)
+            try:
+                path = io.safe_join(self.dataset.image_root, name)
+            except InstasegError as exc:
+                self._add(ERROR, "path-escapes", str(exc), **where)
+                continue
+            if check_files:
+                self._check_image_file(path, width, height, where)
+
+    def _check_image_file(self, path: Path, width: int, height: int, where: dict) -> None:
+        where = {**where, "file": str(path)}
+        try:
+            real_width, real_height = io.image_size(path)
+        except InstasegError as exc:
+            kind = "missing-image" if not path.exists() else "unreadable-image"
+            message = str(exc).removeprefix(f"{path}: ")
+            self._add(ERROR, kind, message, **where)
+            return
+        if real_width * real_height > io.MAX_IMAGE_PIXELS:
+            self._add(ERROR, "image-too-large", f"image is {real_width}x{real_height}, too large to decode", **where)
+            return
+        if _is_truncated(path):
+            self._add(ERROR, "truncated-image", "file is truncated (its end marker is missing)", **where)
+        if (real_width, real_height) != (width, height):
+            hint = ""
+            if (real_height, real_width) == (width, height):
+                hint = " (width and height swapped: is the file EXIF-rotated?)"
+            self._add(
+                ERROR,
+                "size-mismatch",
+                f"image is {real_width}x{real_height} but the JSON says {width}x{height}{hint}",
+                **where,
+            )
+
+    # -- annotations --------------------------------------------------------------------------
+    def check_annotations(self) -> None:
+        polygons = _PolygonBatch()
+        rles: list[tuple[int, dict]] = []  # (annotation index, RLE with bytes counts)
+        seen_ids: set[int] = set()
+        annotations = self.dataset.annotations
+        for index, ann in enumerate(annotations):
+            annotation_id, image_id = ann["id"], ann["image_id"]
+            where = dict(section="annotations", index=index, image_id=image_id, annotation_id=annotation_id)
+            if annotation_id in seen_ids:
+                self._add(ERROR, "duplicate-id", f"annotation id {annotation_id} is used more than once", **where)
+            seen_ids.add(annotation_id)
+            size = self.image_size_by_id.get(image_id)
+            if size is None:
+                self._add(ERROR, "unknown-image", f"image id {image_id} is not in the dataset", **where)
+                continue
+            if ann["category_id"] not in self.category_ids:
+                self._add(ERROR, "unknown-category", f"category id {ann['category_id']} is not in the dataset", **where)
+            width, height = size
+            segmentation = ann.get("segmentation")
+            if isinstance(segmentation, list) and segmentation:
+                self._gather_polygons(index, segmentation, width, height, polygons, where)
+            elif isinstance(segmentation, dict):
+                rle = self._rle(segmentation, width, height, where)
+                if rle is not None:
+                    rles.append((index, rle))
+            elif not segmentation:
+                self._add(ERROR, "no-segmentation", "annotation has no mask (segmentation missing or empty)", **where)
+            else:
+                kind = type(segmentation).__name__
+                self._add(ERROR, "bad-segmentation", f"segmentation is a {kind}, expected polygons or RLE", **where)
+            self._check_fields(ann, width, height, where)
+
+        extents, areas = self._check_polygons(polygons)
+        if rles:
+            encoded = [rle for _, rle in rles]
+            rle_boxes = mask_utils.toBbox(encoded).reshape(-1, 4)
+            # pycocotools' area() overflows on lists of more than 255 masks under NumPy 2: go in chunks.
+            rle_areas = np.concatenate([mask_utils.area(encoded[i : i + 255]) for i in range(0, len(encoded), 255)])
+            for (index, _), box, area in zip(rles, rle_boxes, rle_areas):
+                x, y, w, h = box
+                extents[index] = (float(x), float(y), float(x + w), float(y + h))
+                areas[index] = float(area)
+        self._check_consistency(extents, areas, exact={index for index, _ in rles})
+
+    def _where(self, index: int) -> dict:
+        ann = self.dataset.annotations[index]
+        return dict(section="annotations", index=index, image_id=ann["image_id"], annotation_id=ann["id"])
+
+    def _gather_polygons(self, index: int, segmentation: list, width: int, height: int, batch: "_PolygonBatch", where: dict) -> None:
+        if not isinstance(segmentation[0], list):
+            self._add(ERROR, "bad-polygon", "segmentation is a flat list; polygons must be a list of [x1, y1, x2, y2, ...] lists", **where)
+            return
+        for part, polygon in enumerate(segmentation):
+            label = f"polygon {part}" if len(segmentation) > 1 else "polygon"
+            if not isinstance(polygon, list):
+                self._add(ERROR, "bad-polygon", f"{label} is a {type(polygon).__name__}, expected a list of numbers", **where)
+            elif len(polygon) % 2:
+                self._add(ERROR, "odd-coordinates", f"{label} has an odd number of coordinates ({len(polygon)})", **where)
+            elif len(polygon) < 6:
+                self._add(ERROR, "too-few-points", f"{label} has {len(polygon) // 2} points, at least 3 are needed", **where)
+            else:
+                batch.add(index, part, polygon, width, height)
+
+    def _rle(self, segmentation: dict, width: int, height: int, where: dict) -> dict | None:
+        size, counts = segmentation.get("size"), segmentation.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+            self._add(ERROR, "bad-rle", "RLE has no valid 'size' [height, width]", **where)
+            return None
+        if size != [height, width]:
+            self._add(ERROR, "rle-size-mismatch", f"RLE size is {size[0]}x{size[1]} (h x w) but the image is {height}x{width}", **where)
+            return None
+        if isinstance(counts, list):
+            if not all(isinstance(v, int) and v >= 0 for v in counts) or sum(counts) != height * width:
+                self._add(ERROR, "bad-rle", f"uncompressed RLE counts do not add up to {height}x{width} pixels", **where)
+                return None
+            return mask_utils.frPyObjects(segmentation, height, width)
+        if isinstance(counts, str) and counts:
+            return {"size": size, "counts": counts.encode("ascii", "replace")}
+        self._add(ERROR, "bad-rle", "RLE 'counts' is neither a string nor a list of run lengths", **where)
+        return None
+
+    def _check_fields(self, ann: dict, width: int, height: int, where: dict) -> None:
+        box = ann.get("bbox")
+        if box is None:
+            self._add(WARNING, "missing-bbox", "annotation has no bbox", **where)
+        elif not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            self._add(ERROR, "bad-bbox", f"bbox {box!r} is not [x, y, width, height]", **where)
+        else:
+            x, y, w, h = box
+            if w <= 0 or h <= 0:
+                self._add(ERROR, "bad-bbox", f"bbox {box} has no extent", **where)
+            elif x < -BOX_TOLERANCE / 2 or y < -BOX_TOLERANCE / 2 or x + w > width + BOX_TOLERANCE / 2 or y + h > height + BOX_TOLERANCE / 2:
+                self._add(ERROR, "bbox-outside", f"bbox {box} reaches outside the {width}x{height} image", **where)
+        area = ann.get("area")
+        if area is None:
+            self._add(WARNING, "missing-area", "annotation has no area (COCO evaluation needs it)", **where)
+        elif not _is_number(area) or area < 0:
+            self._add(ERROR, "bad-area", f"area {area!r} is not a non-negative number", **where)
+        iscrowd = ann.get("iscrowd", 0)
+        if iscrowd not in (0, 1):
+            self._add(ERROR, "bad-iscrowd", f"iscrowd is {iscrowd!r}, expected 0 or 1", **where)
+
+    def _check_polygons(self, batch: "_PolygonBatch") -> tuple[dict[int, tuple], dict[int, float]]:
+        """Vectorised geometry checks; returns per-annotation mask extents (x1, y1, x2, y2) and areas."""
+        extents: dict[int, tuple] = {}
+        areas: dict[int, float] = {}
+        if not batch.owners:
+            return extents, areas
+        coords, point_polygon, starts = batch.arrays()
+        owners = np.asarray(batch.owners)
+        finite = np.logical_and.reduceat(np.isfinite(coords).all(axis=1), starts)
+        xs, ys = coords[:, 0], coords[:, 1]
+        width, height = np.asarray(batch.widths, np.float64), np.asarray(batch.heights, np.float64)
+        outside_point = (xs < 0) | (ys < 0) | (xs > width[point_polygon]) | (ys > height[point_polygon])
+        outside = np.logical_or.reduceat(outside_point, starts) & finite
+        # pycocotools walks every polygon edge pixel by pixel: an edge reaching millions of pixels
+        # away exhausts memory, so such polygons are flagged to be clipped before anything draws them.
+        far_point = (np.abs(xs) > FAR_OUTSIDE * width[point_polygon]) | (np.abs(ys) > FAR_OUTSIDE * height[point_polygon])
+        far = np.logical_or.reduceat(far_point, starts) & finite
+        rings = shapely.linearrings(np.where(np.isfinite(coords), coords, 0.0), indices=point_polygon)
+        shapes = shapely.polygons(rings)
+        valid = shapely.is_valid(shapes)
+        # The shoelace area of a self-intersecting polygon cancels out; measure its repaired shape instead.
+        invalid = np.flatnonzero(finite & ~valid)
+        polygon_areas = np.where(finite, shapely.area(shapes), 0.0)
+        polygon_areas[invalid] = shapely.area(shapely.make_valid(shapes[invalid]))
+
+        for p in np.flatnonzero(~finite):
+            self._add(ERROR, "bad-polygon", f"{batch.label(p)} has coordinates that are not finite numbers", **self._where(owners[p]))
+        for p in np.flatnonzero(outside):
+            w, h = batch.widths[p], batch.heights[p]
+            # Drawing clips a polygon to its image, so points a little outside are harmless.
+            severity, kind, how = (ERROR, "points-far-outside", "far ") if far[p] else (WARNING, "points-outside", "")
+            self._add(severity, kind, f"{batch.label(p)} has points {how}outside the {w}x{h} image", **self._where(owners[p]))
+        tiny = np.flatnonzero(finite & (polygon_areas < TINY_POLYGON_AREA))
+        empty = set()
+        for p in tiny:
+            if far[p]:
+                drawn = shapely.box(0, 0, batch.widths[p], batch.heights[p]).intersection(shapely.make_valid(shapes[p])).area
+            else:
+                rle = mask_utils.frPyObjects([batch.polygons[p]], int(batch.heights[p]), int(batch.widths[p]))
+                drawn = mask_utils.area(rle).sum()
+            if drawn == 0:
+                empty.add(int(p))
+                self._add(ERROR, "zero-area", f"{batch.label(p)} encloses no pixel", **self._where(owners[p]))
+        for p in invalid:
+            if int(p) not in empty:
+                reason = shapely.is_valid_reason(shapes[p])
+                self._add(WARNING, "self-intersection", f"{batch.label(p)} is not a simple polygon ({reason})", **self._where(owners[p]))
+
+        # Per annotation: the union of its polygons' extents (clipped to the image) and the sum of their areas.
+        keep = finite.copy()
+        keep[list(empty)] = False
+        x = np.clip(xs, 0, width[point_polygon])
+        y = np.clip(ys, 0, height[point_polygon])
+        per_polygon = np.stack(
+            [
+                np.where(keep, np.minimum.reduceat(x, starts), np.inf),
+                np.where(keep, np.minimum.reduceat(y, starts), np.inf),
+                np.where(keep, np.maximum.reduceat(x, starts), -np.inf),
+                np.where(keep, np.maximum.reduceat(y, starts), -np.inf),
+            ],
+            axis=1,
+        )
+        first = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        per_annotation = np.concatenate(
+            [np.minimum.reduceat(per_polygon[:, :2], first), np.maximum.reduceat(per_polygon[:, 2:], first)], axis=1
+        )
+        total_area = np.add.reduceat(polygon_areas, first)
+        any_kept = np.logical_or.reduceat(keep, first)
+        for k in np.flatnonzero(any_kept):
+            owner = int(owners[first[k]])
+            extents[owner] = tuple(float(v) for v in per_annotation[k])
+            areas[owner] = float(total_area[k])
+        return extents, areas
+
+    def _check_consistency(self, extents: dict[int, tuple], areas: dict[int, float], exact: set[int]) -> None:
+        """Compare each annotation's bbox and area with its mask.
+
+        ``extents`` and ``areas`` are exact for the RLE masks listed in ``exact`` and polygon
+        measures for the others; a polygon annotation that seems off is rasterised before it is
+        reported, because boxes and areas may rightly describe the drawn pixels, which thin
+        spikes and slivers of a polygon do not reach.
+        """
+        reported = {(p.index, p.kind) for p in self.problems if p.section == "annotations"}
+        annotations = self.dataset.annotations
+        for index, extent in extents.items():
+            ann = annotations[index]
+            where = self._where(index)
+            if areas[index] <= 0:
+                if (index, "zero-area") not in reported:
+                    self._add(ERROR, "zero-area", "mask is empty", **where)
+                continue
+            if any((index, kind) in reported for kind in _MALFORMED_POLYGON):
+                continue  # box and area are meaningless until the polygons are repaired
+            box = ann.get("bbox")
+            check_box = (index, "bad-bbox") not in reported and (index, "bbox-outside") not in reported
+            check_box = check_box and isinstance(box, list) and len(box) == 4
+            area = ann.get("area")
+            check_area = _is_number(area) and area >= 0
+            measured = (extent, areas[index])
+            box_off = check_box and _box_off(box, measured[0])
+            area_off = check_area and _area_off(area, measured[1])
+            if (box_off or area_off) and index not in exact:
+                measured = self._rasterised(ann)
+                box_off = check_box and _box_off(box, measured[0]) and _box_off(box, extent)
+                area_off = check_area and _area_off(area, measured[1]) and _area_off(area, areas[index])
+            if box_off:
+                x1, y1, x2, y2 = measured[0]
+                mask_box = [round(x1, 1), round(y1, 1), round(x2 - x1, 1), round(y2 - y1, 1)]
+                self._add(ERROR, "bbox-mismatch", f"bbox {box} does not fit the mask (mask box {mask_box})", **where)
+            if area_off:
+                self._add(WARNING, "area-mismatch", f"area {area} is far from the mask's area ({measured[1]:.0f})", **where)
+
+    def _rasterised(self, ann: dict) -> tuple[tuple, float]:
+        width, height = self.image_size_by_id[ann["image_id"]]
+        rle = mask_ops.to_rle(ann["segmentation"], height, width)
+        x, y, w, h = mask_ops.bbox(rle)
+        return (x, y, x + w, y + h), float(mask_ops.area(rle))
+
+
+def _box_off(box: list, extent: tuple) -> bool:
+    x, y, w, h = box
+    x1, y1, x2, y2 = extent
+    return max(abs(x - x1), abs(y - y1), abs(x + w - x2), abs(y + h - y2)) > BOX_TOLERANCE
+
+
+def _area_off(area: float, expected: float) -> bool:
+    return abs(area - expected) > max(AREA_ABSOLUTE_TOLERANCE, AREA_RELATIVE_TOLERANCE * expected)
+
+
+class _PolygonBatch:
+    """Every well-formed polygon of the dataset, gathered for the vectorised checks."""
+
+    def __init__(self) -> None:
+        self.owners: list[int] = []  # annotation index of each polygon
+        self.parts: list[int] = []  # position of the polygon in its annotation
+        self.polygons: list[list] = []
+        self.widths: list[int] = []
+        self.heights: list[int] = []
+
+    def add(self, owner: int, part: int, polygon: list, width: int, height: int) -> None:
+        self.owners.append(owner)
+        self.parts.append(part)
+        self.polygons.append(polygon)
+        self.widths.append(width)
+        self.heights.append(height)
+
+    def label(self, p: int) -> str:
+        return f"polygon {self.parts[p]}"
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(points (P, 2) float, polygon number of each point, first point of each polygon)."""
+        lengths = np.fromiter((len(p) // 2 for p in self.polygons), np.int64, len(self.polygons))
+        try:
+            flat = np.fromiter(_chain(self.polygons), np.float64)
+        except (TypeError, ValueError):  # some value is not a number: convert polygon by polygon
+            flat = np.concatenate([_to_floats(p) for p in self.polygons])
+        starts = np.r_[0, np.cumsum(lengths)[:-1]]
+        return flat.reshape(-1, 2), np.repeat(np.arange(len(lengths)), lengths), starts
+
+
+def _chain(polygons: list[list]) -> Iterable:
+    for polygon in polygons:
+        yield from polygon
+
+
+def _to_floats(values: list) -> np.ndarray:
+    try:
+        return np.asarray(values, np.float64)
+    except (TypeError, ValueError):  # flagged as not finite by the caller
+        return np.full(len(values), np.nan)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_truncated(path: Path) -> bool:
+    """Whether a JPEG or PNG file was cut short; other formats are not checked.
+
+    Reading the last bytes for the end marker is cheap; only a file without one is decoded to be
+    sure, since some cameras append data (e.g. a motion-photo video) after a complete JPEG.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - 64))
+        tail = handle.read()
+    marker = next((end for start, end in _END_MARKERS if head.startswith(start)), None)
+    if marker is None or marker in tail:
+        return False
+    try:
+        io.read_image(path)
+    except InstasegError:
+        return True
+    return False
+
+
+def fix_dataset(dataset: Dataset, problems: list[Problem]) -> tuple[Dataset, list[str]]:
+    """A repaired copy of ``dataset`` and one line per change made.
+
+    ``problems`` must come from ``check_dataset(dataset)``. Repairs: images that are missing,
+    unreadable, truncated, too large or outside the dataset folder are dropped with their
+    annotations; duplicate ids are renumbered (annotations stay with the first record of an id);
+    categories sharing a name are merged into the first; annotations with no usable mask, an
+    unknown image or an unknown category are dropped; broken polygons are dropped, the rest are
+    made simple (shapely ``make_valid``) and clipped to the image; bbox and area are recomputed
+    from the repaired mask. Problems that cannot be repaired safely (a file whose size differs
+    from the JSON, an image without annotations) are listed as left unchanged.
+    """
+    coco = copy.deepcopy(dataset.coco)
+    changes: list[str] = []
+    flagged: dict[tuple[str, int], list[Problem]] = defaultdict(list)
+    for problem in problems:
+        if problem.section is not None and problem.index is not None:
+            flagged[(problem.section, problem.index)].append(problem)
+
+    category_map = _fix_categories(coco, flagged, changes)
+    dropped_images = _fix_images(coco, flagged, changes)
+    _fix_annotations(coco, flagged, category_map, dropped_images, changes)
+    return Dataset(coco, dataset.image_root, dataset.source), changes
+
+
+def _next_id(records: list[dict]) -> Iterable[int]:
+    next_id = max((r["id"] for r in records), default=0) + 1
+    while True:
+        yield next_id
+        next_id += 1
+
+
+def _fix_categories(coco: dict, flagged: dict, changes: list[str]) -> dict[int, int]:
+    """Renumber duplicate ids and merge duplicate names; returns old id -> new id for annotations."""
+    categories = coco["categories"]
+    fresh = _next_id(categories)
+    first_with_name = {}
+    for category in categories:
+        first_with_name.setdefault(category["name"], category["id"])
+    category_map: dict[int, int] = {}
+    kept = []
+    for index, category in enumerate(categories):
+        kinds = {p.kind for p in flagged.get(("categories", index), [])}
+        label = f"category id {category['id']} ({category['name']!r})"
+        if "duplicate-name" in kinds:
+            target = first_with_name[category["name"]]
+            if category["id"] != target:
+                category_map[category["id"]] = target
+            changes.append(f"{label}: merged into category id {target} of the same name")
+            continue
+        if "duplicate-id" in kinds:
+            new_id = next(fresh)
+            changes.append(f"{label}: duplicate id renumbered to {new_id} (its annotations stay with the first)")
+            category["id"] = new_id
+        if "empty-name" in kinds:
+            category["name"] = f"class_{category['id']}"
+            changes.append(f"category id {category['id']}: empty name replaced by {category['name']!r}")
+        kept.append(category)
+    coco["categories"] = kept
+    return category_map
+
+
+def _fix_images(coco: dict, flagged: dict, changes: list[str]) -> set[int]:
+    """Drop unusable images and renumber duplicate ids; returns the ids whose annotations must go."""
+    images = coco["images"]
+    fresh = _next_id(images)
+    dropped: set[int] = set()
+    annotation_count = Counter(ann["image_id"] for ann in coco["annotations"])
+    kept = []
+    for index, image in enumerate(images):
+        found = flagged.get(("images", index), [])
+        label = f"image id {image['id']} ({image['file_name']})"
+        unusable = [p for p in found if p.kind in _UNUSABLE_IMAGE]
+        if unusable:
+            duplicate = any(p.kind == "duplicate-id" for p in found)
+            count = 0 if duplicate else annotation_count[image["id"]]
+            changes.append(f"{label}: dropped with its {count} annotation(s) ({unusable[0].message})")
+            if not duplicate:
+                dropped.add(image["id"])
+            continue
+        for problem in found:
+            if problem.kind == "duplicate-id":
+                new_id = next(fresh)
+                changes.append(f"{label}: duplicate id renumbered to {new_id} (annotations stay with the first)")
+                image["id"] = new_id
+            elif problem.severity == ERROR:
+                changes.append(f"{label}: left unchanged: {problem.message}")
+        kept.append(image)
+    coco["images"] = kept
+    return dropped
+
+
+def _fix_annotations(coco: dict, flagged: dict, category_map: dict, dropped_images: set[int], changes: list[str]) -> None:
+    images = {}
+    for image in coco["images"]:
+        images.setdefault(image["id"], image)
+    fresh = _next_id(coco["annotations"])
+    kept = []
+    for index, ann in enumerate(coco["annotations"]):
+        if ann["image_id"] in dropped_images:
+            continue  # already reported with its image
+        found = flagged.get(("annotations", index), [])
+        label = f"annotation id {ann['id']} (image id {ann['image_id']})"
+        if ann["category_id"] in category_map:
+            ann["category_id"] = category_map[ann["category_id"]]
+        if not found:
+            kept.append(ann)
+            continue
+        kinds = {p.kind for p in found}
+        unusable = [p for p in found if p.kind in _UNUSABLE_ANNOTATION]
+        if unusable:
+            changes.append(f"{label}: dropped ({unusable[0].message})")
+            continue
+        if "duplicate-id" in kinds:
+            new_id = next(fresh)
+            changes.append(f"{label}: duplicate id renumbered to {new_id}")
+            ann["id"] = new_id
+            label = f"annotation id {new_id} (image id {ann['image_id']})"
+        if kinds & {"bad-iscrowd"}:
+            ann["iscrowd"] = int(bool(ann.get("iscrowd")))
+            changes.append(f"{label}: iscrowd set to {ann['iscrowd']}")
+        image = images[ann["image_id"]]
+        if isinstance(ann.get("segmentation"), list) and kinds & _POLYGON_KINDS:
+            polygons, notes = _repair_polygons(ann["segmentation"], image["width"], image["height"])
+            if not polygons:
+                changes.append(f"{label}: dropped (no usable polygon left: {'; '.join(notes) or 'empty mask'})")
+                continue
+            ann["segmentation"] = polygons
+            changes.extend(f"{label}: {note}" for note in notes)
+        rle = mask_ops.to_rle(ann["segmentation"], image["height"], image["width"])
+        area = mask_ops.area(rle)
+        if area == 0:
+            changes.append(f"{label}: dropped (empty mask)")
+            continue
+        box = [round(v, 2) for v in mask_ops.bbox(rle)]
+        if ann.get("bbox") != box and kinds & _BOX_KINDS:
+            changes.append(f"{label}: bbox {ann.get('bbox')} recomputed from the mask as {box}")
+            ann["bbox"] = box
+        if ann.get("area") != area and kinds & _AREA_KINDS:
+            changes.append(f"{label}: area {ann.get('area')} recomputed from the mask as {area}")
+            ann["area"] = area
+        kept.append(ann)
+    coco["annotations"] = kept
+
+
+_POLYGON_KINDS = {"bad-polygon", "odd-coordinates", "too-few-points", "points-outside", "points-far-outside", "self-intersection", "zero-area"}
+# A repaired polygon changes the mask, so its box and area are recomputed too.
+_BOX_KINDS = {"missing-bbox", "bad-bbox", "bbox-outside", "bbox-mismatch"} | _POLYGON_KINDS
+_AREA_KINDS = {"missing-area", "bad-area", "area-mismatch"} | _POLYGON_KINDS
+
+
+def _repair_polygons(segmentation: list, width: int, height: int) -> tuple[list[list[float]], list[str]]:
+    """Drop malformed polygons, make the rest simple and clip them to the image."""
+    if segmentation and not isinstance(segmentation[0], list):
+        segmentation = [segmentation]  # a flat list is one polygon missing its brackets
+    frame = shapely.box(0, 0, width, height)
+    repaired: list[list[float]] = []
+    notes: list[str] = []
+    for part, polygon in enumerate(segmentation):
+        label = f"polygon {part}"
+        coords = _to_floats(polygon) if isinstance(polygon, list) else np.full(1, np.nan)
+        if len(coords) % 2 or len(coords) < 6 or not np.isfinite(coords).all():
+            notes.append(f"{label} removed (malformed)")
+            continue
+        shape = shapely.Polygon(coords.reshape(-1, 2))
+        changed = []
+        if not shape.is_valid:
+            shape = shapely.make_valid(shape)
+            changed.append("made simple")
+        if not frame.contains(shape):
+            shape = shape.intersection(frame)
+            changed.append("clipped to the image")
+        # make_valid and clipping may give a collection of polygons, multipolygons and lines.
+        parts = shapely.get_parts(shapely.get_parts(shape))
+        pieces = [g for g in parts if isinstance(g, shapely.Polygon) and g.area > 0]
+        if not pieces:
+            notes.append(f"{label} removed (no area)")
+            continue
+        for piece in pieces:
+            ring = np.asarray(piece.exterior.coords)[:-1]
+            repaired.append([round(float(v), 2) for v in ring.reshape(-1)])
+        if changed:
+            notes.append(f"{label} {' and '.join(changed)}" + (f" ({len(pieces)} pieces)" if len(pieces) > 1 else ""))
+    return repaired, notes

@@ -1,0 +1,211 @@
+"""Read any supported dataset format into a COCO ``Dataset`` and write a ``Dataset`` in any format.
+
+``read_dataset`` is what every verb uses to accept "any format convert reads"; ``convert`` is the
+``instaseg convert`` verb. Readers keep every instance they can and record each one they cannot
+(file and record named) in a ``Report``; malformed input raises ``InstasegError``. Folder outputs
+are built in a temporary folder and renamed into place, so a failed conversion writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from instaseg.data.dataset import Dataset
+from instaseg.data.formats import coco, labelme, mask_files, masks, panoptic, semantic, via, yolo
+from instaseg.data.formats._common import Report
+from instaseg.errors import InstasegError
+
+__all__ = ["READERS", "WRITERS", "Report", "convert", "detect_format", "read_dataset", "write_dataset"]
+
+READERS: dict[str, Callable[..., Dataset]] = {
+    "coco": coco.read,
+    "yolo": yolo.read,
+    "via": via.read,
+    "labelme": labelme.read,
+    "masks": masks.read,
+    "mask-files": mask_files.read,
+}
+WRITERS: dict[str, Callable[..., Path]] = {
+    "coco": coco.write,
+    "yolo": yolo.write,
+    "via": via.write,
+    "labelme": labelme.write,
+    "masks": masks.write,
+    "mask-files": mask_files.write,
+    "semantic": semantic.write,
+    "panoptic": panoptic.write,
+}
+# Detection reads only the start of a JSON file: the keys that tell the formats apart come early.
+SNIFF_BYTES = 1 << 20
+
+logger = logging.getLogger("instaseg")
+
+
+def detect_format(src: str | Path) -> str:
+    """The one format ``src`` looks like; an error lists the candidates when there are several or none."""
+    src = Path(src)
+    if not src.exists():
+        raise InstasegError("no such file or folder", file=src)
+    candidates = [name for name, looks_like in _DETECTORS.items() if looks_like(src)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise InstasegError(f"could be {' or '.join(candidates)}; pass --from to choose", file=src)
+    raise InstasegError(f"cannot tell the format; pass --from (one of {', '.join(READERS)})", file=src)
+
+
+def _json_head(path: Path) -> str:
+    if not (path.is_file() and path.suffix.lower() == ".json"):
+        return ""
+    with open(path, "rb") as handle:
+        return handle.read(SNIFF_BYTES).decode("utf-8", errors="replace")
+
+
+def _looks_like_coco(src: Path) -> bool:
+    head = _json_head(src)
+    return '"images"' in head and '"shapes"' not in head
+
+
+def _looks_like_via(src: Path) -> bool:
+    json_file = via.find_json(src) if src.exists() else None
+    head = _json_head(json_file) if json_file else ""
+    return "_via_img_metadata" in head or ('"regions"' in head and '"filename"' in head)
+
+
+def _looks_like_labelme(src: Path) -> bool:
+    files = [src] if src.is_file() else sorted(src.glob("*.json"))[:3] or sorted(src.rglob("*.json"))[:3]
+    return any('"shapes"' in (head := _json_head(f)) and '"imagePath"' in head for f in files)
+
+
+def _looks_like_yolo(src: Path) -> bool:
+    if src.is_file():
+        return src.suffix.lower() in (".yaml", ".yml")
+    return any("labels" in p.relative_to(src).parts[:-1] for p in src.rglob("*.txt"))
+
+
+def _looks_like_masks(src: Path) -> bool:
+    return src.is_dir() and any(masks.mask_folder(src).glob("*.png")) and (src / "images").is_dir()
+
+
+def _looks_like_mask_files(src: Path) -> bool:
+    return src.is_dir() and bool(mask_files.sample_folders(src))
+
+
+_DETECTORS: dict[str, Callable[[Path], bool]] = {
+    "coco": _looks_like_coco,
+    "yolo": _looks_like_yolo,
+    "via": _looks_like_via,
+    "labelme": _looks_like_labelme,
+    "masks": _looks_like_masks,
+    "mask-files": _looks_like_mask_files,
+}
+
+
+def read_dataset(
+    src: str | Path,
+    fmt: str | None = None,
+    *,
+    images: str | Path | None = None,
+    class_name: str | None = None,
+    classes: str | Path | None = None,
+    report: Report | None = None,
+) -> Dataset:
+    """Read a dataset in any supported format as a COCO ``Dataset``.
+
+    Args:
+        src: the file or folder to read (see each format in ``docs/convert.md``).
+        fmt: one of ``coco``, ``yolo``, ``via``, ``labelme``, ``masks``, ``mask-files``; detected when None.
+        images: the image folder, where the format does not say (``--images``).
+        class_name: the class of instances whose format carries none (``--class``, default ``object``).
+        classes: a names file (YOLO) or a mapping file (instance-id masks) (``--classes``).
+        report: receives counts and warnings; without one, warnings go to the ``instaseg`` logger.
+
+    Raises:
+        InstasegError: malformed or unrecognised input, naming the file and the record.
+    """
+    src = Path(src)
+    own_report = report is None
+    report = Report() if report is None else report
+    if fmt is None:
+        fmt = detect_format(src)
+        report.detected = True
+    if fmt not in READERS:
+        raise InstasegError(f"cannot read format {fmt!r}; readable formats: {', '.join(READERS)}")
+    if not src.exists():
+        raise InstasegError("no such file or folder", file=src)
+    report.source_format = fmt
+    dataset = READERS[fmt](
+        src,
+        report=report,
+        images=Path(images) if images is not None else None,
+        class_name=class_name,
+        classes=Path(classes) if classes is not None else None,
+    )
+    if own_report:
+        for warning in report.warnings:
+            logger.warning(warning)
+    return dataset
+
+
+def write_dataset(
+    dataset: Dataset,
+    out: str | Path,
+    fmt: str,
+    *,
+    overwrite: bool = False,
+    split: str = "train",
+    report: Report | None = None,
+) -> Path:
+    """Write ``dataset`` to ``out`` in format ``fmt`` (atomically; ``out`` is replaced only with ``overwrite``).
+
+    Args:
+        dataset: the dataset to write.
+        out: a ``.json`` file for ``coco``, a folder for every other format.
+        fmt: one of ``coco``, ``yolo``, ``via``, ``labelme``, ``masks``, ``mask-files``, ``semantic``, ``panoptic``.
+        overwrite: replace an existing ``out``.
+        split: the YOLO split folder name (``images/<split>``, ``labels/<split>``).
+        report: receives the number of instances written and warnings.
+    """
+    if fmt not in WRITERS:
+        raise InstasegError(f"cannot write format {fmt!r}; writable formats: {', '.join(WRITERS)}")
+    own_report = report is None
+    report = Report() if report is None else report
+    path = WRITERS[fmt](dataset, Path(out), report=report, overwrite=overwrite, split=split)
+    if own_report:
+        for warning in report.warnings:
+            logger.warning(warning)
+    return path
+
+
+def convert(
+    src: str | Path,
+    out: str | Path,
+    *,
+    src_format: str | None = None,
+    out_format: str | None = None,
+    images: str | Path | None = None,
+    class_name: str | None = None,
+    classes: str | Path | None = None,
+    split: str = "train",
+    overwrite: bool = False,
+) -> Report:
+    """Convert a dataset between formats (``instaseg convert``) and return what was done.
+
+    ``out_format`` defaults to ``coco`` when ``out`` ends in ``.json``. The output is checked
+    before reading, so an existing ``out`` fails fast without ``overwrite``.
+    """
+    out = Path(out)
+    if out_format is None:
+        if out.suffix.lower() != ".json":
+            raise InstasegError(f"pass --to (one of {', '.join(WRITERS)})", file=out)
+        out_format = "coco"
+    if out_format not in WRITERS:
+        raise InstasegError(f"cannot write format {out_format!r}; writable formats: {', '.join(WRITERS)}")
+    if out.exists() and not overwrite:
+        raise InstasegError("already exists; pass --overwrite to replace it", file=out)
+    report = Report()
+    dataset = read_dataset(src, src_format, images=images, class_name=class_name, classes=classes, report=report)
+    write_dataset(dataset, out, out_format, overwrite=overwrite, split=split, report=report)
+    return report

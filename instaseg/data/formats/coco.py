@@ -1,0 +1,85 @@
+"""COCO instances JSON: polygons, compressed or uncompressed RLE, ``iscrowd``.
+
+Images are never copied: the written JSON keeps each ``file_name`` relative to the image folder and,
+when that folder is not the JSON's own, records it in ``info.image_root`` (relative to the JSON),
+which ``Dataset.load`` follows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from instaseg import io
+from instaseg.data.dataset import Dataset
+from instaseg.data.formats._common import Report
+from instaseg.errors import InstasegError
+
+
+def read(src: Path, *, report: Report, images: Path | None = None, **_) -> Dataset:
+    """Read a COCO JSON, keeping every annotation that draws a mask and reporting the others."""
+    if src.is_dir():
+        raise InstasegError("COCO input must be the JSON file, not a folder", file=src)
+    dataset = Dataset.load(src, images)
+    if dataset.images and not dataset.image_root.is_dir():
+        raise InstasegError("image folder not found (pass --images DIR)", file=dataset.image_root)
+    kept = [ann for ann in dataset.annotations if _usable(ann, dataset, src, report)]
+    dataset.coco["annotations"] = kept
+    dataset.reindex()
+    report.images = len(dataset.images)
+    report.instances_read = len(kept)
+    return dataset
+
+
+def _usable(ann: dict, dataset: Dataset, src: Path, report: Report) -> bool:
+    record = f"annotation id {ann['id']}"
+    image = dataset.image_by_id.get(ann["image_id"])
+    if image is None:
+        report.warn(f"image id {ann['image_id']} is not in 'images', skipped", file=src, record=record)
+        return False
+    if ann["category_id"] not in dataset.category_index:
+        report.warn(f"category id {ann['category_id']} is not in 'categories', skipped", file=src, record=record)
+        return False
+    segmentation = ann.get("segmentation")
+    if isinstance(segmentation, list) and segmentation:
+        for polygon in segmentation:
+            if not isinstance(polygon, list) or not all(isinstance(v, (int, float)) for v in polygon):
+                raise InstasegError("polygon is not a list of numbers", file=src, record=record)
+            if len(polygon) % 2:
+                raise InstasegError(f"polygon has an odd number of coordinates ({len(polygon)})", file=src, record=record)
+        if all(len(p) < 6 for p in segmentation):
+            report.warn("no polygon with 3 or more points, skipped", file=src, record=record)
+            return False
+        return True
+    if isinstance(segmentation, dict):
+        size = segmentation.get("size")
+        if not isinstance(size, list) or len(size) != 2 or "counts" not in segmentation:
+            raise InstasegError("RLE segmentation needs 'size' [h, w] and 'counts'", file=src, record=record)
+        if list(size) != [image["height"], image["width"]]:
+            report.warn(
+                f"RLE size {size} differs from the image's [{image['height']}, {image['width']}], skipped",
+                file=src,
+                record=record,
+            )
+            return False
+        return True
+    report.warn("no segmentation, skipped", file=src, record=record)
+    return False
+
+
+def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = False, **_) -> Path:
+    """Write the dataset as one COCO JSON; the images stay where they are."""
+    if out.suffix.lower() != ".json":
+        raise InstasegError("COCO output must be a .json file", file=out)
+    coco = dict(dataset.coco)
+    info = dict(coco.get("info") or {})
+    image_root = os.path.relpath(dataset.image_root.absolute(), out.absolute().parent)
+    if image_root == ".":
+        info.pop("image_root", None)
+    else:
+        info["image_root"] = Path(image_root).as_posix()
+    if info:
+        coco["info"] = info
+    io.write_json(out, coco, overwrite=overwrite)
+    report.instances_written = len(dataset.annotations)
+    return out

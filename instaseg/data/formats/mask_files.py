@@ -1,0 +1,70 @@
+"""One binary PNG per instance, the Kaggle DSB2018 layout: ``<id>/images/<id>.png`` + ``<id>/masks/*.png``.
+
+SRC is the folder holding the ``<id>`` folders (or its parent, e.g. ``dsb2018_nuclei`` with
+``stage1_train/`` inside). Masks are kept as RLE, losslessly (holes and multiple parts included).
+Every instance gets ``--class NAME`` (default ``object``): the layout carries no class.
+The writer mirrors the layout, one PNG (0/255) per instance named by annotation id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from instaseg import io, masks as mask_ops
+from instaseg.data.dataset import Dataset
+from instaseg.data.formats._common import DEFAULT_CLASS, DatasetBuilder, Report, copy_image, output_names, read_mask_png
+from instaseg.errors import InstasegError
+
+
+def sample_folders(src: Path) -> list[Path]:
+    """The ``<id>`` folders (holding ``images/`` and ``masks/``) in SRC or one level below."""
+    for pattern in ("*/masks", "*/*/masks"):
+        folders = sorted(p.parent for p in src.glob(pattern) if p.is_dir() and (p.parent / "images").is_dir())
+        if folders:
+            return folders
+    return []
+
+
+def read(src: Path, *, report: Report, class_name: str | None = None, **_) -> Dataset:
+    """Read every ``<id>/images`` + ``<id>/masks`` folder under SRC."""
+    folders = sample_folders(src) if src.is_dir() else []
+    if not folders:
+        raise InstasegError("no <id>/images/ + <id>/masks/ folders found", file=src)
+    name = class_name or DEFAULT_CLASS
+    builder = DatasetBuilder(report, [name])
+    for folder in tqdm(folders, desc="reading mask files", unit="image", disable=None):
+        candidates = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in io.IMAGE_SUFFIXES)
+        preferred = [p for p in candidates if p.stem == folder.name]
+        if len(preferred) != 1 and len(candidates) != 1:
+            report.warn(f"expected one image in images/, found {len(candidates)}; folder skipped", file=folder)
+            continue
+        image = builder.add_image((preferred or candidates)[0])
+        for mask_file in sorted((folder / "masks").glob("*.png")):
+            mask = read_mask_png(mask_file) > 0
+            if mask.shape != (image["height"], image["width"]):
+                report.warn(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image['width']}x{image['height']}, skipped", file=mask_file)
+                continue
+            builder.add_instance(image, mask_ops.encode(mask), name, file=mask_file)
+    return builder.build(src)
+
+
+def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = False, **_) -> Path:
+    """Write ``OUT/<stem>/images/<image>`` + ``OUT/<stem>/masks/<annotation id>.png`` (classes are not kept)."""
+    if len(dataset.categories) > 1:
+        report.warn(f"{len(dataset.categories)} classes merged: this layout has no class labels", file=out)
+    names = output_names(dataset)
+    with io.atomic_path(out, overwrite) as tmp:
+        tmp.mkdir()
+        for image in tqdm(dataset.images, desc="writing mask files", unit="image", disable=None):
+            name = names[image["id"]]
+            folder = tmp / Path(name).stem
+            copy_image(dataset, image, folder / "images" / name)
+            (folder / "masks").mkdir(parents=True)
+            for ann in dataset.annotations_by_image.get(image["id"], []):
+                mask = mask_ops.decode(ann["segmentation"], image["height"], image["width"])
+                io.write_image(folder / "masks" / f"{ann['id']}.png", mask.astype(np.uint8) * 255)
+                report.instances_written += 1
+    return out

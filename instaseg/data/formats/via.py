@@ -1,0 +1,177 @@
+"""VGG Image Annotator (VIA) 1.x and 2.x region JSON.
+
+Entries are matched to images by ``filename``: the dict key (``<filename><size>``) and ``size`` are
+ignored, since files are often re-saved. Polygons, rectangles, circles and ellipses become polygons
+(vertices clipped to the image); points and polylines enclose no area and are reported.
+The class comes from ``region_attributes`` (a ``class``/``label``/``name``/``type``/``category``
+attribute, or the only one there is), else from ``--class``, else ``object``.
+
+The writer produces the VIA 1.x layout (images copied beside ``via_region_data.json``), one polygon
+region per instance with ``region_attributes = {"class": name}``; VIA cannot group regions, so a
+multi-part instance becomes one polygon with zero-width bridges, as in YOLO.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from instaseg import io
+from instaseg.data.dataset import Dataset
+from instaseg.data.formats._common import (
+    DEFAULT_CLASS,
+    DatasetBuilder,
+    Report,
+    clip_polygon,
+    copy_image,
+    instance_polygons,
+    join_polygons,
+    output_names,
+)
+from instaseg.errors import InstasegError
+
+CLASS_ATTRIBUTES = ("class", "label", "name", "type", "category")
+# Circles and ellipses become polygons with this many vertices (under 1% area error at any size).
+ELLIPSE_VERTICES = 64
+
+
+def find_json(src: Path) -> Path | None:
+    """The VIA JSON of a folder: ``via_region_data.json``, else the only JSON in it."""
+    if src.is_file():
+        return src
+    preferred = src / "via_region_data.json"
+    if preferred.is_file():
+        return preferred
+    candidates = sorted(src.glob("*.json"))
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def read(
+    src: Path, *, report: Report, images: Path | None = None, class_name: str | None = None, **_
+) -> Dataset:
+    """Read a VIA JSON (SRC is the file or the folder holding it and the images)."""
+    json_file = find_json(src)
+    if json_file is None:
+        raise InstasegError("no via_region_data.json (or single .json) in this folder", file=src)
+    data = io.read_json(json_file)
+    entries = data.get("_via_img_metadata", data) if isinstance(data, dict) else None
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) and "filename" in e for e in entries.values()):
+        raise InstasegError("not a VIA file (expected entries with 'filename' and 'regions')", file=json_file)
+    image_dir = images if images is not None else json_file.parent
+    if not image_dir.is_dir():
+        raise InstasegError("image folder not found", file=image_dir)
+    regions_by_file: dict[str, list[tuple[str, dict]]] = defaultdict(list)
+    for key, entry in entries.items():
+        regions = entry.get("regions") or []
+        items = regions.items() if isinstance(regions, dict) else enumerate(regions)
+        regions_by_file[str(entry["filename"])] += [(f"{entry['filename']} region {k}", r) for k, r in items]
+    builder = DatasetBuilder(report)
+    for filename, regions in tqdm(sorted(regions_by_file.items()), desc="reading VIA", unit="image", disable=None):
+        path = io.safe_join(image_dir, filename, record=filename)
+        if not path.is_file():
+            report.warn(f"image file not found, its {len(regions)} regions skipped", file=path)
+            continue
+        image = builder.add_image(path)
+        for record, region in regions:
+            _add_region(builder, image, region, class_name, json_file, record)
+    return builder.build(image_dir)
+
+
+def _add_region(builder: DatasetBuilder, image: dict, region: Any, class_name, json_file: Path, record: str) -> None:
+    report = builder.report
+    if not isinstance(region, dict) or not isinstance(region.get("shape_attributes"), dict):
+        raise InstasegError("region has no 'shape_attributes'", file=json_file, record=record)
+    shape = region["shape_attributes"]
+    try:
+        points = _shape_points(shape)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InstasegError(f"malformed {shape.get('name')} shape ({exc})", file=json_file, record=record) from None
+    if points is None:
+        report.warn(f"{shape.get('name')!r} shape encloses no area, skipped", file=json_file, record=record)
+        return
+    if len(points) < 3:
+        report.warn("polygon with fewer than 3 points, skipped", file=json_file, record=record)
+        return
+    name = _region_class(region.get("region_attributes"), report, json_file, record) or class_name or DEFAULT_CLASS
+    polygon = clip_polygon(points, image["width"], image["height"])
+    builder.add_instance(image, [polygon], name, file=json_file, record=record)
+
+
+def _shape_points(shape: dict) -> np.ndarray | None:
+    kind = shape.get("name")
+    if kind == "polygon":
+        xs, ys = shape["all_points_x"], shape["all_points_y"]
+        if len(xs) != len(ys):
+            raise ValueError(f"{len(xs)} x values but {len(ys)} y values")
+        return np.stack([np.asarray(xs, float), np.asarray(ys, float)], 1)
+    if kind == "rect":
+        x, y, w, h = (float(shape[k]) for k in ("x", "y", "width", "height"))
+        return np.asarray([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
+    if kind in ("circle", "ellipse"):
+        cx, cy = float(shape["cx"]), float(shape["cy"])
+        rx = float(shape["r"] if kind == "circle" else shape["rx"])
+        ry = float(shape["r"] if kind == "circle" else shape["ry"])
+        theta = float(shape.get("theta", 0.0))
+        t = np.linspace(0, 2 * math.pi, ELLIPSE_VERTICES, endpoint=False)
+        x, y = rx * np.cos(t), ry * np.sin(t)
+        return np.stack([cx + x * math.cos(theta) - y * math.sin(theta), cy + x * math.sin(theta) + y * math.cos(theta)], 1)
+    return None
+
+
+def _region_class(attributes: Any, report: Report, json_file: Path, record: str) -> str | None:
+    if not isinstance(attributes, dict) or not attributes:
+        return None
+    key = next((k for k in attributes if k.lower() in CLASS_ATTRIBUTES), None)
+    if key is None and len(attributes) == 1:
+        key = next(iter(attributes))
+    if key is None:
+        report.warn(f"cannot tell which of {sorted(attributes)} is the class; used the default", file=json_file, record=record)
+        return None
+    value = attributes[key]
+    if isinstance(value, dict):  # a checkbox attribute: {"option": true, ...}
+        chosen = [k for k, v in value.items() if v]
+        value = chosen[0] if len(chosen) == 1 else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = False, **_) -> Path:
+    """Write ``OUT/via_region_data.json`` (VIA 1.x) with the images copied beside it."""
+    names = output_names(dataset)
+    entries = {}
+    with io.atomic_path(out, overwrite) as tmp:
+        tmp.mkdir()
+        for image in tqdm(dataset.images, desc="writing VIA", unit="image", disable=None):
+            name = names[image["id"]]
+            copy_image(dataset, image, tmp / name)
+            regions = {}
+            for ann in dataset.annotations_by_image.get(image["id"], []):
+                polygons = instance_polygons(ann, image)
+                if not polygons:
+                    report.warn("no outline to write, skipped", file=dataset.source, record=f"annotation id {ann['id']}")
+                    continue
+                points = np.asarray(join_polygons(polygons)).reshape(-1, 2)
+                shape = {"name": "polygon", "all_points_x": points[:, 0].tolist(), "all_points_y": points[:, 1].tolist()}
+                label = dataset.class_names[dataset.category_index[ann["category_id"]]]
+                regions[str(len(regions))] = {"shape_attributes": shape, "region_attributes": {"class": label}}
+            report.instances_written += len(regions)
+            size = (tmp / name).stat().st_size
+            entries[f"{name}{size}"] = {
+                "fileref": "",
+                "size": size,
+                "filename": name,
+                "base64_img_data": "",
+                "file_attributes": {},
+                "regions": regions,
+            }
+        crowd = sum(1 for ann in dataset.annotations if ann.get("iscrowd"))
+        if crowd:
+            report.warn(f"{crowd} crowd regions written as ordinary instances (VIA has no crowd flag)", file=out)
+        io.write_json(tmp / "via_region_data.json", entries)
+    return out

@@ -1,0 +1,159 @@
+"""YOLO segmentation: ``images/<split>/*.jpg`` + ``labels/<split>/*.txt``, names in ``data.yaml``.
+
+Each label line is ``<class> x1 y1 ... xn yn`` with coordinates normalised by the image size. As in
+Ultralytics, an image's label file is found by replacing the last ``images`` folder of its path by
+``labels`` and the suffix by ``.txt`` (so both ``images/train/`` and ``train/images/`` layouts work).
+A line of exactly four numbers is a box (``cx cy w h``) and is read as a rectangle.
+
+YOLO has one polygon per line, so a multi-part instance is written as one polygon whose parts are
+joined by zero-width bridges (each bridge is walked there and back, so it adds no pixels): the
+instance count stays exact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from instaseg import io
+from instaseg.data.dataset import Dataset
+from instaseg.data.formats._common import (
+    DatasetBuilder,
+    Report,
+    clip_polygon,
+    copy_image,
+    instance_polygons,
+    join_polygons,
+    names_from_mapping,
+    output_names,
+    read_class_file,
+    read_text,
+)
+from instaseg.errors import InstasegError
+
+
+def label_path(image: Path) -> Path | None:
+    """The label file an image's labels live in, or None when no ``images`` folder is in its path."""
+    parts = list(image.parts)
+    if "images" not in parts[:-1]:
+        return None
+    index = len(parts) - 2 - parts[:-1][::-1].index("images")
+    parts[index] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def read(src: Path, *, report: Report, classes: Path | None = None, **_) -> Dataset:
+    """Read a YOLO segmentation dataset (SRC is its root folder or its data.yaml)."""
+    root = src.parent if src.is_file() else src
+    yaml_file = src if src.is_file() else next((p for p in (root / "data.yaml", root / "dataset.yaml") if p.is_file()), None)
+    names = _names(classes, yaml_file)
+    image_files = sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in io.IMAGE_SUFFIXES and label_path(p.relative_to(root))
+    )
+    if not image_files:
+        raise InstasegError("no images found under an 'images' folder", file=root)
+    labelled = set()
+    parsed = []
+    for image_file in tqdm(image_files, desc="reading YOLO labels", unit="image", disable=None):
+        label_file = root / label_path(image_file.relative_to(root))
+        if label_file.is_file():
+            labelled.add(label_file)
+            parsed.append((image_file, label_file, _parse(label_file, names)))
+        else:
+            report.warn("no label file, kept as a background image", file=image_file)
+            parsed.append((image_file, label_file, []))
+    for label_file in sorted(root.rglob("*.txt")):
+        if "labels" in label_file.relative_to(root).parts[:-1] and label_file not in labelled:
+            report.warn("label file without an image, skipped", file=label_file)
+    if names is None:
+        top = max((cls for *_, lines in parsed for cls, _, _ in lines), default=-1)
+        names = [f"class_{k}" for k in range(top + 1)]
+    builder = DatasetBuilder(report, names)
+    for image_file, label_file, lines in parsed:
+        image = builder.add_image(image_file)
+        width, height = image["width"], image["height"]
+        for class_id, coords, number in lines:
+            if len(coords) == 4:
+                cx, cy, w, h = coords
+                coords = [cx - w / 2, cy - h / 2, cx + w / 2, cy - h / 2, cx + w / 2, cy + h / 2, cx - w / 2, cy + h / 2]
+            points = np.asarray(coords).reshape(-1, 2) * (width, height)
+            builder.add_instance(
+                image, [clip_polygon(points, width, height)], names[class_id], file=label_file, record=f"line {number}"
+            )
+    return builder.build(root)
+
+
+def _names(classes: Path | None, yaml_file: Path | None) -> list[str] | None:
+    if classes is not None:
+        return names_from_mapping(read_class_file(classes), classes)
+    if yaml_file is None:
+        return None
+    try:
+        data = yaml.safe_load(read_text(yaml_file))
+    except yaml.YAMLError as exc:
+        raise InstasegError(f"malformed YAML ({str(exc).splitlines()[0]})", file=yaml_file) from None
+    if not isinstance(data, dict) or "names" not in data:
+        raise InstasegError("has no 'names' list", file=yaml_file)
+    names = data["names"]
+    return names_from_mapping({str(k): v for k, v in names.items()} if isinstance(names, dict) else names, yaml_file)
+
+
+def _parse(label_file: Path, names: list[str] | None) -> list[tuple[int, list[float], int]]:
+    lines = []
+    for number, line in enumerate(read_text(label_file).splitlines(), 1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        record = f"line {number}"
+        try:
+            class_value = float(tokens[0])
+            coords = [float(t) for t in tokens[1:]]
+        except ValueError:
+            raise InstasegError("expected numbers: <class> x1 y1 x2 y2 ...", file=label_file, record=record) from None
+        if class_value != int(class_value) or class_value < 0:
+            raise InstasegError(f"class id {tokens[0]} is not a non-negative integer", file=label_file, record=record)
+        class_id = int(class_value)
+        if names is not None and class_id >= len(names):
+            raise InstasegError(
+                f"class id {class_id} but only {len(names)} class names are known", file=label_file, record=record
+            )
+        if len(coords) % 2:
+            raise InstasegError(f"odd number of coordinates ({len(coords)})", file=label_file, record=record)
+        if len(coords) < 6 and len(coords) != 4:
+            raise InstasegError("a polygon needs at least 3 points", file=label_file, record=record)
+        lines.append((class_id, coords, number))
+    return lines
+
+
+def write(
+    dataset: Dataset, out: Path, *, report: Report, overwrite: bool = False, split: str = "train", **_
+) -> Path:
+    """Write ``OUT/images/<split>/``, ``OUT/labels/<split>/`` and ``OUT/data.yaml``, copying the images."""
+    names = output_names(dataset)
+    class_index = dataset.category_index
+    with io.atomic_path(out, overwrite) as tmp:
+        for image in tqdm(dataset.images, desc="writing YOLO", unit="image", disable=None):
+            name = names[image["id"]]
+            copy_image(dataset, image, tmp / "images" / split / name)
+            lines = []
+            for ann in dataset.annotations_by_image.get(image["id"], []):
+                polygons = instance_polygons(ann, image)
+                if not polygons:
+                    report.warn("no outline to write, skipped", file=dataset.source, record=f"annotation id {ann['id']}")
+                    continue
+                points = np.asarray(join_polygons(polygons)).reshape(-1, 2) / (image["width"], image["height"])
+                coords = " ".join(f"{v:.6f}" for v in points.clip(0, 1).reshape(-1))
+                lines.append(f"{class_index[ann['category_id']]} {coords}\n")
+                report.instances_written += 1
+            label_file = tmp / "labels" / split / Path(name).with_suffix(".txt")
+            label_file.parent.mkdir(parents=True, exist_ok=True)
+            label_file.write_text("".join(lines), encoding="utf-8")
+        crowd = sum(1 for ann in dataset.annotations if ann.get("iscrowd"))
+        if crowd:
+            report.warn(f"{crowd} crowd regions written as ordinary instances (YOLO has no crowd flag)", file=out)
+        data = {"path": ".", split: f"images/{split}", "names": dict(enumerate(dataset.class_names))}
+        (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return out

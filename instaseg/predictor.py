@@ -1,0 +1,176 @@
+"""Checkpoints and inference: ``instaseg.load(path) -> Predictor``.
+
+A checkpoint is a ``torch.save`` dict holding the model's weights, the exact builder arguments and
+the class names, so ``load`` rebuilds the model without any other file. It contains only tensors
+and plain Python values, so it is read with ``weights_only=True`` (no code runs on load).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from instaseg import io
+from instaseg.data import Dataset
+from instaseg.errors import InstasegError
+from instaseg.models import model_entry
+from instaseg.predict import check_classes
+from instaseg.structures import Instances
+
+CHECKPOINT_FORMAT = "instaseg-checkpoint"
+# Longest image side the model is run at; larger images are shrunk first and the results mapped back,
+# because a 10000 px image would need tens of GB in the backbone.
+MAX_INFERENCE_SIDE = 4096
+
+
+def auto_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
+    """Write ``checkpoint`` atomically: a kill at any moment leaves the previous file intact."""
+    with io.atomic_path(path, overwrite=True) as tmp:
+        torch.save(checkpoint, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a ``.pt`` file (any tensor dict), reporting a missing or unreadable file as one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InstasegError("checkpoint not found" if not path.exists() else "not a file", file=path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt, truncated or foreign files
+        raise InstasegError(f"not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:200]})", file=path) from None
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights; returns (model, config)."""
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise InstasegError(
+            "not an instaseg checkpoint (a plain state dict can be used with `instaseg train --weights`)", file=path
+        )
+    config = checkpoint["config"]
+    # The stored arguments already include the preset's; build with exactly those.
+    model = model_entry(config["model"]).builder(num_classes=len(config["class_names"]), **config["kwargs"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        raise InstasegError(f"weights do not fit {config['model']} ({str(exc).splitlines()[0]})", file=path) from None
+    return model, config
+
+
+def load(path: str | Path, device: str | torch.device | None = None) -> "Predictor":
+    """Load a checkpoint (``best.pt`` / ``last.pt``) for inference.
+
+    Args:
+        path: the checkpoint written by ``instaseg train``.
+        device: where to run ("cpu", "cuda", ...); CUDA when available by default.
+    """
+    model, config = model_from_checkpoint(read_checkpoint(path), path)
+    return Predictor(model, config["class_names"], device=device)
+
+
+class Predictor:
+    """A trained model ready for inference on images of any size and mode.
+
+    Attributes:
+        class_names: the names the model's class ids index.
+        model: the underlying torch module (in eval mode).
+        device: where it runs.
+    """
+
+    def __init__(self, model: torch.nn.Module, class_names: Sequence[str], device: str | torch.device | None = None):
+        self.device = torch.device(device) if device is not None else auto_device()
+        self.model = model.to(self.device).eval()
+        self.class_names = tuple(class_names)
+
+    def __repr__(self) -> str:
+        return f"Predictor({type(self.model).__name__}, classes={list(self.class_names)}, device={self.device})"
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        image: np.ndarray | str | Path,
+        score_threshold: float = 0.5,
+        classes: Sequence[str] | None = None,
+    ) -> Instances:
+        """Instances found in one image.
+
+        Args:
+            image: an (H, W, 3) uint8 RGB array, or an image file (any mode; see ``io.read_image``).
+            score_threshold: drop detections scoring below this.
+            classes: keep only these class names (all when None).
+
+        Returns:
+            ``Instances`` at the image's full resolution; ``data["class_probs"]`` is (N, K): the
+            softmax over the K classes (background excluded) of each detection.
+        """
+        wanted = check_classes(classes, self.class_names)
+        pixels = io.read_image(image) if isinstance(image, (str, Path)) else _as_rgb(image)
+        height, width = pixels.shape[:2]
+        scale = min(1.0, MAX_INFERENCE_SIDE / max(height, width))
+        if scale < 1.0:
+            warnings.warn(
+                f"image is {width}x{height}; running the model at {MAX_INFERENCE_SIDE} px on the long side "
+                "and scaling the results back",
+                stacklevel=2,
+            )
+            pixels = cv2.resize(pixels, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        tensor = torch.from_numpy(np.array(pixels)).to(self.device).permute(2, 0, 1).float().div_(255)
+        output = self.model([tensor])[0]
+        probs = self.model.roi_heads.last_class_probs[0]
+        keep = output["scores"] >= score_threshold
+        if wanted is not None:
+            wanted_ids = torch.tensor([self.class_names.index(c) + 1 for c in wanted], device=self.device)
+            keep &= torch.isin(output["labels"], wanted_ids)
+        probabilities = output["masks"][keep, 0].float().cpu().numpy()
+        if scale < 1.0:
+            probabilities = _resize_masks(probabilities, height, width)
+        masks = probabilities > 0.5
+        boxes = output["boxes"][keep] / scale
+        return Instances(
+            boxes.float().cpu().numpy(),
+            masks,
+            (output["labels"][keep] - 1).cpu().numpy(),
+            output["scores"][keep].cpu().numpy(),
+            self.class_names,
+            {"class_probs": probs[keep].float().cpu().numpy()},
+        )
+
+    def predict_dataset(
+        self, dataset: Dataset, score_threshold: float = 0.05, progress: bool = True
+    ) -> dict[int, Instances]:
+        """Predict every image of ``dataset``; returns image id -> Instances (input to ``evaluate``)."""
+        results = {}
+        for image in tqdm(dataset.images, desc="predict", unit="img", disable=None if progress else True, leave=False):
+            results[image["id"]] = self.predict(dataset.read_image(image), score_threshold)
+        return results
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """Accept (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) arrays of any dtype as (H, W, 3) uint8."""
+    array = io.to_uint8(np.asarray(image))
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InstasegError(f"expected an (H, W, 3) image array, got shape {tuple(np.shape(image))}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return array[..., :3]
+
+
+def _resize_masks(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize (N, h, w) soft masks to (N, height, width), interpolating before thresholding."""
+    resized = np.zeros((len(probabilities), height, width), np.float32)
+    for k, soft in enumerate(probabilities):
+        resized[k] = cv2.resize(soft, (width, height), interpolation=cv2.INTER_LINEAR)
+    return resized

@@ -1,0 +1,176 @@
+"""Label review: rank suspected label errors by consensus with out-of-sample predictions, and fix them.
+
+The Python API mirrors the CLI::
+
+    from instaseg.review import run_review, apply_review_file, inject_noise
+    doc = run_review(dataset, folds=2, minutes_per_fold=5, out="review")      # instaseg review DATA --folds 2
+    doc = run_review(dataset, pred="runs/predict", out="review")               # instaseg review DATA --pred DIR
+    fixed, changes = apply_review_file("review/review.json", accept_above=0.8) # instaseg review apply ...
+    noisy, injected = inject_noise(dataset, missing=0.1, seed=0)               # instaseg noise DATA ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from instaseg import io
+from instaseg.data.dataset import Dataset
+from instaseg.errors import InstasegError
+from instaseg.review.apply import apply_review
+from instaseg.review.noise import inject_noise
+from instaseg.review.report import write_outputs
+from instaseg.review.score import SUGGESTION_TYPES, ReviewSettings, Suggestion, boundary_iou, review
+from instaseg.review.sources import (
+    load_prediction_file,
+    out_of_fold_predictions,
+    predict_with_model,
+)
+
+REVIEW_FORMAT = "instaseg-review"
+
+__all__ = [
+    "SUGGESTION_TYPES", "ReviewSettings", "Suggestion", "apply_review", "apply_review_file", "boundary_iou",
+    "inject_noise", "load_dataset", "review", "run_review", "save_dataset",
+]
+
+
+def load_dataset(path: str | Path, images: str | Path | None = None) -> Dataset:
+    """A COCO JSON as is (so untouched records stay byte-identical), any other format via the converters."""
+    path = Path(path)
+    if path.suffix.lower() == ".json" and path.is_file():
+        return Dataset.load(path, images)
+    from instaseg.data.convert import read_dataset
+
+    return read_dataset(path, images=images)
+
+
+def save_dataset(dataset: Dataset, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a COCO JSON whose images still resolve: ``info.image_root`` points back to them if needed."""
+    path = Path(path)
+    root = Path(os.path.relpath(dataset.image_root.resolve(), path.parent.resolve()))
+    if root != Path("."):
+        info = dataset.coco.get("info")
+        dataset.coco["info"] = {**(info if isinstance(info, dict) else {}), "image_root": root.as_posix()}
+    return io.write_json(path, dataset.coco, overwrite=overwrite)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_review(
+    dataset: Dataset,
+    *,
+    out: str | Path,
+    model: str | Path | None = None,
+    pred: str | Path | None = None,
+    folds: int | None = None,
+    minutes_per_fold: float | None = 5.0,
+    epochs_per_fold: int | None = None,
+    architecture: str | None = None,
+    max_pictures: int = 200,
+    seed: int = 0,
+    settings: ReviewSettings | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Review ``dataset`` with one source of predictions and write the report folder ``out``.
+
+    Args:
+        dataset: the labels to review.
+        out: folder to create with review.json, review.csv, report.html and pictures/.
+        model: a checkpoint, predicting every image (it must not have been trained on them).
+        pred: an ``instaseg predict`` folder or a COCO results JSON for these images.
+        folds: train this many out-of-fold models instead (checkpoints kept in ``out/folds``).
+        minutes_per_fold, epochs_per_fold: training budget of each fold model.
+        architecture: model name for the fold models (the trainer's default when None).
+        max_pictures: draw pictures for this many suggestions, worst first.
+        seed: fixes the fold split and training.
+        settings: thresholds of the rules (the defaults suit most datasets).
+        overwrite: replace ``out`` if it exists.
+
+    Returns:
+        The review document (what ``review.json`` holds).
+    """
+    if sum(source is not None for source in (model, pred, folds)) != 1:
+        raise InstasegError("give exactly one of --model, --pred or --folds")
+    settings = settings or ReviewSettings()
+    out = io.check_output(out, overwrite)
+    with io.atomic_path(out, overwrite) as folder:
+        folder.mkdir()
+        if folds is not None:
+            predictions, fold_info = out_of_fold_predictions(
+                dataset, folds, out=folder / "folds", model=architecture, minutes_per_fold=minutes_per_fold,
+                epochs_per_fold=epochs_per_fold, seed=seed)
+            warnings: list[str] = []
+            source: dict[str, Any] = {"kind": "folds", "folds": folds, "minutes_per_fold": minutes_per_fold,
+                                      "epochs_per_fold": epochs_per_fold, **fold_info}
+            source["checkpoints"] = [str(out / Path(c).relative_to(folder)) for c in source["checkpoints"]]
+        elif model is not None:
+            predictions, warnings = predict_with_model(dataset, model)
+            source = {"kind": "model", "path": str(Path(model).resolve())}
+        else:
+            predictions, warnings = load_prediction_file(dataset, pred)
+            source = {"kind": "pred", "path": str(Path(pred).resolve())}
+
+        suggestions, info = review(dataset, predictions, settings)
+        document = review_document(dataset, suggestions, source=source, warnings=warnings + info["warnings"],
+                                   settings=settings, extra={"bad_mask_reference": info["bad_mask_reference"]})
+        if document["dataset"] is None:  # not a COCO file: keep the dataset reviewed beside the review
+            save_dataset(dataset, folder / "dataset.json")
+            document["dataset"] = str((out / "dataset.json").resolve())
+            document["dataset_sha256"] = _sha256(folder / "dataset.json")
+        write_outputs(folder, document, dataset, max_pictures=max_pictures)
+    return document
+
+
+def review_document(dataset: Dataset, suggestions: list[Suggestion], *, source: dict, warnings: list[str],
+                    settings: ReviewSettings, extra: dict | None = None) -> dict[str, Any]:
+    """The JSON document of a review; ``dataset`` is None unless the dataset is a COCO file on disk."""
+    is_coco_file = dataset.source is not None and dataset.source.suffix.lower() == ".json" and dataset.source.is_file()
+    counts = {t: sum(s.type == t for s in suggestions) for t in SUGGESTION_TYPES}
+    return {
+        "format": REVIEW_FORMAT,
+        "version": 1,
+        "dataset": str(dataset.source.resolve()) if is_coco_file else None,
+        "dataset_sha256": _sha256(dataset.source) if is_coco_file else None,
+        "image_root": str(dataset.image_root.resolve()),
+        "source": source,
+        "warnings": warnings,
+        "settings": asdict(settings),
+        **(extra or {}),
+        "counts": counts,
+        "suggestions": [s.to_dict() for s in suggestions],
+    }
+
+
+def read_review(path: str | Path) -> dict[str, Any]:
+    """Load a ``review.json`` (or the review folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "review.json"
+    document = io.read_json(path)
+    if not isinstance(document, dict) or document.get("format") != REVIEW_FORMAT:
+        raise InstasegError("not an instaseg review (expected the review.json that 'instaseg review' writes)", file=path)
+    return document
+
+
+def apply_review_file(
+    review_path: str | Path,
+    *,
+    accept: Iterable[int] = (),
+    accept_above: float | None = None,
+    reject: Iterable[int] = (),
+    data: str | Path | None = None,
+) -> tuple[Dataset, list[dict]]:
+    """Apply accepted suggestions of a saved review to the dataset it was made on (or ``data``)."""
+    document = read_review(review_path)
+    path = Path(data) if data is not None else Path(document["dataset"])
+    dataset = Dataset.load(path, None if data is not None else document.get("image_root"))
+    if data is None and document.get("dataset_sha256") and _sha256(path) != document["dataset_sha256"]:
+        raise InstasegError("has changed since the review was made; review it again (or pass --data to apply anyway)",
+                            file=path)
+    return apply_review(document, dataset, accept=accept, accept_above=accept_above, reject=reject)

@@ -1,0 +1,346 @@
+"""Consensus scoring: where labels and out-of-sample predictions disagree, and how likely each disagreement is a label error.
+
+Per image, labels and predictions are matched one-to-one by mask IoU (Hungarian assignment on
+IoU x confidence, class-agnostic so that a wrong class still matches). Each kind of disagreement
+becomes a suggestion whose score estimates the probability that the label is really wrong, so
+that scores of different types can be ranked in one list (docs/review.md explains each mapping):
+
+- ``missing_label``: a confident prediction that no label overlaps: score = confidence x (1 - IoU
+  with the nearest label).
+- ``extra_label``: a label no prediction supports: score = (1 - support) x the model's highest
+  confidence in the image (the model is awake there), with support = max over predictions of
+  min(1, confidence / 0.5) x min(1, IoU / 0.5).
+- ``wrong_class``: a label whose object the model sees as another class: score = p(that class) -
+  p(the label's class), from ``data["class_probs"]`` or, without them, from the best score per
+  class among the predictions of the same object.
+- ``bad_mask``: a matched label whose outline the model draws differently: the boundary IoU is
+  compared with the model's typical boundary IoU on this dataset (median and MAD over confident
+  matches, which are mostly correct labels); z robust standard deviations below the median gives
+  score = confidence x logistic(2 (z - 2)).
+- ``duplicate``: two labels of one class covering the same pixels (no model needed): score = 0.5 +
+  0.5 x (IoU - threshold) / (1 - threshold); the copy the model agrees with less is the one to remove.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from tqdm import tqdm
+
+from instaseg import masks as mask_ops
+from instaseg.data.dataset import Dataset
+from instaseg.structures import Instances
+
+SUGGESTION_TYPES = ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
+
+
+@dataclass
+class ReviewSettings:
+    """Thresholds of the consensus rules (the defaults suit most datasets).
+
+    Attributes:
+        match_min_iou: lowest mask IoU at which a prediction may be matched to a label.
+        same_object_iou: IoU at which a prediction fully supports a label (and its class counts).
+        missing_max_iou: a prediction overlapping any label by more than this is not a missing label.
+        duplicate_min_iou: two labels of one class overlapping at least this much are duplicates.
+        min_score: suggestions scoring below this are left out.
+        boundary_ratio: width of the boundary band as a fraction of the image diagonal (Boundary IoU).
+        min_confidence: predictions below this confidence are ignored.
+        full_support_confidence: a matching prediction this confident fully backs a label (extra_label).
+    """
+
+    match_min_iou: float = 0.1
+    same_object_iou: float = 0.5
+    missing_max_iou: float = 0.3
+    duplicate_min_iou: float = 0.5
+    min_score: float = 0.05
+    boundary_ratio: float = 0.02
+    min_confidence: float = 0.05
+    full_support_confidence: float = 0.5
+
+
+@dataclass
+class Suggestion:
+    """One suspected label error and the fix the model proposes.
+
+    ``annotation_id`` is the label concerned (None for a missing label); the fix is the model's
+    instance (``suggested_segmentation`` as RLE and ``suggested_class``) for ``missing_label``
+    and ``bad_mask``, the class for ``wrong_class``, and removal for ``extra_label`` and
+    ``duplicate`` (the other copy, ``other_annotation_id``, stays).
+    """
+
+    id: int
+    type: str
+    score: float
+    image_id: int
+    file_name: str
+    annotation_id: int | None
+    class_name: str | None
+    suggested_class: str | None
+    suggested_segmentation: dict | None = None
+    confidence: float | None = None
+    other_annotation_id: int | None = None
+    evidence: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def boundary_band(mask: np.ndarray, width: int) -> np.ndarray:
+    """The pixels of ``mask`` within ``width`` pixels of its contour (as in Boundary IoU, Cheng et al. 2021).
+
+    The image border counts as contour: the mask is padded with background before erosion.
+    """
+    padded = cv2.copyMakeBorder(np.ascontiguousarray(mask, dtype=np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=max(1, int(width)))[1:-1, 1:-1]
+    return mask & ~eroded.astype(bool)
+
+
+def boundary_iou(a: np.ndarray, b: np.ndarray, width: int) -> float:
+    """IoU of the boundary bands of two boolean masks; 1.0 when both are empty."""
+    ys, xs = np.nonzero(a | b)
+    if len(xs) == 0:
+        return 1.0
+    # Only the region around both masks matters; the band never reaches past it.
+    height, image_width = a.shape
+    y0, x0 = max(0, ys.min() - 1), max(0, xs.min() - 1)
+    y1, x1 = min(height, ys.max() + 2), min(image_width, xs.max() + 2)
+    band_a = boundary_band(a[y0:y1, x0:x1], width)
+    band_b = boundary_band(b[y0:y1, x0:x1], width)
+    union = np.logical_or(band_a, band_b).sum()
+    return float(np.logical_and(band_a, band_b).sum() / union) if union else 1.0
+
+
+def band_width(height: int, width: int, ratio: float) -> int:
+    """Boundary band width in pixels for an image of this size (at least one pixel)."""
+    return max(1, round(ratio * math.hypot(height, width)))
+
+
+def align_classes(pred: Instances, class_names: list[str]) -> tuple[Instances, set[str]]:
+    """Re-index predictions to the dataset's classes by name; drop (and return) names the dataset lacks."""
+    if not pred.class_names or list(pred.class_names) == list(class_names):
+        return Instances(pred.boxes, pred.masks, pred.class_ids, pred.scores, tuple(class_names), dict(pred.data)), set()
+    position = {name: k for k, name in enumerate(class_names)}
+    known = np.array([name in position for name in pred.class_labels], bool)
+    unknown = {name for name in pred.class_labels if name not in position}
+    kept = pred[known]
+    class_ids = np.array([position[name] for name in kept.class_labels], np.int64)
+    data = dict(kept.data)
+    if "class_probs" in data:
+        probs = np.zeros((len(kept), len(class_names)), np.float32)
+        for k, name in enumerate(pred.class_names):
+            if name in position:
+                probs[:, position[name]] = data["class_probs"][:, k]
+        data["class_probs"] = probs
+    return Instances(kept.boxes, kept.masks, class_ids, kept.scores, tuple(class_names), data), unknown
+
+
+def score_image(
+    image: dict,
+    gt: Instances,
+    pred: Instances | None,
+    settings: ReviewSettings,
+) -> tuple[list[dict], list[tuple[float, float]]]:
+    """Raw suggestions for one image, and the (confidence, boundary IoU) of every matched pair.
+
+    ``pred`` must use the dataset's classes (see ``align_classes``); None means no model, so only
+    duplicates are looked for. Suggestions come back as dicts without ``id``; ``bad_mask``
+    candidates carry their evidence but a score of None, set by ``review`` once the dataset-wide
+    reference agreement is known.
+    """
+    height, width = image["height"], image["width"]
+    band = band_width(height, width, settings.boundary_ratio)
+    crowd = gt.data.get("iscrowd", np.zeros(len(gt), bool)).astype(bool)
+    labels = gt[~crowd]
+    ann_ids = [int(v) for v in labels.data["annotation_id"]]
+    label_rles = labels.rles()
+    base = {"image_id": int(image["id"]), "file_name": image["file_name"]}
+    suggestions: list[dict] = []
+
+    agreement = np.zeros(len(labels))  # how much the model backs each label (for choosing duplicates)
+    pairs: list[tuple[float, float]] = []
+    if pred is not None:
+        pred = pred[pred.scores >= settings.min_confidence]
+        pred_rles = pred.rles()
+        ious = mask_ops.iou(label_rles, pred_rles)
+        scores = pred.scores.astype(float)
+        probs = pred.data.get("class_probs")
+        confident_in_image = float(scores.max()) if len(pred) else 0.0
+
+        weight = np.where(ious >= settings.match_min_iou, ious * scores[None, :], 0.0)
+        rows, cols = linear_sum_assignment(weight, maximize=True) if weight.size else ([], [])
+        match = {int(r): int(c) for r, c in zip(rows, cols) if weight[r, c] > 0}
+        pred_ious = mask_ops.iou(pred_rles, pred_rles) if len(pred) else np.zeros((0, 0))
+
+        # A detection at full_support_confidence or above, at same_object_iou or above, fully backs a label.
+        backing = np.minimum(1.0, scores / settings.full_support_confidence)[None, :] * np.minimum(1.0, ious / settings.same_object_iou)
+        support = backing.max(1) if ious.size else np.zeros(len(labels))
+        if ious.size:
+            agreement = (ious * scores[None, :]).max(1)
+        for g in range(len(labels)):
+            label = {**base, "annotation_id": ann_ids[g], "class_name": labels.class_names[labels.class_ids[g]]}
+            m = match.get(g)
+            extra_score = (1.0 - support[g]) * confident_in_image
+            if extra_score >= settings.min_score:
+                suggestions.append({**label, "type": "extra_label", "score": extra_score, "suggested_class": None,
+                                    "evidence": {"support": round(float(support[g]), 4)}})
+            if m is None:
+                continue
+            mask_iou = float(ious[g, m])
+            fix = {"suggested_segmentation": pred_rles[m], "confidence": round(float(scores[m]), 4)}
+            if mask_iou >= settings.same_object_iou and len(labels.class_names) > 1:
+                class_p = _class_evidence(m, pred, pred_ious, probs, settings.same_object_iou)
+                own = int(labels.class_ids[g])
+                others = class_p.copy()
+                others[own] = -1.0
+                best = int(others.argmax())
+                wrong_score = float(class_p[best] - class_p[own])
+                if wrong_score >= settings.min_score:
+                    suggestions.append({**label, **fix, "type": "wrong_class", "score": wrong_score,
+                                        "suggested_class": labels.class_names[best],
+                                        "evidence": {"p_label_class": round(float(class_p[own]), 4),
+                                                     "p_suggested_class": round(float(class_p[best]), 4),
+                                                     "mask_iou": round(mask_iou, 4)}})
+            quality = boundary_iou(labels.masks[g], pred.masks[m], band)
+            pairs.append((float(scores[m]), quality))
+            suggestions.append({**label, **fix, "type": "bad_mask", "score": None,
+                                "suggested_class": labels.class_names[labels.class_ids[g]],
+                                "evidence": {"mask_iou": round(mask_iou, 4), "boundary_iou": round(quality, 4)}})
+
+        suggestions += _missing(base, pred, pred_rles, ious, set(match.values()), gt[crowd], settings)
+
+    suggestions += _duplicates(base, labels, label_rles, ann_ids, agreement, settings)
+    return suggestions, pairs
+
+
+def _class_evidence(m: int, pred: Instances, pred_ious: np.ndarray, probs: np.ndarray | None, same_object_iou: float) -> np.ndarray:
+    """Probability of each class for the object of prediction ``m``.
+
+    With ``class_probs`` these are the model's own. Without, a detector that keeps one box per
+    class still says how much it believes each class: the best score of each class among the
+    predictions of the same object.
+    """
+    if probs is not None:
+        return np.asarray(probs[m], float)
+    same = pred_ious[m] >= same_object_iou
+    same[m] = True
+    evidence = np.zeros(len(pred.class_names))
+    np.maximum.at(evidence, pred.class_ids[same], pred.scores[same].astype(float))
+    return evidence
+
+
+def _missing(base: dict, pred: Instances, pred_rles: list[dict], ious: np.ndarray, matched: set[int],
+             crowd: Instances, settings: ReviewSettings) -> list[dict]:
+    """Unmatched confident predictions that no label overlaps, one per object (greedy by confidence)."""
+    nearest = ious.max(0) if ious.size else np.zeros(len(pred))
+    in_crowd = np.zeros(len(pred), bool)
+    if len(crowd) and len(pred):
+        # COCO's crowd rule: IoU with a crowd region is intersection over the prediction's area.
+        in_crowd = mask_ops.iou(pred_rles, crowd.rles(), [True] * len(crowd)).max(1) >= 0.5
+    found: list[int] = []
+    out = []
+    for j in np.argsort(-pred.scores, kind="stable"):
+        j = int(j)
+        if j in matched or in_crowd[j] or nearest[j] > settings.missing_max_iou:
+            continue
+        if found and mask_ops.iou([pred_rles[j]], [pred_rles[k] for k in found]).max() >= settings.same_object_iou:
+            continue
+        found.append(j)
+        score = float(pred.scores[j]) * (1.0 - float(nearest[j]))
+        if score >= settings.min_score:
+            out.append({**base, "type": "missing_label", "score": score, "annotation_id": None, "class_name": None,
+                        "suggested_class": pred.class_names[pred.class_ids[j]],
+                        "suggested_segmentation": pred_rles[j], "confidence": round(float(pred.scores[j]), 4),
+                        "evidence": {"iou_with_labels": round(float(nearest[j]), 4)}})
+    return out
+
+
+def _duplicates(base: dict, labels: Instances, rles: list[dict], ann_ids: list[int], agreement: np.ndarray,
+                settings: ReviewSettings) -> list[dict]:
+    """Pairs of same-class labels covering the same pixels; the copy the model backs less is to go."""
+    if len(labels) < 2:
+        return []
+    ious = mask_ops.iou(rles, rles)
+    out = []
+    t = settings.duplicate_min_iou
+    for a, b in zip(*np.nonzero(np.triu(ious, 1) >= t)):
+        a, b = int(a), int(b)
+        if labels.class_ids[a] != labels.class_ids[b]:
+            continue
+        # Remove the less supported copy; on a tie, the later one (higher annotation id).
+        keep, drop = (a, b) if (agreement[a], -ann_ids[a]) >= (agreement[b], -ann_ids[b]) else (b, a)
+        overlap = float(ious[a, b])
+        out.append({**base, "type": "duplicate", "score": 0.5 + 0.5 * (overlap - t) / (1.0 - t),
+                    "annotation_id": ann_ids[drop], "other_annotation_id": ann_ids[keep],
+                    "class_name": labels.class_names[labels.class_ids[drop]], "suggested_class": None,
+                    "evidence": {"mask_iou": round(overlap, 4)}})
+    return out
+
+
+def bad_mask_scorer(pairs: list[tuple[float, float]]):
+    """The mapping from (confidence, boundary IoU) to the probability that the label's mask is wrong.
+
+    The reference is the model's agreement with the labels it is confident about (mostly correct
+    ones): median and MAD of their boundary IoU. A label z robust standard deviations below the
+    median scores confidence x logistic(2 (z - 2)): about 0.5 at z = 2, 0.9 at z = 3.
+    """
+    confident = np.array([q for s, q in pairs if s >= 0.5] or [q for _, q in pairs] or [1.0])
+    median = float(np.median(confident))
+    spread = max(0.02, 1.4826 * float(np.median(np.abs(confident - median))))
+
+    def score(confidence: float, quality: float) -> float:
+        z = (median - quality) / spread
+        return float(confidence / (1.0 + math.exp(-2.0 * (z - 2.0))))
+
+    score.reference = {"median_boundary_iou": round(median, 4), "spread": round(spread, 4)}
+    return score
+
+
+def review(
+    dataset: Dataset,
+    predictions: dict[int, Instances] | None,
+    settings: ReviewSettings | None = None,
+) -> tuple[list[Suggestion], dict]:
+    """Rank suspected label errors in ``dataset`` from out-of-sample ``predictions``.
+
+    Args:
+        dataset: the labels to review.
+        predictions: image id -> predicted ``Instances`` from a model that never saw these
+            images' labels (an image missing from the dict counts as "the model found nothing").
+            None reviews without a model: only duplicates are found.
+        settings: rule thresholds; the defaults suit most datasets.
+
+    Returns:
+        ``(suggestions, info)``: suggestions sorted worst first with ``id`` 1, 2, ...; ``info``
+        holds ``warnings`` (e.g. prediction classes the dataset lacks) and the ``bad_mask_reference``.
+    """
+    settings = settings or ReviewSettings()
+    raw: list[dict] = []
+    pairs: list[tuple[float, float]] = []
+    unknown: set[str] = set()
+    for image in tqdm(dataset.images, desc="review", unit="img", disable=None):
+        pred = None
+        if predictions is not None:
+            pred = predictions.get(image["id"]) or Instances.empty(image["height"], image["width"], dataset.class_names)
+            pred, dropped = align_classes(pred, dataset.class_names)
+            unknown |= dropped
+        found, matched = score_image(image, dataset.ground_truth(image), pred, settings)
+        raw += found
+        pairs += matched
+
+    scorer = bad_mask_scorer(pairs)
+    for item in raw:
+        if item["type"] == "bad_mask":
+            item["score"] = scorer(item["confidence"], item["evidence"]["boundary_iou"])
+    kept = [item for item in raw if item["score"] >= settings.min_score]
+    kept.sort(key=lambda item: (-item["score"], item["image_id"], item["annotation_id"] or 0, item["type"]))
+    suggestions = [Suggestion(id=k + 1, **{**item, "score": round(float(item["score"]), 4)}) for k, item in enumerate(kept)]
+    warnings = []
+    if unknown:
+        warnings.append(f"ignored predictions of classes the dataset does not have: {', '.join(sorted(unknown))}")
+    return suggestions, {"warnings": warnings, "bad_mask_reference": scorer.reference}

@@ -1,0 +1,153 @@
+"""Where the predictions judging the labels come from: a model, a predictions file, or K out-of-fold models.
+
+A review is only as honest as its predictions are out-of-sample: a model that was trained on an
+image has learnt that image's labels, errors included, and will agree with them. ``--folds``
+guarantees it; for ``--model`` and ``--pred`` the review can only check what the checkpoint records
+about its training data, and warns otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from instaseg import masks as mask_ops
+from instaseg.data.dataset import Dataset
+from instaseg.errors import InstasegError
+from instaseg.structures import Instances
+
+PREDICT_SCORE_THRESHOLD = 0.05
+UNSEEN_WARNING = (
+    "the predictions must come from a model that was not trained on these images; "
+    "otherwise it has learnt their label errors and the review misses them (use --folds to be sure)"
+)
+
+
+def predictions_from_results(dataset: Dataset, results: list[dict]) -> dict[int, Instances]:
+    """Group a COCO results list (in ``dataset``'s image and category ids) into Instances per image.
+
+    A record's optional ``class_probs`` (one probability per dataset class, in category order)
+    is kept as ``data["class_probs"]``.
+    """
+    by_image: dict[int, list[dict]] = {}
+    for position, record in enumerate(results):
+        if not isinstance(record, dict) or not {"image_id", "category_id", "segmentation"} <= record.keys():
+            raise InstasegError("prediction needs image_id, category_id and segmentation", record=f"results[{position}]")
+        if record["image_id"] not in dataset.image_by_id:
+            raise InstasegError(f"unknown image id {record['image_id']}", record=f"results[{position}]")
+        if record["category_id"] not in dataset.category_index:
+            raise InstasegError(f"unknown category id {record['category_id']}", record=f"results[{position}]")
+        by_image.setdefault(record["image_id"], []).append(record)
+    predictions = {}
+    for image_id, records in by_image.items():
+        image = dataset.image_by_id[image_id]
+        height, width = image["height"], image["width"]
+        rles = [mask_ops.to_rle(r["segmentation"], height, width) for r in records]
+        data = {}
+        if all("class_probs" in r for r in records):
+            data["class_probs"] = np.asarray([r["class_probs"] for r in records], np.float32).reshape(len(records), -1)
+        predictions[image_id] = Instances.from_masks(
+            mask_ops.decode_many(rles, height, width),
+            [dataset.category_index[r["category_id"]] for r in records],
+            [float(r.get("score", 1.0)) for r in records],
+            dataset.class_names,
+            **data,
+        )
+    return predictions
+
+
+def load_prediction_file(dataset: Dataset, path: str | Path) -> tuple[dict[int, Instances], list[str]]:
+    """Predictions from an ``instaseg predict`` folder or a COCO results JSON, and the review's warnings."""
+    from instaseg.evaluate import load_predictions  # matches images by file name and classes by name
+
+    return predictions_from_results(dataset, load_predictions(dataset, path)), [UNSEEN_WARNING]
+
+
+def predict_with_model(dataset: Dataset, model_path: str | Path) -> tuple[dict[int, Instances], list[str]]:
+    """Predict every image with a checkpoint, and warn unless it provably never trained on them."""
+    import instaseg
+
+    predictor = instaseg.load(model_path)
+    warnings = [seen_warning(dataset, _training_file_names(predictor))]
+    predictions = predictor.predict_dataset(dataset, score_threshold=PREDICT_SCORE_THRESHOLD)
+    return predictions, [w for w in warnings if w]
+
+
+def _training_file_names(predictor: Any) -> set[str] | None:
+    """Basenames of the checkpoint's training images, when the checkpoint records them."""
+    for holder in (predictor, getattr(predictor, "config", None), getattr(predictor, "checkpoint", None)):
+        names = holder.get("train_images") if isinstance(holder, dict) else getattr(holder, "train_images", None)
+        if names:
+            return {Path(str(n)).name for n in names}
+    return None
+
+
+def seen_warning(dataset: Dataset, trained_on: set[str] | None) -> str | None:
+    """The warning a review should carry about predictions from a model trained on ``trained_on``."""
+    if trained_on is None:
+        return UNSEEN_WARNING
+    seen = sum(Path(image["file_name"]).name in trained_on for image in dataset.images)
+    if seen:
+        return (f"the model was trained on {seen} of these {len(dataset.images)} images, so it has learnt their "
+                "labels, errors included; use --folds for an honest review")
+    return None
+
+
+def assign_folds(dataset: Dataset, k: int, seed: int = 0) -> dict[int, int]:
+    """Image id -> fold in [0, k): a seeded shuffle dealt round-robin, so folds differ in size by one image at most."""
+    if k < 2:
+        raise InstasegError(f"--folds needs at least 2 folds, got {k}")
+    if len(dataset.images) < k:
+        raise InstasegError(f"cannot split {len(dataset.images)} images into {k} folds", file=dataset.source)
+    order = np.random.default_rng(seed).permutation([image["id"] for image in dataset.images])
+    return {int(image_id): position % k for position, image_id in enumerate(order)}
+
+
+def out_of_fold_predictions(
+    dataset: Dataset,
+    k: int,
+    *,
+    out: Path,
+    model: str | None = None,
+    minutes_per_fold: float | None = 5.0,
+    epochs_per_fold: int | None = None,
+    seed: int = 0,
+    train_options: dict[str, Any] | None = None,
+) -> tuple[dict[int, Instances], dict[str, Any]]:
+    """Train ``k`` models, each on all folds but one, and predict the fold it never saw.
+
+    Args:
+        dataset: the labels under review (the training labels too, errors included).
+        k: number of folds (at least 2).
+        out: folder for the fold checkpoints (``fold-1`` ... ``fold-K``).
+        model: architecture name (the trainer's default when None).
+        minutes_per_fold, epochs_per_fold: training budget of each fold.
+        seed: fixes the fold split and the training.
+        train_options: further keyword arguments for ``instaseg.train.train``.
+
+    Returns:
+        ``(predictions, info)``: image id -> Instances for every image, and ``info`` with the
+        fold of each image and the checkpoint of each fold.
+    """
+    import instaseg
+    from instaseg.train import train
+
+    folds = assign_folds(dataset, k, seed)
+    predictions: dict[int, Instances] = {}
+    checkpoints = []
+    options = dict(train_options or {})
+    if model is not None:
+        options["model"] = model
+    for fold in range(k):
+        held_out = [image_id for image_id, f in folds.items() if f == fold]
+        training = dataset.subset(image_id for image_id, f in folds.items() if f != fold)
+        if not training.annotations:
+            raise InstasegError(f"fold {fold + 1} has no training labels; use fewer folds", file=dataset.source)
+        best = train(training, None, epochs=epochs_per_fold, minutes=minutes_per_fold,
+                     out=Path(out) / f"fold-{fold + 1}", seed=seed, **options)
+        checkpoints.append(str(best))
+        predictor = instaseg.load(best)
+        predictions.update(predictor.predict_dataset(dataset.subset(held_out), score_threshold=PREDICT_SCORE_THRESHOLD))
+    return predictions, {"folds": {str(i): f + 1 for i, f in folds.items()}, "checkpoints": checkpoints}

@@ -1,0 +1,544 @@
+"""Training: ``instaseg.train.train(train, val, model=..., epochs=... | minutes=..., out=...)``.
+
+One loop serves a laptop CPU, a GPU (with mixed precision) and several processes under
+``torchrun`` (DistributedDataParallel: gloo on CPU, NCCL on GPU; only rank 0 writes files).
+
+The out folder receives ``last.pt`` (every epoch, and every ``checkpoint_every`` iterations),
+``best.pt`` (best validation mask mAP), ``metrics.jsonl`` (one JSON object per logged step and per
+validation) and ``curves.png`` (losses and mAP). Checkpoints carry the optimizer, the schedule
+position and the RNG state, so ``resume=True`` continues exactly where ``last.pt`` was written.
+
+The learning rate follows a linear warmup then a cosine decay over the run; with a time budget
+(``minutes``) the decay follows the elapsed fraction of the budget, so a run always ends at a low
+learning rate, whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from instaseg import io
+from instaseg.data import Dataset
+from instaseg.errors import InstasegError
+from instaseg.models import DEFAULT_MODEL, model_entry
+from instaseg.models.registry import default_preset, resolve_config
+from instaseg.predictor import CHECKPOINT_FORMAT, Predictor, auto_device, read_checkpoint, save_checkpoint
+
+OUTPUT_FILES = ("best.pt", "last.pt", "metrics.jsonl", "curves.png")
+WARMUP_ITERS = 100
+
+
+def train(
+    train: Dataset,
+    val: Dataset | None = None,
+    *,
+    model: str = DEFAULT_MODEL,
+    epochs: int | None = None,
+    minutes: float | None = None,
+    weights: str | Path | None = None,
+    out: str | Path = "runs/train",
+    seed: int = 0,
+    overwrite: bool = False,
+    resume: bool = False,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    preset: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    val_every: float | None = None,
+    checkpoint_every: int = 500,
+    progress: bool = True,
+) -> Path:
+    """Train an instance segmentation model and return the path of its best checkpoint.
+
+    Args:
+        train: the training images and annotations.
+        val: validation data; the best checkpoint is chosen by its mask mAP@[.5:.95].
+        model: a name from ``instaseg.models.list_models()``.
+        epochs: passes over ``train``; give this or ``minutes`` (both: whichever ends first).
+        minutes: wall-clock budget for the whole run, validation included.
+        weights: start from this file: an instaseg checkpoint or a torchvision-style state dict.
+            Tensors whose name or shape do not fit (e.g. heads for another class count) keep their
+            fresh initialisation and are listed.
+        out: folder for checkpoints, logs and curves.
+        seed: seeds model initialisation, shuffling and augmentation.
+        overwrite: replace an earlier run's files in ``out``.
+        resume: continue the run in ``out`` from its ``last.pt``.
+        batch_size: images per step (per process under torchrun).
+        lr: peak AdamW learning rate.
+        preset: model preset ("cpu", "gpu", "small"); by default "gpu" with CUDA, else "cpu".
+        model_kwargs: builder arguments overriding the preset's (see ``build_maskrcnn``).
+        val_every: validate every this many epochs (default 1), or with ``minutes``, every this
+            many minutes (default an eighth of the budget); always at the end.
+        checkpoint_every: also write ``last.pt`` every this many iterations.
+        progress: show a progress bar.
+    """
+    if epochs is None and minutes is None:
+        raise InstasegError("give a training length: --epochs N or --minutes M")
+    if (epochs is not None and epochs < 1) or (minutes is not None and minutes <= 0):
+        raise InstasegError("--epochs must be at least 1 and --minutes positive")
+    rank, world, device = _setup_distributed()
+    try:
+        return _Run(
+            train, val, model=model, epochs=epochs, minutes=minutes, weights=weights, out=Path(out), seed=seed,
+            overwrite=overwrite, resume=resume, batch_size=batch_size, lr=lr, preset=preset,
+            model_kwargs=model_kwargs or {}, val_every=val_every, checkpoint_every=checkpoint_every,
+            progress=progress, rank=rank, world=world, device=device,
+        ).run()
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, auto_device()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+# -- data ---------------------------------------------------------------------------------------------
+class TrainingImages(torch.utils.data.Dataset):
+    """A ``Dataset``'s images as (image tensor, target dict) pairs for torchvision's detection models.
+
+    Crowd regions and empty or one-pixel masks are left out of the targets. With ``augment``,
+    images are flipped left-right at random and their brightness, contrast and saturation jittered;
+    scale jitter happens in the model (its ``train_scales``).
+    """
+
+    def __init__(self, dataset: Dataset, augment: bool):
+        self.dataset = dataset
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.dataset.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image = self.dataset.images[index]
+        pixels = torch.from_numpy(np.array(self.dataset.read_image(image))).permute(2, 0, 1).float().div_(255)
+        gt = self.dataset.ground_truth(image)
+        keep = ~gt.data["iscrowd"] & ((gt.boxes[:, 2] - gt.boxes[:, 0]) >= 1) & ((gt.boxes[:, 3] - gt.boxes[:, 1]) >= 1)
+        keep &= gt.areas > 1
+        gt = gt[keep]
+        boxes = torch.from_numpy(gt.boxes)
+        masks = torch.from_numpy(gt.masks).to(torch.uint8)
+        if self.augment:
+            if torch.rand(()) < 0.5:
+                pixels, masks = pixels.flip(-1), masks.flip(-1)
+                width = pixels.shape[-1]
+                boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+            pixels = _colour_jitter(pixels)
+        target = {"boxes": boxes, "labels": torch.from_numpy(gt.class_ids + 1), "masks": masks}
+        return pixels, target
+
+
+def _colour_jitter(pixels: torch.Tensor, strength: float = 0.3) -> torch.Tensor:
+    """Random brightness, contrast and saturation changes of up to +-``strength``."""
+    brightness, contrast, saturation = (1 + (torch.rand(3) * 2 - 1) * strength).tolist()
+    pixels = pixels * brightness
+    mean = pixels.mean()
+    pixels = (pixels - mean) * contrast + mean
+    gray = pixels.mean(0, keepdim=True)
+    pixels = (pixels - gray) * saturation + gray
+    return pixels.clamp_(0, 1)
+
+
+def epoch_batches(
+    dataset: Dataset, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1
+) -> list[list[int]]:
+    """This process's batches of image indices for one epoch, grouped by orientation.
+
+    Images are sharded across processes by ``DistributedSampler``, then batched so that landscape
+    and portrait images rarely share a batch (less padding). Every process gets the same number of
+    batches, which DDP requires; any leftovers go into mixed batches.
+    """
+    sampler = DistributedSampler(range(len(dataset.images)), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    indices = list(sampler)
+    landscape = [img["width"] >= img["height"] for img in dataset.images]
+    groups: dict[bool, list[int]] = {True: [], False: []}
+    batches: list[list[int]] = []
+    for index in indices:
+        group = groups[landscape[index]]
+        group.append(index)
+        if len(group) == batch_size:
+            batches.append(list(group))
+            group.clear()
+    leftovers = groups[True] + groups[False]
+    batches += [leftovers[i : i + batch_size] for i in range(0, len(leftovers), batch_size)]
+    return batches[: max(1, len(indices) // batch_size)]
+
+
+def _collate(items: list) -> tuple[list, list]:
+    return [image for image, _ in items], [target for _, target in items]
+
+
+# -- data checks ----------------------------------------------------------------------------------------
+def check_training_data(train: Dataset, val: Dataset | None) -> None:
+    """Refuse data that cannot train a model; warn about classes that have no instances."""
+    if not train.images:
+        raise InstasegError("the training set has no images", file=train.source)
+    if not train.categories:
+        raise InstasegError("the training set has no categories", file=train.source)
+    if not any(not ann.get("iscrowd", 0) for ann in train.annotations):
+        raise InstasegError("the training set has no (non-crowd) annotations", file=train.source)
+    names = train.class_names
+    if len(set(names)) != len(names):
+        raise InstasegError("two categories share a name; class names must be unique", file=train.source)
+    for ann in train.annotations:
+        if ann["category_id"] not in train.category_index:
+            raise InstasegError(
+                f"category_id {ann['category_id']} is not among the categories", file=train.source,
+                record=f"annotation id {ann['id']}",
+            )
+    used = {ann["category_id"] for ann in train.annotations}
+    empty = [cat["name"] for cat in train.categories if cat["id"] not in used]
+    if empty:
+        warnings.warn(f"{train.source or 'training set'}: no instances of {', '.join(empty)}; the model cannot learn them")
+    if val is not None:
+        if not val.images:
+            raise InstasegError("the validation set has no images", file=val.source)
+        unknown = [n for n in val.class_names if n not in names]
+        if unknown:
+            raise InstasegError(f"validation classes {unknown} are not in the training set", file=val.source)
+
+
+# -- weights --------------------------------------------------------------------------------------------
+def load_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
+    """Copy every tensor of ``path`` whose name and shape fit ``model``; returns what was not loaded.
+
+    ``path`` is an instaseg checkpoint or a state dict (torchvision style, optionally under a
+    ``"model"`` or ``"state_dict"`` key). Returns lines describing the model's tensors left at their
+    initialisation (e.g. class-specific heads when the class count differs).
+    """
+    stored = read_checkpoint(path)
+    if isinstance(stored, dict) and stored.get("format") == CHECKPOINT_FORMAT:
+        stored = stored["model"]
+    elif isinstance(stored, dict):
+        stored = stored.get("model", stored.get("state_dict", stored))
+    if not isinstance(stored, dict) or not all(isinstance(v, torch.Tensor) for v in stored.values()):
+        raise InstasegError("not a state dict of tensors", file=path)
+    stored = {k.removeprefix("module."): v for k, v in stored.items()}
+    own = model.state_dict()
+    fitting = {k: v for k, v in stored.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        raise InstasegError("no tensor in the file fits this model; is it another architecture?", file=path)
+    model.load_state_dict(fitting, strict=False)
+    not_loaded = []
+    for name, tensor in own.items():
+        if name in fitting:
+            continue
+        if name in stored:
+            not_loaded.append(f"{name} (shape {tuple(stored[name].shape)} in file, {tuple(tensor.shape)} in model)")
+        else:
+            not_loaded.append(f"{name} (not in file)")
+    return not_loaded
+
+
+# -- the run --------------------------------------------------------------------------------------------
+class _Run:
+    """The state of one training run (kept in one object so that checkpoints can capture it)."""
+
+    def __init__(self, train: Dataset, val: Dataset | None, **options: Any):
+        self.__dict__.update(options)
+        self.train_set, self.val_set = train, val
+        self.main = self.rank == 0
+        check_training_data(train, val)
+        self.class_names = train.class_names
+        self.history: list[dict] = []
+        self.iteration, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
+        self.best_map = -1.0
+        self.last_val_time = 0.0
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def _prepare_out(self) -> dict | None:
+        """Check the out folder; returns the checkpoint to resume from, if resuming."""
+        if self.resume:
+            last = self.out / "last.pt"
+            if not last.exists():
+                raise InstasegError("nothing to resume: no last.pt", file=self.out)
+            return read_checkpoint(last)
+        clashes = [self.out / name for name in OUTPUT_FILES if (self.out / name).exists()]
+        if clashes and not self.overwrite:
+            raise InstasegError("holds an earlier run; pass --overwrite to replace it or --resume to continue", file=self.out)
+        if self.main:
+            for path in clashes:
+                path.unlink()
+            self.out.mkdir(parents=True, exist_ok=True)
+        return None
+
+    def _build(self, resumed: dict | None) -> None:
+        torch.manual_seed(self.seed)
+        if resumed is not None:
+            config = resumed["config"]
+            if config["class_names"] != list(self.class_names):
+                raise InstasegError(
+                    f"last.pt was trained on classes {config['class_names']}, this data has {self.class_names}",
+                    file=self.out / "last.pt",
+                )
+            self.config = config
+        else:
+            preset = self.preset or default_preset()
+            self.config = {
+                "model": self.model,
+                "preset": preset,
+                "kwargs": resolve_config(self.model, preset, **self.model_kwargs),
+                "class_names": list(self.class_names),
+            }
+        self.net = model_entry(self.config["model"]).builder(num_classes=len(self.class_names), **self.config["kwargs"])
+        if self.weights is not None and resumed is None:
+            not_loaded = load_weights(self.net, self.weights)
+            if self.main and not_loaded:
+                print(f"from {self.weights}: {len(not_loaded)} tensors not loaded (left at their initialisation):")
+                for line in not_loaded:
+                    print(f"  {line}")
+        self.net.to(self.device)
+        decay = [p for n, p in self.net.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in self.net.named_parameters() if p.ndim <= 1]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}], lr=self.lr
+        )
+        self.amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        if resumed is not None:
+            self._restore(resumed)
+        self.ddp_net = (
+            torch.nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device.index] if self.amp else None)
+            if self.world > 1
+            else self.net
+        )
+
+    def _restore(self, checkpoint: dict) -> None:
+        state = checkpoint["train_state"]
+        self.net.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:  # empty when saved without AMP
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration, self.epoch, self.batch_in_epoch = state["iteration"], state["epoch"], state["batch_in_epoch"]
+        self.elapsed_before = state["elapsed"]
+        self.best_map = state["best_map"]
+        self.history = state["history"]
+        torch.set_rng_state(state["rng"])
+        if self.main:
+            print(f"resuming from {self.out / 'last.pt'}: epoch {self.epoch + 1}, iteration {self.iteration}")
+
+    # -- schedule ------------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def progress_fraction(self) -> float:
+        """How far through the run we are, 0..1, by iterations and/or by time."""
+        fractions = []
+        if self.epochs is not None:
+            fractions.append(self.iteration / max(1, self.epochs * self.batches_per_epoch))
+        if self.minutes is not None:
+            fractions.append(self.elapsed() / (self.minutes * 60))
+        return min(1.0, max(fractions))
+
+    def learning_rate(self) -> float:
+        warmup = min(1.0, (self.iteration + 1) / WARMUP_ITERS)
+        return self.lr * warmup * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * self.progress_fraction())))
+
+    def should_stop(self) -> bool:
+        """Rank 0 decides (time differs per process) and tells the others."""
+        stop = self.progress_fraction() >= 1.0 or (self.epochs is not None and self.epoch >= self.epochs)
+        return bool(self._broadcast(float(stop)))
+
+    def _broadcast(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(tensor, 0)
+        return float(tensor.item())
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        resumed = self._prepare_out()
+        if self.world > 1:
+            dist.barrier()
+        self._build(resumed)
+        images = TrainingImages(self.train_set, augment=True)
+        # On a CPU the model needs every core; loading small images in the main process costs little.
+        self.workers = min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 0
+        self.batches_per_epoch = len(epoch_batches(self.train_set, self.batch_size, self.seed, 0, self.rank, self.world))
+        self.started = time.monotonic()
+        self.last_val_time = self.elapsed()
+        total = self.epochs * self.batches_per_epoch if self.epochs is not None else None
+        bar = tqdm(
+            total=total, initial=self.iteration if total else 0, desc="train", unit="it",
+            disable=None if (self.progress and self.main) else True, dynamic_ncols=True,
+        )
+        window: list[dict[str, float]] = []
+        stopped = self.should_stop()
+        while not stopped:
+            batches = epoch_batches(self.train_set, self.batch_size, self.seed, self.epoch, self.rank, self.world)
+            loader = torch.utils.data.DataLoader(
+                images, batch_sampler=batches[self.batch_in_epoch :], collate_fn=_collate, num_workers=self.workers
+            )
+            for batch in loader:
+                losses = self._step(batch)
+                self.iteration += 1
+                self.batch_in_epoch += 1
+                window.append(losses)
+                bar.update(1)
+                if self.iteration % 10 == 0 or self.iteration == 1:
+                    row = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                    window.clear()
+                    self._log({"iteration": self.iteration, "epoch": self.epoch + 1, **row, "lr": self.learning_rate(),
+                               "elapsed": round(self.elapsed(), 1)})
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", ep=self.epoch + 1)
+                if self.iteration % self.checkpoint_every == 0:
+                    self._save("last.pt", with_optimizer=True)
+                stopped = self.should_stop()
+                if stopped:
+                    break
+            else:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                stopped = self.should_stop()
+            if stopped or self._validation_due():
+                self._validate()
+            self._save("last.pt", with_optimizer=True)
+            self._write_logs()
+        bar.close()
+        if self.main and (self.val_set is None or not (self.out / "best.pt").exists()):
+            self._save("best.pt", with_optimizer=False)
+        self._write_logs()
+        if self.world > 1:
+            dist.barrier()
+        return self.out / "best.pt"
+
+    def _step(self, batch: tuple[list, list]) -> dict[str, float]:
+        images, targets = batch
+        images = [img.to(self.device, non_blocking=True) for img in images]
+        targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        self.ddp_net.train()
+        with torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext():
+            losses = self.ddp_net(images, targets)
+            loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise InstasegError(
+                f"the loss became {loss.item()} at iteration {self.iteration + 1}; try a lower --lr",
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 10.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"loss": float(loss.item()), **{k: float(v.item()) for k, v in losses.items()}}
+
+    def _validation_due(self) -> bool:
+        if self.val_set is None:
+            return False
+        if self.minutes is not None:
+            interval = (self.val_every if self.val_every is not None else self.minutes / 8) * 60
+            due = self.elapsed() - self.last_val_time >= interval
+        else:
+            due = self.epoch % max(1, round(self.val_every or 1)) == 0
+        return bool(self._broadcast(float(due)))
+
+    def _validate(self) -> None:
+        """Mask and box mAP on the validation set (rank 0); keeps best.pt at the best mask mAP."""
+        if self.val_set is None:
+            return
+        if self.main:
+            from instaseg.evaluate import evaluate
+
+            predictor = Predictor(self.net, self.class_names, device=self.device)
+            predictions = predictor.predict_dataset(self.val_set, score_threshold=0.05, progress=self.progress)
+            result = evaluate(self.val_set, predictions, ("segm", "bbox"), errors=False)
+            mask_map, box_map = result.stat("AP", "segm"), result.stat("AP", "bbox")
+            self._log({"iteration": self.iteration, "epoch": self.epoch, "val_mask_mAP": mask_map,
+                       "val_mask_mAP50": result.stat("AP50", "segm"), "val_box_mAP": box_map,
+                       "elapsed": round(self.elapsed(), 1)})
+            tqdm.write(f"validation after {self.iteration} iterations: mask mAP {mask_map:.3f}, box mAP {box_map:.3f}")
+            if mask_map > self.best_map:
+                self.best_map = mask_map
+                self._save("best.pt", with_optimizer=False)
+        self.last_val_time = self.elapsed()
+        if self.world > 1:
+            dist.barrier()
+
+    # -- outputs -------------------------------------------------------------------------------------
+    def _save(self, name: str, with_optimizer: bool) -> None:
+        if not self.main:
+            return
+        state = {
+            "iteration": self.iteration,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "elapsed": self.elapsed(),
+            "best_map": self.best_map,
+            "history": self.history,
+            "rng": torch.get_rng_state(),
+            "scaler": self.scaler.state_dict(),
+        }
+        if with_optimizer:
+            state["optimizer"] = self.optimizer.state_dict()
+        checkpoint = {"format": CHECKPOINT_FORMAT, "version": 1, "config": self.config, "model": self.net.state_dict(),
+                      "train_state": state}
+        save_checkpoint(self.out / name, checkpoint)
+
+    def _log(self, row: dict) -> None:
+        self.history.append(row)
+
+    def _write_logs(self) -> None:
+        if not self.main:
+            return
+        io.write_text(self.out / "metrics.jsonl", "".join(io.dumps_json(r).decode() + "\n" for r in self.history), overwrite=True)
+        io.write_bytes(self.out / "curves.png", plot_curves(self.history), overwrite=True)
+
+
+def plot_curves(history: list[dict]) -> bytes:
+    """A PNG of the training losses and the validation mAP against iterations."""
+    import io as bytes_io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    steps = [r for r in history if "loss" in r]
+    vals = [r for r in history if "val_mask_mAP" in r]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"):
+        if steps and key in steps[0]:
+            left.plot([r["iteration"] for r in steps], [r[key] for r in steps], label=key, lw=2 if key == "loss" else 1)
+    left.set(xlabel="iteration", ylabel="loss", yscale="log", title="training losses")
+    left.legend(fontsize=7)
+    if vals:
+        its = [r["iteration"] for r in vals]
+        right.plot(its, [r["val_mask_mAP"] for r in vals], "o-", label="mask mAP@[.5:.95]")
+        right.plot(its, [r["val_mask_mAP50"] for r in vals], "s--", label="mask mAP@.5")
+        right.plot(its, [r["val_box_mAP"] for r in vals], "^:", label="box mAP@[.5:.95]")
+        right.legend(fontsize=7)
+    right.set(xlabel="iteration", ylabel="mAP", ylim=(0, 1), title="validation")
+    fig.tight_layout()
+    buffer = bytes_io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()

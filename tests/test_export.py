@@ -1,0 +1,98 @@
+"""ONNX and TorchScript exports give the same boxes, scores and masks as the PyTorch model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from instaseg.errors import InstasegError
+from instaseg.export import OUTPUT_NAMES, ExportModule, export_model
+from instaseg.predictor import load
+from test_predict import write_tiny_checkpoint
+
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    # A raised score floor makes the number of detections depend on the image, so the test shows
+    # the exported graph is not frozen to the detection count seen while tracing.
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", score_floor=0.4)
+
+
+def _images():
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, (64, 64, 3), np.uint8)
+    shapes = np.full((64, 64, 3), 40, np.uint8)
+    shapes[10:30, 8:40] = (220, 60, 60)
+    shapes[38:60, 30:58] = (50, 200, 90)
+    return [noise, shapes]
+
+
+def _reference(predictor, image):
+    with torch.no_grad():
+        return [t.numpy() for t in ExportModule(predictor.model)(torch.from_numpy(image))]
+
+
+def _assert_close(got, expected):
+    boxes, class_ids, scores, masks, class_probs = got
+    assert len(scores) == len(expected[2])
+    np.testing.assert_allclose(boxes, expected[0], atol=1e-3)
+    np.testing.assert_array_equal(class_ids, expected[1])
+    np.testing.assert_allclose(scores, expected[2], atol=1e-5)
+    np.testing.assert_allclose(class_probs, expected[4], atol=1e-5)
+    # Pixels exactly at the 0.5 boundary may flip with float rounding; allow a handful.
+    assert ((masks > 0.5) != (expected[3] > 0.5)).mean() < 1e-4
+    np.testing.assert_allclose(masks, expected[3], atol=1e-4)
+
+
+def test_onnx_matches_pytorch(checkpoint, tmp_path, cli):
+    r = cli("export", checkpoint, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert r.code == 0, r.stderr
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"] and session.get_inputs()[0].shape == [64, 64, 3]
+    assert [o.name for o in session.get_outputs()] == OUTPUT_NAMES
+    assert json.loads(session.get_modelmeta().custom_metadata_map["class_names"]) == ["a", "b"]
+
+    predictor = load(checkpoint, device="cpu")
+    counts = set()
+    for image in _images():
+        expected = _reference(predictor, image)
+        got = session.run(None, {"image": image})
+        _assert_close(got, expected)
+        counts.add(len(got[2]))
+        # The export is the model that Predictor runs: same detections above a threshold.
+        instances = predictor.predict(image, score_threshold=0.45)
+        keep = got[2] >= 0.45
+        np.testing.assert_allclose(instances.scores, got[2][keep], atol=1e-5)
+        assert (instances.masks == (got[3][keep] > 0.5)).mean() > 0.9999
+    assert len(counts) == 2 and min(counts) > 0  # different detection counts, both non-empty
+
+
+def test_torchscript_matches_pytorch(checkpoint, tmp_path):
+    predictor = load(checkpoint, device="cpu")
+    path = export_model(predictor, "torchscript", source=tmp_path / "tiny.pt")
+    assert path == tmp_path / "tiny.torchscript"
+    extra = {"class_names.txt": ""}
+    scripted = torch.jit.load(str(path), _extra_files=extra)
+    assert extra["class_names.txt"] in ("a\nb", b"a\nb")
+    for image in _images():
+        with torch.no_grad():
+            got = [t.numpy() for t in scripted(torch.from_numpy(image))]
+        _assert_close(got, _reference(predictor, image))
+
+
+def test_export_refuses_bad_requests(checkpoint, tmp_path, cli):
+    r = cli("export", checkpoint, "--format", "tflite", "--out", tmp_path / "m")
+    assert r.code == 2 and "unknown export format 'tflite'" in r.stderr
+    (tmp_path / "m.onnx").write_text("old")
+    r = cli("export", checkpoint, "--out", tmp_path / "m.onnx")
+    assert r.code == 2 and "already exists" in r.stderr
+    assert (tmp_path / "m.onnx").read_text() == "old"
+    with pytest.raises(InstasegError, match="--out"):
+        export_model(load(checkpoint, device="cpu"), "onnx")

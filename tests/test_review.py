@@ -1,0 +1,330 @@
+"""Label review: each suggestion type on hand-made cases with a known answer, the report, and ``review apply``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import instaseg
+from instaseg import io, masks as mask_ops
+from instaseg.data import Dataset
+from instaseg.review import apply_review, review
+from instaseg.review.score import ReviewSettings, boundary_band, boundary_iou
+from instaseg.review.sources import assign_folds, out_of_fold_predictions, seen_warning
+from instaseg.structures import Instances
+
+H = W = 64
+CLASSES = ("cat", "dog")
+
+
+def disc(cy, cx, r):
+    yy, xx = np.mgrid[:H, :W]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def make_dataset(objects_per_image, root="."):
+    """objects_per_image: list (per image) of lists of (mask, class_name, extra annotation keys)."""
+    images, annotations = [], []
+    for image_id, objects in enumerate(objects_per_image, start=1):
+        images.append({"id": image_id, "file_name": f"img{image_id}.png", "width": W, "height": H})
+        for mask, name, *extra in objects:
+            rle = mask_ops.encode(mask)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": CLASSES.index(name) + 1,
+                                "segmentation": rle, "area": mask_ops.area(rle), "bbox": mask_ops.bbox(rle),
+                                "iscrowd": 0, **(extra[0] if extra else {})})
+    categories = [{"id": k + 1, "name": n} for k, n in enumerate(CLASSES)]
+    return Dataset({"images": images, "annotations": annotations, "categories": categories}, root)
+
+
+def preds(*objects, class_names=CLASSES, probs=None):
+    """Predicted Instances from (mask, class_name, score) triples."""
+    masks = np.stack([m for m, _, _ in objects]) if objects else np.zeros((0, H, W), bool)
+    data = {"class_probs": np.asarray(probs, np.float32)} if probs is not None else {}
+    return Instances.from_masks(masks, [class_names.index(c) for _, c, _ in objects], [s for _, _, s in objects],
+                                class_names, **data)
+
+
+def of_type(suggestions, kind):
+    return [s for s in suggestions if s.type == kind]
+
+
+A, B, C = disc(16, 16, 8), disc(44, 44, 9), disc(16, 46, 7)
+
+
+def test_missing_label_is_the_confident_unlabelled_prediction():
+    ds = make_dataset([[(A, "cat")]])
+    suggestions, _ = review(ds, {1: preds((A, "cat", 0.95), (B, "dog", 0.9))})
+    assert [s.type for s in suggestions] == ["missing_label"]
+    missing = suggestions[0]
+    assert missing.score == pytest.approx(0.9, abs=1e-3)
+    assert missing.suggested_class == "dog" and missing.annotation_id is None
+    assert (mask_ops.decode(missing.suggested_segmentation, H, W) == B).all()
+
+
+def test_one_missing_object_predicted_twice_with_two_classes_is_one_suggestion():
+    ds = make_dataset([[(A, "cat")]])
+    suggestions, _ = review(ds, {1: preds((A, "cat", 0.95), (B, "dog", 0.9), (B, "cat", 0.2))})
+    assert len(of_type(suggestions, "missing_label")) == 1
+
+
+def test_prediction_inside_a_crowd_region_is_not_a_missing_label():
+    crowd = disc(44, 44, 14)
+    ds = make_dataset([[(A, "cat"), (crowd, "dog", {"iscrowd": 1})]])
+    suggestions, _ = review(ds, {1: preds((A, "cat", 0.95), (B, "dog", 0.9))})
+    assert of_type(suggestions, "missing_label") == []
+
+
+def test_extra_label_is_the_label_no_prediction_supports():
+    ds = make_dataset([[(A, "cat"), (C, "cat")]])
+    suggestions, _ = review(ds, {1: preds((A, "cat", 0.95))})
+    assert [(s.type, s.annotation_id) for s in suggestions] == [("extra_label", 2)]
+    assert suggestions[0].score == pytest.approx(0.95, abs=1e-3)
+
+
+def test_no_extra_label_when_the_model_sees_nothing_in_the_image():
+    ds = make_dataset([[(A, "cat")]])
+    suggestions, _ = review(ds, {1: preds()})
+    assert suggestions == []
+
+
+def test_wrong_class_from_class_probabilities():
+    ds = make_dataset([[(A, "cat"), (B, "dog")]])
+    predicted = preds((A, "dog", 0.9), (B, "dog", 0.9), probs=[[0.1, 0.9], [0.05, 0.95]])
+    suggestions, _ = review(ds, {1: predicted})
+    assert [(s.type, s.annotation_id, s.suggested_class) for s in suggestions] == [("wrong_class", 1, "dog")]
+    assert suggestions[0].score == pytest.approx(0.8, abs=1e-3)
+
+
+def test_wrong_class_without_probabilities_uses_per_class_detections_of_the_object():
+    ds = make_dataset([[(A, "cat")]])
+    suggestions, _ = review(ds, {1: preds((A, "dog", 0.9), (A, "cat", 0.3))})
+    wrong = of_type(suggestions, "wrong_class")
+    assert [(s.annotation_id, s.suggested_class) for s in wrong] == [(1, "dog")]
+    assert wrong[0].score == pytest.approx(0.6, abs=1e-3)
+
+
+def test_prediction_classes_are_matched_by_name():
+    ds = make_dataset([[(A, "cat")]])
+    reordered = preds((A, "cat", 0.9), class_names=("dog", "cat"))
+    suggestions, _ = review(ds, {1: reordered})
+    assert suggestions == []
+
+
+def test_bad_mask_is_the_label_whose_outline_disagrees():
+    centres = [(12, 12), (12, 40), (40, 12), (40, 40), (26, 26)]
+    good = [disc(cy, cx, 7) for cy, cx in centres]
+    labels = [[(m, "cat") for m in good[:4]] + [(np.roll(good[4], 4, axis=1), "cat")]]
+    ds = make_dataset(labels)
+    suggestions, info = review(ds, {1: preds(*[(m, "cat", 0.95) for m in good])})
+    bad = suggestions[0]
+    assert (bad.type, bad.annotation_id) == ("bad_mask", 5)
+    # The shifted label half-overlaps its prediction, so it is only weakly suspected of being extra.
+    assert all(s.annotation_id == 5 and s.score < 0.2 for s in suggestions[1:])
+    assert bad.score > 0.8 and bad.evidence["boundary_iou"] < bad.evidence["mask_iou"] < 0.8
+    assert (mask_ops.decode(bad.suggested_segmentation, H, W) == good[4]).all()
+    assert info["bad_mask_reference"]["median_boundary_iou"] == 1.0
+
+
+def test_duplicate_needs_no_model_and_only_same_class_pairs_count():
+    near_copy = np.roll(A, 1, axis=0)
+    ds = make_dataset([[(A, "cat"), (near_copy, "cat"), (B, "cat"), (np.roll(B, 1, axis=1), "dog")]])
+    suggestions, _ = review(ds, None)
+    assert [(s.type, s.annotation_id, s.other_annotation_id) for s in suggestions] == [("duplicate", 2, 1)]
+    expected_iou = (A & near_copy).sum() / (A | near_copy).sum()
+    assert suggestions[0].score == pytest.approx(0.5 + 0.5 * (expected_iou - 0.5) / 0.5, abs=1e-3)
+
+
+def test_duplicate_removes_the_copy_the_model_backs_less():
+    shifted = np.roll(A, 3, axis=1)
+    ds = make_dataset([[(shifted, "cat"), (A, "cat")]])
+    suggestions, _ = review(ds, {1: preds((A, "cat", 0.95))})
+    duplicate = of_type(suggestions, "duplicate")
+    assert [(s.annotation_id, s.other_annotation_id) for s in duplicate] == [(1, 2)]
+
+
+def test_suggestions_are_ranked_worst_first_with_ids_in_rank_order():
+    ds = make_dataset([[(A, "cat"), (C, "cat")], [(A, "cat")]])
+    predictions = {1: preds((A, "cat", 0.6)), 2: preds((A, "cat", 0.95), (B, "dog", 0.99))}
+    suggestions, _ = review(ds, predictions, ReviewSettings(min_score=0.0))
+    assert [s.id for s in suggestions] == list(range(1, len(suggestions) + 1))
+    assert [s.score for s in suggestions] == sorted((s.score for s in suggestions), reverse=True)
+    assert (suggestions[0].type, suggestions[0].image_id) == ("missing_label", 2)
+
+
+def test_boundary_band_and_boundary_iou():
+    square = np.zeros((40, 40), bool)
+    square[10:30, 10:30] = True
+    assert boundary_band(square, 2).sum() == 20 * 20 - 16 * 16
+    corner = np.zeros((40, 40), bool)
+    corner[:10, :10] = True  # touches the image border, which counts as outline
+    assert boundary_band(corner, 2).sum() == 100 - 6 * 6  # 2 pixels in from every side
+    assert boundary_iou(square, square, 2) == 1.0
+    shifted = np.roll(square, 1, axis=1)
+    band_a, band_b = boundary_band(square, 2), boundary_band(shifted, 2)
+    expected = (band_a & band_b).sum() / (band_a | band_b).sum()
+    assert boundary_iou(square, shifted, 2) == pytest.approx(expected)
+    assert boundary_iou(square, shifted, 2) < ((square & shifted).sum() / (square | shifted).sum())
+
+
+# -- apply -------------------------------------------------------------------------------------------
+def _review_document(ds, predictions):
+    suggestions, _ = review(ds, predictions)
+    return {"suggestions": [s.to_dict() for s in suggestions]}
+
+
+def _noisy_case():
+    shifted = np.roll(C, 4, axis=1)
+    ds = make_dataset([[(A, "cat"), (shifted, "cat"), (disc(44, 16, 6), "cat")],
+                       [(A, "dog"), (B, "cat"), (np.roll(B, 1, axis=0), "cat")]])
+    predictions = {1: preds((A, "cat", 0.95), (C, "cat", 0.95), (disc(44, 46, 8), "dog", 0.9)),
+                   2: preds((A, "cat", 0.95), (B, "cat", 0.95), probs=[[0.9, 0.1], [0.95, 0.05]])}
+    return ds, predictions
+
+
+def test_apply_changes_exactly_the_accepted_suggestions():
+    ds, predictions = _noisy_case()
+    document = _review_document(ds, predictions)
+    by_type = {s["type"]: s for s in document["suggestions"]}
+    assert set(by_type) == {"missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate"}
+    original = copy.deepcopy(ds.coco)
+    accepted = {by_type[t]["id"] for t in ("missing_label", "wrong_class", "bad_mask", "duplicate")}
+    fixed, changes = apply_review(document, ds, accept=accepted)
+    assert ds.coco == original  # the input is untouched
+
+    touched = {by_type[t]["annotation_id"] for t in ("wrong_class", "bad_mask", "duplicate")}
+    before = {a["id"]: a for a in original["annotations"]}
+    after = {a["id"]: a for a in fixed.annotations}
+    for ann_id, ann in before.items():
+        if ann_id not in touched:
+            assert json.dumps(after[ann_id], sort_keys=True) == json.dumps(ann, sort_keys=True)
+    assert by_type["duplicate"]["annotation_id"] not in after
+    assert after[by_type["wrong_class"]["annotation_id"]]["category_id"] == 1
+    redrawn = after[by_type["bad_mask"]["annotation_id"]]
+    assert (mask_ops.decode(redrawn["segmentation"], H, W) == C).all()
+    assert redrawn["area"] == int(C.sum())
+    added = [a for a in fixed.annotations if a["id"] not in before]
+    assert len(added) == 1 and added[0]["category_id"] == 2 and added[0]["image_id"] == 1
+    assert {c["type"] for c in changes} == {"missing_label", "wrong_class", "bad_mask", "duplicate"}
+    # Order and ids of the untouched annotations are kept; the new one goes last.
+    kept = [a["id"] for a in original["annotations"] if a["id"] != by_type["duplicate"]["annotation_id"]]
+    assert [a["id"] for a in fixed.annotations] == kept + [added[0]["id"]]
+
+
+def test_apply_threshold_reject_and_conflicting_suggestions():
+    ds, predictions = _noisy_case()
+    document = _review_document(ds, predictions)
+    top = document["suggestions"][0]
+    fixed, changes = apply_review(document, ds, accept_above=0.0, reject=[top["id"]])
+    assert top["id"] not in {c["suggestion"] for c in changes}
+    assert len(changes) == len(document["suggestions"]) - 1
+
+    extra = next(s for s in document["suggestions"] if s["type"] == "extra_label")
+    edit = {**extra, "id": 999, "type": "wrong_class", "suggested_class": "dog"}
+    document["suggestions"].append(edit)
+    fixed, changes = apply_review(document, ds, accept=[extra["id"], 999])
+    assert [c["action"] for c in changes] == ["removed", "skipped"]
+    assert extra["annotation_id"] not in {a["id"] for a in fixed.annotations}
+    with pytest.raises(instaseg.InstasegError, match="no suggestion with id 12345"):
+        apply_review(document, ds, accept=[12345])
+
+
+# -- folds ---------------------------------------------------------------------------------------------
+def test_fold_assignment_is_balanced_deterministic_and_complete():
+    ds = make_dataset([[(A, "cat")] for _ in range(11)])
+    folds = assign_folds(ds, 3, seed=4)
+    assert sorted(folds) == [img["id"] for img in ds.images]
+    assert sorted(np.bincount(list(folds.values()))) == [3, 4, 4]
+    assert folds == assign_folds(ds, 3, seed=4) and folds != assign_folds(ds, 3, seed=5)
+    with pytest.raises(instaseg.InstasegError):
+        assign_folds(ds, 1)
+
+
+def test_out_of_fold_models_never_judge_images_they_trained_on(monkeypatch, tmp_path):
+    ds = make_dataset([[(A, "cat")] for _ in range(6)])
+    trained_on = {}
+
+    def fake_train(train, val=None, *, out, **options):
+        trained_on[str(out)] = {img["id"] for img in train.images}
+        return out / "best.pt"
+
+    class FakePredictor:
+        def __init__(self, path):
+            self.seen = trained_on[str(path.parent)]
+
+        def predict_dataset(self, dataset, score_threshold=0.05):
+            assert not self.seen & {img["id"] for img in dataset.images}
+            return {img["id"]: preds((A, "cat", 0.9)) for img in dataset.images}
+
+    monkeypatch.setitem(sys.modules, "instaseg.train", types.SimpleNamespace(train=fake_train))
+    monkeypatch.setattr(instaseg, "load", FakePredictor, raising=False)
+    predictions, info = out_of_fold_predictions(ds, 2, out=tmp_path, minutes_per_fold=1)
+    assert sorted(predictions) == [img["id"] for img in ds.images]
+    assert len(trained_on) == 2 and all(len(ids) == 3 for ids in trained_on.values())
+
+
+def test_seen_warning():
+    ds = make_dataset([[(A, "cat")], [(B, "cat")]])
+    assert "must come from a model" in seen_warning(ds, None)
+    assert "trained on 1 of these 2" in seen_warning(ds, {"img2.png", "other.png"})
+    assert seen_warning(ds, {"other.png"}) is None
+
+
+# -- CLI -----------------------------------------------------------------------------------------------
+@pytest.fixture
+def reviewed_files(tmp_path):
+    """A COCO file with images on disk, and a COCO results JSON of predictions for it."""
+    ds, predictions = _noisy_case()
+    rng = np.random.default_rng(0)
+    for image in ds.images:
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(tmp_path / image["file_name"])
+    ds.save(tmp_path / "labels.json")
+    results = []
+    for image_id, instances in predictions.items():
+        results += instances.to_coco(image_id, [1, 2])
+    io.write_json(tmp_path / "results.json", results)
+    return tmp_path
+
+
+def test_cli_review_writes_report_and_apply_fixes(cli, reviewed_files):
+    root = reviewed_files
+    r = cli("review", root / "labels.json", "--pred", root / "results.json", "--out", root / "rev")
+    assert r.code == 0, r.stderr
+    assert "not trained on these images" in r.stderr
+    document = json.loads((root / "rev" / "review.json").read_text())
+    counts = document["counts"]
+    assert all(counts[t] >= 1 for t in ("missing_label", "extra_label", "bad_mask", "duplicate")), counts
+    rows = (root / "rev" / "review.csv").read_text().splitlines()
+    assert len(rows) == len(document["suggestions"]) + 1
+    page = (root / "rev" / "report.html").read_text()
+    assert page.count('class="card"') == len(document["suggestions"]) and "<script>" in page
+    for s in document["suggestions"]:
+        picture = root / "rev" / f"pictures/{s['id']:05d}-{s['type']}.jpg"
+        assert picture.exists() and f'src="pictures/{picture.name}"' in page
+    assert Image.open(root / "rev" / "pictures" / f"00001-{document['suggestions'][0]['type']}.jpg").width > 2 * W
+
+    again = cli("review", root / "labels.json", "--pred", root / "results.json", "--out", root / "rev")
+    assert again.code == 2 and "--overwrite" in again.stderr
+
+    r = cli("review", "apply", root / "rev", "--accept", "all-above 0.5", "--out", root / "fixed.json")
+    assert r.code == 0, r.stderr
+    fixed = Dataset.load(root / "fixed.json")
+    accepted = [s for s in document["suggestions"] if s["score"] >= 0.5]
+    assert f"applied {len(accepted)} of {len(accepted)}" in r.stdout
+    assert fixed.image_path(fixed.images[0]).exists()
+
+
+def test_cli_review_refuses_bad_input(cli, reviewed_files, tmp_path):
+    root = reviewed_files
+    r = cli("review", root / "labels.json", "--pred", root / "results.json", "--model", root / "x.pt", "--out", tmp_path / "o")
+    assert r.code == 2 and "exactly one of" in r.stderr
+    r = cli("review", root / "labels.json", "--pred", root / "nothing.json", "--out", tmp_path / "o")
+    assert r.code == 2 and "nothing.json" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+    r = cli("review", "apply", root / "labels.json", "--accept", "1", "--out", tmp_path / "f.json")
+    assert r.code == 2 and "not an instaseg review" in r.stderr
