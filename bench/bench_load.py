@@ -80,7 +80,7 @@ def time_pycocotools(path: Path) -> float:
 def time_instaseg(path: Path) -> tuple[float, int]:
     start = time.perf_counter()
     problems = check_dataset(Dataset.load(path), check_files=False)
-    return time.perf_counter() - start, len(problems)
+    return time.perf_counter() - start, sum(p.severity == "error" for p in problems)
 
 
 def main() -> None:
@@ -97,10 +97,10 @@ def main() -> None:
         ours, theirs = [], []
         for _ in range(args.repeats):  # interleaved, so both see the same machine load
             theirs.append(time_pycocotools(path))
-            seconds, problems = time_instaseg(path)
+            seconds, errors = time_instaseg(path)
             ours.append(seconds)
-        if problems:
-            sys.exit(f"the generated file should be clean, but check reported {problems} problem(s)")
+        if errors:  # a random blob may rightly earn a self-intersection warning, never an error
+            sys.exit(f"the generated file should be valid, but check reported {errors} error(s)")
 
     ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
     print(f"| file | {args.images:,} images, {args.instances:,} instances, {size_mb:.0f} MB |")

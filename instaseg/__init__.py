@@ -14,4 +14,17 @@ from instaseg.structures import Instances
 
 __version__ = "0.1.0"
 
-__all__ = ["Dataset", "Instances", "InstasegError", "__version__"]
+__all__ = ["Dataset", "Instances", "InstasegError", "__version__", "get_model", "list_models", "load"]
+
+
+def __getattr__(name: str):
+    # torch and torchvision take seconds to import; only pay for them when a model is wanted.
+    if name == "load":
+        from instaseg.predictor import load
+
+        return load
+    if name in ("get_model", "list_models"):
+        from instaseg import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'instaseg' has no attribute {name!r}")

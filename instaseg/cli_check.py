@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +13,7 @@ import typer
 from instaseg import io
 from instaseg.cli import app
 from instaseg.data.check import check_dataset, count_problems, fix_dataset
+from instaseg.data.convert import read_dataset
 from instaseg.data.dataset import Dataset
 from instaseg.data.stats import dataset_stats, plot_stats, stats_tables
 from instaseg.viz import save_overlays
@@ -29,10 +31,6 @@ def load_dataset(data: Path, images: Path | None = None) -> Dataset:
         coco = io.read_json(data)
         if not isinstance(coco, dict) or "images" in coco or "annotations" in coco:
             return _coco_dataset(coco, data, images)
-    try:
-        from instaseg.data.convert import read_dataset
-    except ImportError:
-        return Dataset.load(data, images)
     return read_dataset(data, images=images)
 
 
@@ -66,6 +64,9 @@ def check(
     report: dict = {"file": str(data), "errors": errors, "warnings": warnings, "problems": [p.to_dict() for p in problems]}
     lines = [str(p) for p in problems]
     lines.append(f"{errors} error(s), {warnings} warning(s) in {len(dataset.images)} images, {len(dataset.annotations)} annotations")
+    if problems:
+        kinds = Counter((p.severity, p.kind) for p in problems)
+        lines.append("by kind: " + ", ".join(f"{n} {kind} ({severity})" for (severity, kind), n in kinds.most_common()))
 
     if fix is not None:
         fixed, changes = fix_dataset(dataset, problems)

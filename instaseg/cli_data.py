@@ -15,11 +15,19 @@ from instaseg.data.convert import READERS, WRITERS, convert as convert_dataset
 def convert(
     src: Path = typer.Argument(..., help="Dataset to read: a JSON file or a folder, depending on the format."),
     out: Path = typer.Argument(..., help="Output: a .json file for coco, a folder for the other formats."),
-    from_format: Optional[str] = typer.Option(None, "--from", help=f"Input format: {', '.join(READERS)} (detected when left out)."),
-    to_format: Optional[str] = typer.Option(None, "--to", help=f"Output format: {', '.join(WRITERS)} (coco for a .json OUT)."),
+    from_format: Optional[str] = typer.Option(
+        None, "--from", help=f"Input format: {', '.join(READERS)} (detected when left out)."
+    ),
+    to_format: Optional[str] = typer.Option(
+        None, "--to", help=f"Output format: {', '.join(WRITERS)} (coco for a .json OUT)."
+    ),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder, where the input format does not say."),
-    class_name: Optional[str] = typer.Option(None, "--class", help="Class of instances whose format has none (default: object)."),
-    classes: Optional[Path] = typer.Option(None, "--classes", help="Names file (YOLO) or instance/image -> class mapping (masks)."),
+    class_name: Optional[str] = typer.Option(
+        None, "--class", help="Class of instances whose format has none (default: object)."
+    ),
+    classes: Optional[Path] = typer.Option(
+        None, "--classes", help="Names file (YOLO) or instance/image -> class mapping (masks)."
+    ),
     split: str = typer.Option("train", help="Split folder name for YOLO output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:

@@ -41,10 +41,11 @@ def review_run(
     minutes_per_fold: Annotated[float, typer.Option(min=0.1, help="Training time of each fold model (with --folds).")] = 5.0,
     epochs_per_fold: Annotated[Optional[int], typer.Option(min=1, help="Epochs of each fold model, instead of a time budget.")] = None,
     arch: Annotated[Optional[str], typer.Option(help="Architecture of the fold models (default: the trainer's).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Report folder [default: review-<DATA name>].")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Preset of the fold models: cpu, gpu or small (images of 128-256 px).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Report folder (default: review-<DATA name>).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Image folder, if not beside the dataset.")] = None,
     max_pictures: Annotated[int, typer.Option(min=0, help="Draw pictures for this many suggestions, worst first.")] = 200,
-    min_score: Annotated[float, typer.Option(min=0.0, max=1.0, help="Leave out suggestions scoring below this.")] = 0.05,
+    min_score: Annotated[float, typer.Option(min=0.0, max=1.0, help="Leave out suggestions scoring below this.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the fold split and training.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
@@ -58,7 +59,7 @@ def review_run(
     target = out if out is not None else Path(f"review-{data.stem}")
     document = run_review(
         dataset, out=target, model=model, pred=pred, folds=folds, minutes_per_fold=None if epochs_per_fold else minutes_per_fold,
-        epochs_per_fold=epochs_per_fold, architecture=arch, max_pictures=max_pictures, seed=seed,
+        epochs_per_fold=epochs_per_fold, architecture=arch, preset=preset, max_pictures=max_pictures, seed=seed,
         settings=ReviewSettings(min_score=min_score), overwrite=overwrite,
     )
     for warning in document["warnings"]:
@@ -100,7 +101,7 @@ def review_apply(
 @app.command()
 def noise(
     data: Annotated[Path, typer.Argument(help="Clean dataset: a COCO JSON, or any format `instaseg convert` reads.")],
-    out: Annotated[Optional[Path], typer.Option(help="Noisy COCO JSON to write [default: <DATA>.noisy.json beside DATA].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Noisy COCO JSON to write (default: <DATA name>.noisy.json beside DATA).")] = None,
     rates: Annotated[Optional[str], typer.Option(help="Error rates, e.g. 'missing=0.1,extra=0.1,wrong_class=0.05,bad_mask=0.1,duplicate=0.03'.")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Image folder, if not beside the dataset.")] = None,
     seed: Annotated[int, typer.Option(help="The same seed gives the same errors.")] = 0,

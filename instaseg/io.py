@@ -153,6 +153,10 @@ def image_size(path: str | Path) -> tuple[int, int]:
             orientation = img.getexif().get(0x0112, 1)
     except FileNotFoundError:
         raise InstasegError("image file not found", file=path) from None
+    except Image.DecompressionBombError:
+        raise InstasegError(
+            f"image too large (over {MAX_IMAGE_PIXELS:,} pixels); resize it first", file=path
+        ) from None
     except UnidentifiedImageError:
         raise InstasegError("not an image or unsupported image format", file=path) from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -126,9 +126,11 @@ class TrainingImages(torch.utils.data.Dataset):
     scale jitter happens in the model (its ``train_scales``).
     """
 
-    def __init__(self, dataset: Dataset, augment: bool):
+    def __init__(self, dataset: Dataset, augment: bool, seed: int = 0):
         self.dataset = dataset
         self.augment = augment
+        self.seed = seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.dataset.images)
@@ -143,18 +145,20 @@ class TrainingImages(torch.utils.data.Dataset):
         boxes = torch.from_numpy(gt.boxes)
         masks = torch.from_numpy(gt.masks).to(torch.uint8)
         if self.augment:
-            if torch.rand(()) < 0.5:
+            # Seeded by (seed, epoch, image): the same whatever the worker, process or resume point.
+            rng = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + index)
+            if torch.rand((), generator=rng) < 0.5:
                 pixels, masks = pixels.flip(-1), masks.flip(-1)
                 width = pixels.shape[-1]
                 boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
-            pixels = _colour_jitter(pixels)
+            pixels = _colour_jitter(pixels, rng)
         target = {"boxes": boxes, "labels": torch.from_numpy(gt.class_ids + 1), "masks": masks}
         return pixels, target
 
 
-def _colour_jitter(pixels: torch.Tensor, strength: float = 0.3) -> torch.Tensor:
+def _colour_jitter(pixels: torch.Tensor, rng: torch.Generator, strength: float = 0.3) -> torch.Tensor:
     """Random brightness, contrast and saturation changes of up to +-``strength``."""
-    brightness, contrast, saturation = (1 + (torch.rand(3) * 2 - 1) * strength).tolist()
+    brightness, contrast, saturation = (1 + (torch.rand(3, generator=rng) * 2 - 1) * strength).tolist()
     pixels = pixels * brightness
     mean = pixels.mean()
     pixels = (pixels - mean) * contrast + mean
@@ -378,9 +382,9 @@ class _Run:
         if self.world > 1:
             dist.barrier()
         self._build(resumed)
-        images = TrainingImages(self.train_set, augment=True)
+        images = TrainingImages(self.train_set, augment=True, seed=self.seed)
         # On a CPU the model needs every core; loading small images in the main process costs little.
-        self.workers = min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 0
+        workers = min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 0
         self.batches_per_epoch = len(epoch_batches(self.train_set, self.batch_size, self.seed, 0, self.rank, self.world))
         self.started = time.monotonic()
         self.last_val_time = self.elapsed()
@@ -392,35 +396,36 @@ class _Run:
         window: list[dict[str, float]] = []
         stopped = self.should_stop()
         while not stopped:
+            images.epoch = self.epoch
             batches = epoch_batches(self.train_set, self.batch_size, self.seed, self.epoch, self.rank, self.world)
             loader = torch.utils.data.DataLoader(
-                images, batch_sampler=batches[self.batch_in_epoch :], collate_fn=_collate, num_workers=self.workers
+                images, batch_sampler=batches[self.batch_in_epoch :], collate_fn=_collate, num_workers=workers,
+                generator=torch.Generator(),  # leaves the global RNG (restored on resume) untouched
             )
             for batch in loader:
-                losses = self._step(batch)
+                window.append(self._step(batch))
                 self.iteration += 1
                 self.batch_in_epoch += 1
-                window.append(losses)
                 bar.update(1)
                 if self.iteration % 10 == 0 or self.iteration == 1:
                     row = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
                     window.clear()
                     self._log({"iteration": self.iteration, "epoch": self.epoch + 1, **row, "lr": self.learning_rate(),
                                "elapsed": round(self.elapsed(), 1)})
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", ep=self.epoch + 1)
-                if self.iteration % self.checkpoint_every == 0:
-                    self._save("last.pt", with_optimizer=True)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", epoch=self.epoch + 1)
+                end_of_epoch = self.batch_in_epoch == len(batches)
+                if end_of_epoch:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
                 stopped = self.should_stop()
+                validated = stopped or self._validation_due(end_of_epoch)
+                if validated:
+                    self._validate()
+                if validated or end_of_epoch or self.iteration % self.checkpoint_every == 0:
+                    self._save("last.pt", with_optimizer=True)
+                    self._write_logs()
                 if stopped:
                     break
-            else:
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                stopped = self.should_stop()
-            if stopped or self._validation_due():
-                self._validate()
-            self._save("last.pt", with_optimizer=True)
-            self._write_logs()
         bar.close()
         if self.main and (self.val_set is None or not (self.out / "best.pt").exists()):
             self._save("best.pt", with_optimizer=False)
@@ -451,14 +456,14 @@ class _Run:
         self.scaler.update()
         return {"loss": float(loss.item()), **{k: float(v.item()) for k, v in losses.items()}}
 
-    def _validation_due(self) -> bool:
+    def _validation_due(self, end_of_epoch: bool) -> bool:
         if self.val_set is None:
             return False
         if self.minutes is not None:
             interval = (self.val_every if self.val_every is not None else self.minutes / 8) * 60
             due = self.elapsed() - self.last_val_time >= interval
         else:
-            due = self.epoch % max(1, round(self.val_every or 1)) == 0
+            due = end_of_epoch and self.epoch % max(1, round(self.val_every or 1)) == 0
         return bool(self._broadcast(float(due)))
 
     def _validate(self) -> None:

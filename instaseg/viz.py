@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from instaseg import io
 from instaseg.errors import InstasegError
+from instaseg.data.check import check_dataset
 from instaseg.data.dataset import Dataset
 from instaseg.structures import Instances
 
@@ -232,27 +233,27 @@ def save_overlays(
     Returns:
         The paths of the pictures written.
     """
-    from instaseg.data.check import check_dataset
-
     out = Path(out)
     io.check_output(out, overwrite)
     images = dataset.images[:limit] if limit is not None else dataset.images
+    if not images:
+        raise InstasegError("the dataset has no images to draw", file=dataset.source)
     # Annotations that cannot be drawn are named precisely by the checker, before any drawing starts.
     undrawable = [p for p in check_dataset(dataset.subset(img["id"] for img in images), check_files=False) if p.kind in _UNDRAWABLE]
     if undrawable:
         more = f" (and {len(undrawable) - 1} more; run 'instaseg check')" if len(undrawable) > 1 else ""
         raise InstasegError(f"cannot draw: {str(undrawable[0]).removeprefix('error: ')}{more}")
-    written: list[Path] = []
+    written: dict[Path, int] = {}  # picture -> image id
     with io.atomic_path(out, overwrite) as tmp:
         tmp.mkdir()
         for image in tqdm(images, desc="drawing", unit="img", disable=None):
             record = f"image id {image['id']}"
             relative = Path(image["file_name"]).with_suffix(".png")
-            target = io.safe_join(tmp, str(relative), record=record)
-            if target in written:
-                raise InstasegError(f"two images would be drawn to the same file {relative}", record=record)
+            if relative in written:
+                raise InstasegError(f"image id {written[relative]} is drawn to the same file {relative}", file=dataset.source, record=record)
             picture = draw_instances(*enlarge(dataset.read_image(image), dataset.ground_truth(image)), show_scores=False)
+            target = io.safe_join(tmp, str(relative), record=record)
             target.parent.mkdir(parents=True, exist_ok=True)
             io.write_image(target, picture)
-            written.append(target)
-    return [out / path.relative_to(tmp) for path in written]
+            written[relative] = image["id"]
+    return [out / relative for relative in written]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io as bytes_io
 import json
 import os
 
@@ -52,7 +54,13 @@ def _coco_file(tmp_path, name="gt.json"):
         "categories": [{"id": 5, "name": "cell"}, {"id": 9, "name": "dot"}],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 5, "segmentation": mask_ops.encode(big), "iscrowd": 0},
-            {"id": 2, "image_id": 1, "category_id": 9, "segmentation": [[20, 18, 30, 18, 30, 28, 20, 28]], "iscrowd": 0},
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 9,
+                "segmentation": [[20, 18, 30, 18, 30, 28, 20, 28]],
+                "iscrowd": 0,
+            },
             {"id": 3, "image_id": 1, "category_id": 9, "segmentation": _uncompressed(two_parts), "iscrowd": 1},
             {"id": 4, "image_id": 2, "category_id": 5, "segmentation": mask_ops.encode(small), "iscrowd": 0},
         ],
@@ -69,7 +77,7 @@ def _masks_of(dataset):
         anns = dataset.annotations_by_image.get(image["id"], [])
         masks = [_decode(a["segmentation"], image["height"], image["width"]) for a in anns]
         names = [dataset.class_names[dataset.category_index[a["category_id"]]] for a in anns]
-        out[os.path.basename(image["file_name"])] = list(zip(names, masks))
+        out[os.path.basename(image["file_name"])] = list(zip(names, masks, strict=True))
     return out
 
 
@@ -123,6 +131,12 @@ def test_coco_unusable_annotations_are_reported_not_fatal(tmp_path):
     assert len(dataset.annotations) == 4 and report.instances_read == 4
     assert any("annotation id 77" in w and "image id 99" in w for w in report.warnings)
     assert any("annotation id 78" in w and "no segmentation" in w for w in report.warnings)
+    report = Report()
+    read_dataset(tmp_path / "imgs" / "gt.json", images=tmp_path / "nowhere", report=report)
+    assert any("nowhere" in w and "image folder not found" in w for w in report.warnings)
+    with pytest.raises(InstasegError, match="image file not found"):
+        write_dataset(read_dataset(tmp_path / "imgs" / "gt.json", images=tmp_path / "nowhere"), tmp_path / "y", "yolo")
+    assert not (tmp_path / "y").exists()
 
 
 def test_existing_output_needs_overwrite(tmp_path, cli):
@@ -158,7 +172,7 @@ def test_coco_to_yolo_and_back_keeps_instances_classes_and_masks(tmp_path, cli):
     assert before.keys() == after.keys()
     for name in before:
         assert [c for c, _ in before[name]] == [c for c, _ in after[name]]
-        for (_, a), (_, b) in zip(before[name], after[name]):
+        for (_, a), (_, b) in zip(before[name], after[name], strict=True):
             assert _mask_iou(a, b) >= 0.9  # polygons traced from small RLE discs
 
 
@@ -186,13 +200,26 @@ def test_yolo_reads_boxes_and_reports_background_and_orphan_files(tmp_path):
     assert any("orphan.txt" in w and "without an image" in w for w in report.warnings)
 
 
+def test_yolo_reads_one_split_given_its_images_folder(tmp_path):
+    root = _yolo_tree(tmp_path, "1 0.1 0.1 0.5 0.1 0.5 0.5\n")
+    _image(root / "images" / "val" / "other.jpg")
+    report = Report()
+    dataset = read_dataset(root / "images" / "train", "yolo", report=report)
+    assert sorted(i["file_name"] for i in dataset.images) == ["background.jpg", "one.jpg"]
+    assert dataset.class_names == ["a", "b"] and len(dataset.annotations) == 1  # names from data.yaml above
+    assert any("orphan.txt" in w for w in report.warnings)
+
+
 def test_yolo_without_names_uses_class_k_or_a_names_file(tmp_path):
     root = _yolo_tree(tmp_path, "2 0.1 0.1 0.5 0.1 0.5 0.5\n", names=None)
     assert read_dataset(root, "yolo").class_names == ["class_0", "class_1", "class_2"]
     names = tmp_path / "names.txt"
     names.write_text("cat\ndog\nbird\n")
     dataset = read_dataset(root, "yolo", classes=names)
-    assert dataset.class_names == ["cat", "dog", "bird"] and dataset.categories[dataset.category_index[dataset.annotations[0]["category_id"]]]["name"] == "bird"
+    assert (
+        dataset.class_names == ["cat", "dog", "bird"]
+        and dataset.categories[dataset.category_index[dataset.annotations[0]["category_id"]]]["name"] == "bird"
+    )
 
 
 @pytest.mark.parametrize(
@@ -222,14 +249,20 @@ def _via_entries(tmp_path):
             "size": 999,
             "regions": {
                 "0": {"shape_attributes": polygon, "region_attributes": {"class": "cat"}},
-                "1": {"shape_attributes": {"name": "rect", "x": 5, "y": 6, "width": 10, "height": 4}, "region_attributes": {}},
+                "1": {
+                    "shape_attributes": {"name": "rect", "x": 5, "y": 6, "width": 10, "height": 4},
+                    "region_attributes": {},
+                },
                 "2": {"shape_attributes": {"name": "point", "cx": 3, "cy": 3}, "region_attributes": {}},
             },
         },
         "q.jpg1": {
             "filename": "q.jpg",
             "regions": [
-                {"shape_attributes": {"name": "circle", "cx": 20, "cy": 20, "r": 8}, "region_attributes": {"kind": {"dog": True}}}
+                {
+                    "shape_attributes": {"name": "circle", "cx": 20, "cy": 20, "r": 8},
+                    "region_attributes": {"kind": {"dog": True}},
+                }
             ],
         },
         "gone.jpg1": {"filename": "gone.jpg", "regions": [{"shape_attributes": polygon, "region_attributes": {}}]},
@@ -244,7 +277,11 @@ def test_via_reads_shapes_classes_and_clips_to_the_image(tmp_path, version):
     report = Report()
     dataset = read_dataset(tmp_path / "via", class_name="thing", report=report)
     assert report.source_format == "via" and len(dataset.images) == 2
-    assert [dataset.class_names[dataset.category_index[a["category_id"]]] for a in dataset.annotations] == ["cat", "thing", "dog"]
+    assert [dataset.class_names[dataset.category_index[a["category_id"]]] for a in dataset.annotations] == [
+        "cat",
+        "thing",
+        "dog",
+    ]
     polygon = dataset.annotations[0]["segmentation"][0]
     assert max(polygon[0::2]) == W and max(polygon[1::2]) == H  # clipped to the image edge
     assert dataset.annotations[1]["area"] == 40
@@ -262,7 +299,7 @@ def test_via_writer_round_trips_with_one_region_per_instance(tmp_path, cli):
     before, after = _masks_of(Dataset.load(src)), _masks_of(back)
     for name in before:
         assert [c for c, _ in before[name]] == [c for c, _ in after[name]]
-        assert all(_mask_iou(a, b) >= 0.9 for (_, a), (_, b) in zip(before[name], after[name]))
+        assert all(_mask_iou(a, b) >= 0.9 for (_, a), (_, b) in zip(before[name], after[name], strict=True))
 
 
 # -- LabelMe ------------------------------------------------------------------------------------
@@ -280,21 +317,36 @@ def test_labelme_roundtrip_keeps_groups_and_crowd(tmp_path, cli):
     before, after = _masks_of(Dataset.load(src)), _masks_of(back)
     for name in before:
         assert [c for c, _ in before[name]] == [c for c, _ in after[name]]
-        assert all(_mask_iou(a, b) >= 0.9 for (_, a), (_, b) in zip(before[name], after[name]))
+        assert all(_mask_iou(a, b) >= 0.9 for (_, a), (_, b) in zip(before[name], after[name], strict=True))
 
 
-def test_labelme_shapes_rectangle_and_line(tmp_path):
+def test_labelme_shapes_rectangle_mask_and_line(tmp_path):
     _image(tmp_path / "lm" / "x.png")
     shapes = [
         {"label": "box", "points": [[10, 5], [20, 15]], "shape_type": "rectangle", "group_id": None, "flags": {}},
         {"label": "wire", "points": [[1, 1], [9, 9]], "shape_type": "line", "group_id": None, "flags": {}},
     ]
+    crop = np.zeros((6, 8), np.uint8)
+    crop[1:5, 2:7] = 255  # 20 pixels, placed at (x=30, y=20)
+    buffer = bytes_io.BytesIO()
+    Image.fromarray(crop).save(buffer, format="PNG")
+    shapes.append(
+        {
+            "label": "blob",
+            "points": [[30, 20], [37, 25]],
+            "shape_type": "mask",
+            "mask": base64.b64encode(buffer.getvalue()).decode(),
+            "group_id": None,
+            "flags": {},
+        }
+    )
     document = {"shapes": shapes, "imagePath": "x.png", "imageHeight": H, "imageWidth": W}
     (tmp_path / "lm" / "x.json").write_text(json.dumps(document))
     (tmp_path / "lm" / "other.json").write_text("{}")
     report = Report()
     dataset = read_dataset(tmp_path / "lm", "labelme", report=report)
-    assert len(dataset.annotations) == 1 and dataset.annotations[0]["area"] == 100
+    assert [a["area"] for a in dataset.annotations] == [100, 20]
+    assert dataset.annotations[1]["bbox"] == [32.0, 21.0, 5.0, 4.0]
     assert any("shape 1" in w and "line" in w for w in report.warnings)
     assert any("other.json" in w for w in report.warnings)
 
@@ -331,10 +383,26 @@ def test_instance_png_dataset_converts_with_every_instance(tmp_path, cli):
     for stem, masks in expected.items():
         instances = got[f"{stem}.png"]
         assert len(instances) == len(masks)
-        for (name, mask), (instance_id, want) in zip(instances, sorted(masks.items())):
+        for (name, mask), (instance_id, want) in zip(instances, sorted(masks.items()), strict=True):
             assert (mask == want).all()
             if stem == "first":
                 assert name == {1: "cell", 2: "big", 7: "small"}[instance_id]
+
+
+def test_folder_outputs_give_clashing_stems_distinct_names(tmp_path):
+    coco = json.loads(_coco_file(tmp_path).read_text())
+    _image(tmp_path / "imgs" / "sub" / "a.jpg")
+    coco["images"].append({"id": 3, "file_name": "sub/a.jpg", "width": W, "height": H})
+    coco["images"][1]["file_name"] = "b.png"
+    write_dataset(Dataset(coco, tmp_path / "imgs"), tmp_path / "lm", "labelme")
+    assert sorted(p.name for p in (tmp_path / "lm").iterdir()) == [
+        "a_png.json",
+        "a_png.png",
+        "b.json",
+        "b.png",
+        "sub_a_jpg.jpg",
+        "sub_a_jpg.json",
+    ]
 
 
 def test_masks_writer_round_trips_and_puts_smaller_on_top(tmp_path):
@@ -353,7 +421,9 @@ def test_mask_files_layout_is_lossless_and_round_trips(tmp_path):
     ring = _disc(20, 20, 10) & ~_disc(20, 20, 4)  # a hole: polygons could not keep it, RLE does
     parts = _disc(5, 40, 3) | _disc(35, 40, 3)
     for sample, masks in (("s1", [ring, parts]), ("s2", [_disc(10, 10, 5)])):
-        rgba = np.dstack([np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8), np.full((H, W), 255, np.uint8)])
+        rgba = np.dstack(
+            [np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8), np.full((H, W), 255, np.uint8)]
+        )
         (root / sample / "images").mkdir(parents=True)
         Image.fromarray(rgba).save(root / sample / "images" / f"{sample}.png")
         (root / sample / "masks").mkdir()
@@ -430,6 +500,9 @@ def test_detection_is_explicit_about_unknown_and_ambiguous_input(tmp_path, cli):
     (both / "y" / "images" / "train" / "one.json").write_text(json.dumps({"shapes": [], "imagePath": "one.jpg"}))
     with pytest.raises(InstasegError, match="could be yolo or labelme"):
         detect_format(both / "y")
+    _coco_file(tmp_path)
+    r = cli("convert", tmp_path / "imgs", tmp_path / "out.json")
+    assert r.code == 2 and "pass the JSON file itself (gt.json)" in r.stderr
     r = cli("convert", tmp_path / "empty", tmp_path / "out.json", "--from", "pascal")
     assert r.code == 2 and "readable formats" in r.stderr
 

@@ -34,7 +34,10 @@ def test_balloon_via_to_coco_counts(tmp_path, cli):
         dataset = Dataset.load(out)
         assert (len(dataset.images), len(dataset.annotations)) == (images, instances)
         assert dataset.class_names == ["object"]
-        assert dataset.read_image(dataset.images[0]).shape[:2] == (dataset.images[0]["height"], dataset.images[0]["width"])
+        assert dataset.read_image(dataset.images[0]).shape[:2] == (
+            dataset.images[0]["height"],
+            dataset.images[0]["width"],
+        )
         for image in dataset.images:  # 13 polygons touch x == width or y == height: clipped
             for ann in dataset.annotations_by_image[image["id"]]:
                 polygon = np.asarray(ann["segmentation"][0]).reshape(-1, 2)

@@ -18,9 +18,16 @@ ort = pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    # A raised score floor makes the number of detections depend on the image, so the test shows
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture
+def predictor(checkpoint):
+    loaded = load(checkpoint, device="cpu")
+    # A raised score floor makes the number of detections depend on the image, so the tests show
     # the exported graph is not frozen to the detection count seen while tracing.
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", score_floor=0.4)
+    loaded.model.roi_heads.score_thresh = 0.4
+    return loaded
 
 
 def _images():
@@ -49,9 +56,8 @@ def _assert_close(got, expected):
     np.testing.assert_allclose(masks, expected[3], atol=1e-4)
 
 
-def test_onnx_matches_pytorch(checkpoint, tmp_path, cli):
-    r = cli("export", checkpoint, "--format", "onnx", "--out", tmp_path / "m.onnx")
-    assert r.code == 0, r.stderr
+def test_onnx_matches_pytorch(predictor, tmp_path):
+    export_model(predictor, "onnx", out=tmp_path / "m.onnx")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
@@ -59,7 +65,6 @@ def test_onnx_matches_pytorch(checkpoint, tmp_path, cli):
     assert [o.name for o in session.get_outputs()] == OUTPUT_NAMES
     assert json.loads(session.get_modelmeta().custom_metadata_map["class_names"]) == ["a", "b"]
 
-    predictor = load(checkpoint, device="cpu")
     counts = set()
     for image in _images():
         expected = _reference(predictor, image)
@@ -67,15 +72,27 @@ def test_onnx_matches_pytorch(checkpoint, tmp_path, cli):
         _assert_close(got, expected)
         counts.add(len(got[2]))
         # The export is the model that Predictor runs: same detections above a threshold.
-        instances = predictor.predict(image, score_threshold=0.45)
-        keep = got[2] >= 0.45
+        threshold = float(np.median(got[2]))
+        instances = predictor.predict(image, score_threshold=threshold)
+        keep = got[2] >= threshold
+        assert 0 < len(instances) == keep.sum()
         np.testing.assert_allclose(instances.scores, got[2][keep], atol=1e-5)
         assert (instances.masks == (got[3][keep] > 0.5)).mean() > 0.9999
     assert len(counts) == 2 and min(counts) > 0  # different detection counts, both non-empty
 
 
-def test_torchscript_matches_pytorch(checkpoint, tmp_path):
-    predictor = load(checkpoint, device="cpu")
+def test_cli_export_writes_a_loadable_file(checkpoint, tmp_path, cli):
+    r = cli("export", checkpoint, "--format", "torchscript", "--out", tmp_path / "m.torchscript")
+    assert r.code == 0, r.stderr
+    assert "m.torchscript" in r.stdout
+    with torch.no_grad():
+        boxes, class_ids, scores, masks, class_probs = torch.jit.load(str(tmp_path / "m.torchscript"))(
+            torch.zeros((64, 64, 3), dtype=torch.uint8)
+        )
+    assert masks.shape[1:] == (64, 64) and class_probs.shape[1] == 2 and len(scores) > 0
+
+
+def test_torchscript_matches_pytorch(predictor, tmp_path):
     path = export_model(predictor, "torchscript", source=tmp_path / "tiny.pt")
     assert path == tmp_path / "tiny.torchscript"
     extra = {"class_names.txt": ""}

@@ -135,11 +135,10 @@ def test_overlays_show_the_instances(tmp_path, image_dir):
     assert (overlay[16, 20] != original[16, 20]).any()  # the disc's centre is tinted
 
 
-def write_tiny_checkpoint(path, class_names=("a", "b"), score_floor=None):
+def write_tiny_checkpoint(path, class_names=("a", "b")):
     """A seeded, untrained Mask R-CNN small enough to run in milliseconds, saved as an instaseg checkpoint.
 
-    Random weights still give detections (every class scores about 1/3); ``score_floor`` raises the
-    model's internal score threshold so that how many survive depends on the image.
+    Random weights still give detections: every class scores about 1 / (classes + 1).
     """
     import torch
 
@@ -148,8 +147,6 @@ def write_tiny_checkpoint(path, class_names=("a", "b"), score_floor=None):
 
     torch.manual_seed(0)
     kwargs = resolve_config("maskrcnn_resnet18_fpn", "small", min_size=64, max_size=64, fpn_channels=32, box_head_fc=64)
-    if score_floor is not None:
-        kwargs["box_score_thresh"] = score_floor
     from instaseg.models import get_model
 
     model = get_model("maskrcnn_resnet18_fpn", len(class_names), **kwargs)

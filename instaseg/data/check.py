@@ -7,13 +7,15 @@ are worth a look but harmless. ``fix_dataset`` writes a repaired copy and lists 
 Speed matters because datasets can hold hundreds of thousands of polygons: the per-record loop
 only does cheap type checks and gathers coordinates, and the geometry (bounds, extents, areas,
 self-intersections) is then checked on all polygons at once with NumPy and shapely's vectorised
-functions. Nothing is rasterised except the handful of near-empty polygons and the RLE masks,
-whose area and box pycocotools reads straight from the run lengths.
+functions, and the box and area of RLE masks are read by pycocotools straight from the run
+lengths. Only suspects are rasterised: near-empty polygons, and polygons whose stored box or area
+disagrees with the polygon itself.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 from collections import Counter, defaultdict
@@ -51,7 +53,7 @@ _END_MARKERS = ((b"\xff\xd8", b"\xff\xd9"), (b"\x89PNG", b"IEND\xaeB`\x82"))
 # Image problems that make an image unusable: ``--fix`` drops the image and its annotations.
 _UNUSABLE_IMAGE = {"path-escapes", "missing-image", "unreadable-image", "truncated-image", "image-too-large", "bad-image-size"}
 # Polygon problems that leave an annotation's mask undefined until ``--fix`` repairs it.
-_MALFORMED_POLYGON = ("bad-polygon", "odd-coordinates", "too-few-points", "points-far-outside")
+_MALFORMED_POLYGON = {"bad-polygon", "odd-coordinates", "too-few-points", "points-far-outside"}
 # Annotation problems that cannot be repaired: ``--fix`` drops the annotation.
 _UNUSABLE_ANNOTATION = {"unknown-image", "unknown-category", "no-segmentation", "bad-segmentation", "bad-rle", "rle-size-mismatch"}
 
@@ -100,7 +102,7 @@ class Problem:
 
 
 def check_dataset(dataset: Dataset, check_files: bool = True) -> list[Problem]:
-    """Every problem in a dataset, in the order images, categories, annotations.
+    """Every problem in a dataset, in the order categories, images, annotations.
 
     Args:
         dataset: the dataset to check.
@@ -210,126 +212,168 @@ class _Checker:
 
     # -- annotations --------------------------------------------------------------------------
     def check_annotations(self) -> None:
-        polygons = _PolygonBatch()
-        rles: list[tuple[int, dict]] = []  # (annotation index, RLE with bytes counts)
-        seen_ids: set[int] = set()
         annotations = self.dataset.annotations
+        count = len(annotations)
+        polygons = _PolygonBatch()
+        rles: list[dict] = []  # RLE masks with bytes counts, for pycocotools
+        rle_owners: list[int] = []
+        # Per annotation: [x1, y1, x2, y2] of the declared bbox and the declared area, NaN where
+        # missing or malformed (already reported), filled by the loop and checked in bulk after it.
+        boxes = np.full((count, 4), np.nan)
+        declared_area = np.full(count, np.nan)
+        box_records: list[int] = []
+        box_values: list[list] = []
+        area_records: list[int] = []
+        area_values: list = []
+        seen_ids: set[int] = set()
         for index, ann in enumerate(annotations):
             annotation_id, image_id = ann["id"], ann["image_id"]
-            where = dict(section="annotations", index=index, image_id=image_id, annotation_id=annotation_id)
             if annotation_id in seen_ids:
-                self._add(ERROR, "duplicate-id", f"annotation id {annotation_id} is used more than once", **where)
+                self._add(ERROR, "duplicate-id", f"annotation id {annotation_id} is used more than once", **self._where(index))
             seen_ids.add(annotation_id)
             size = self.image_size_by_id.get(image_id)
             if size is None:
-                self._add(ERROR, "unknown-image", f"image id {image_id} is not in the dataset", **where)
+                self._add(ERROR, "unknown-image", f"image id {image_id} is not in the dataset", **self._where(index))
                 continue
             if ann["category_id"] not in self.category_ids:
-                self._add(ERROR, "unknown-category", f"category id {ann['category_id']} is not in the dataset", **where)
+                self._add(ERROR, "unknown-category", f"category id {ann['category_id']} is not in the dataset", **self._where(index))
             width, height = size
             segmentation = ann.get("segmentation")
-            if isinstance(segmentation, list) and segmentation:
-                self._gather_polygons(index, segmentation, width, height, polygons, where)
-            elif isinstance(segmentation, dict):
-                rle = self._rle(segmentation, width, height, where)
+            if type(segmentation) is list and segmentation:
+                self._gather_polygons(index, segmentation, width, height, polygons)
+            elif type(segmentation) is dict:
+                rle = self._rle(index, segmentation, width, height)
                 if rle is not None:
-                    rles.append((index, rle))
+                    rles.append(rle)
+                    rle_owners.append(index)
             elif not segmentation:
-                self._add(ERROR, "no-segmentation", "annotation has no mask (segmentation missing or empty)", **where)
+                self._add(ERROR, "no-segmentation", "annotation has no mask (segmentation missing or empty)", **self._where(index))
             else:
                 kind = type(segmentation).__name__
-                self._add(ERROR, "bad-segmentation", f"segmentation is a {kind}, expected polygons or RLE", **where)
-            self._check_fields(ann, width, height, where)
+                self._add(ERROR, "bad-segmentation", f"segmentation is a {kind}, expected polygons or RLE", **self._where(index))
+            box = ann.get("bbox")
+            if type(box) is list and len(box) == 4:
+                box_records.append(index)
+                box_values.append(box)
+            elif box is None:
+                self._add(WARNING, "missing-bbox", "annotation has no bbox", **self._where(index))
+            else:
+                self._add(ERROR, "bad-bbox", f"bbox {box!r} is not [x, y, width, height]", **self._where(index))
+            area = ann.get("area")
+            if area is None:
+                self._add(WARNING, "missing-area", "annotation has no area (COCO evaluation needs it)", **self._where(index))
+            else:
+                area_records.append(index)
+                area_values.append(area)
+            if ann.get("iscrowd", 0) not in (0, 1):
+                self._add(ERROR, "bad-iscrowd", f"iscrowd is {ann['iscrowd']!r}, expected 0 or 1", **self._where(index))
 
-        extents, areas = self._check_polygons(polygons)
+        self._check_boxes(box_records, box_values, boxes)
+        self._check_areas(area_records, area_values, declared_area)
+        extents, areas = self._check_polygons(polygons, count)
         if rles:
-            encoded = [rle for _, rle in rles]
-            rle_boxes = mask_utils.toBbox(encoded).reshape(-1, 4)
+            owners = np.asarray(rle_owners)
+            x, y, w, h = mask_utils.toBbox(rles).reshape(-1, 4).T
+            extents[owners] = np.stack([x, y, x + w, y + h], axis=1)
             # pycocotools' area() overflows on lists of more than 255 masks under NumPy 2: go in chunks.
-            rle_areas = np.concatenate([mask_utils.area(encoded[i : i + 255]) for i in range(0, len(encoded), 255)])
-            for (index, _), box, area in zip(rles, rle_boxes, rle_areas):
-                x, y, w, h = box
-                extents[index] = (float(x), float(y), float(x + w), float(y + h))
-                areas[index] = float(area)
-        self._check_consistency(extents, areas, exact={index for index, _ in rles})
+            areas[owners] = np.concatenate([mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255)])
+        exact = np.zeros(count, bool)
+        exact[rle_owners] = True
+        self._check_consistency(boxes, declared_area, extents, areas, exact)
 
     def _where(self, index: int) -> dict:
         ann = self.dataset.annotations[index]
         return dict(section="annotations", index=index, image_id=ann["image_id"], annotation_id=ann["id"])
 
-    def _gather_polygons(self, index: int, segmentation: list, width: int, height: int, batch: "_PolygonBatch", where: dict) -> None:
-        if not isinstance(segmentation[0], list):
-            self._add(ERROR, "bad-polygon", "segmentation is a flat list; polygons must be a list of [x1, y1, x2, y2, ...] lists", **where)
+    def _gather_polygons(self, index: int, segmentation: list, width: int, height: int, batch: "_PolygonBatch") -> None:
+        if type(segmentation[0]) is not list:
+            message = "segmentation is a flat list; polygons must be a list of [x1, y1, x2, y2, ...] lists"
+            self._add(ERROR, "bad-polygon", message, **self._where(index))
             return
         for part, polygon in enumerate(segmentation):
-            label = f"polygon {part}" if len(segmentation) > 1 else "polygon"
-            if not isinstance(polygon, list):
-                self._add(ERROR, "bad-polygon", f"{label} is a {type(polygon).__name__}, expected a list of numbers", **where)
+            label = f"polygon {part}"
+            if type(polygon) is not list:
+                self._add(ERROR, "bad-polygon", f"{label} is a {type(polygon).__name__}, expected a list of numbers", **self._where(index))
             elif len(polygon) % 2:
-                self._add(ERROR, "odd-coordinates", f"{label} has an odd number of coordinates ({len(polygon)})", **where)
+                self._add(ERROR, "odd-coordinates", f"{label} has an odd number of coordinates ({len(polygon)})", **self._where(index))
             elif len(polygon) < 6:
-                self._add(ERROR, "too-few-points", f"{label} has {len(polygon) // 2} points, at least 3 are needed", **where)
+                self._add(ERROR, "too-few-points", f"{label} has {len(polygon) // 2} point(s), at least 3 are needed", **self._where(index))
             else:
                 batch.add(index, part, polygon, width, height)
 
-    def _rle(self, segmentation: dict, width: int, height: int, where: dict) -> dict | None:
+    def _rle(self, index: int, segmentation: dict, width: int, height: int) -> dict | None:
         size, counts = segmentation.get("size"), segmentation.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
-            self._add(ERROR, "bad-rle", "RLE has no valid 'size' [height, width]", **where)
+        if not (type(size) is list and len(size) == 2 and all(type(v) is int for v in size)):
+            self._add(ERROR, "bad-rle", "RLE has no valid 'size' [height, width]", **self._where(index))
             return None
         if size != [height, width]:
-            self._add(ERROR, "rle-size-mismatch", f"RLE size is {size[0]}x{size[1]} (h x w) but the image is {height}x{width}", **where)
+            message = f"RLE size is {size[0]}x{size[1]} (h x w) but the image is {height}x{width}"
+            self._add(ERROR, "rle-size-mismatch", message, **self._where(index))
             return None
-        if isinstance(counts, list):
-            if not all(isinstance(v, int) and v >= 0 for v in counts) or sum(counts) != height * width:
-                self._add(ERROR, "bad-rle", f"uncompressed RLE counts do not add up to {height}x{width} pixels", **where)
+        if type(counts) is list:
+            if not all(type(v) is int and v >= 0 for v in counts) or sum(counts) != height * width:
+                self._add(ERROR, "bad-rle", f"uncompressed RLE counts do not add up to {height}x{width} pixels", **self._where(index))
                 return None
             return mask_utils.frPyObjects(segmentation, height, width)
-        if isinstance(counts, str) and counts:
+        if type(counts) is str and counts:
             return {"size": size, "counts": counts.encode("ascii", "replace")}
-        self._add(ERROR, "bad-rle", "RLE 'counts' is neither a string nor a list of run lengths", **where)
+        self._add(ERROR, "bad-rle", "RLE 'counts' is neither a string nor a list of run lengths", **self._where(index))
         return None
 
-    def _check_fields(self, ann: dict, width: int, height: int, where: dict) -> None:
-        box = ann.get("bbox")
-        if box is None:
-            self._add(WARNING, "missing-bbox", "annotation has no bbox", **where)
-        elif not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
-            self._add(ERROR, "bad-bbox", f"bbox {box!r} is not [x, y, width, height]", **where)
-        else:
-            x, y, w, h = box
-            if w <= 0 or h <= 0:
-                self._add(ERROR, "bad-bbox", f"bbox {box} has no extent", **where)
-            elif x < -BOX_TOLERANCE / 2 or y < -BOX_TOLERANCE / 2 or x + w > width + BOX_TOLERANCE / 2 or y + h > height + BOX_TOLERANCE / 2:
-                self._add(ERROR, "bbox-outside", f"bbox {box} reaches outside the {width}x{height} image", **where)
-        area = ann.get("area")
-        if area is None:
-            self._add(WARNING, "missing-area", "annotation has no area (COCO evaluation needs it)", **where)
-        elif not _is_number(area) or area < 0:
-            self._add(ERROR, "bad-area", f"area {area!r} is not a non-negative number", **where)
-        iscrowd = ann.get("iscrowd", 0)
-        if iscrowd not in (0, 1):
-            self._add(ERROR, "bad-iscrowd", f"iscrowd is {iscrowd!r}, expected 0 or 1", **where)
+    def _check_boxes(self, records: list[int], values: list[list], boxes: np.ndarray) -> None:
+        """Check well-shaped bboxes in bulk; fill ``boxes`` with the usable ones as x1, y1, x2, y2."""
+        if not records:
+            return
+        numbers = _numbers(values, 4)
+        records = np.asarray(records)
+        for k in np.flatnonzero(~np.isfinite(numbers).all(axis=1)):
+            self._add(ERROR, "bad-bbox", f"bbox {values[k]!r} is not [x, y, width, height]", **self._where(records[k]))
+        x, y, w, h = numbers.T
+        sizes = np.asarray([self.image_size_by_id[self.dataset.annotations[r]["image_id"]] for r in records], np.float64)
+        margin = BOX_TOLERANCE / 2
+        with np.errstate(invalid="ignore"):
+            empty = (w <= 0) | (h <= 0)
+            outside = ~empty & ((x < -margin) | (y < -margin) | (x + w > sizes[:, 0] + margin) | (y + h > sizes[:, 1] + margin))
+        for k in np.flatnonzero(empty):
+            self._add(ERROR, "bad-bbox", f"bbox {values[k]} has no extent", **self._where(records[k]))
+        for k in np.flatnonzero(outside):
+            width, height = sizes[k].astype(int)
+            self._add(ERROR, "bbox-outside", f"bbox {values[k]} reaches outside the {width}x{height} image", **self._where(records[k]))
+        usable = ~empty & ~outside & np.isfinite(numbers).all(axis=1)
+        boxes[records[usable]] = np.stack([x, y, x + w, y + h], axis=1)[usable]
 
-    def _check_polygons(self, batch: "_PolygonBatch") -> tuple[dict[int, tuple], dict[int, float]]:
-        """Vectorised geometry checks; returns per-annotation mask extents (x1, y1, x2, y2) and areas."""
-        extents: dict[int, tuple] = {}
-        areas: dict[int, float] = {}
+    def _check_areas(self, records: list[int], values: list, areas: np.ndarray) -> None:
+        if not records:
+            return
+        numbers = _numbers(values)
+        bad = ~np.isfinite(numbers)
+        bad[~bad] = numbers[~bad] < 0
+        for k in np.flatnonzero(bad):
+            self._add(ERROR, "bad-area", f"area {values[k]!r} is not a non-negative number", **self._where(records[k]))
+        areas[np.asarray(records)[~bad]] = numbers[~bad]
+
+    def _check_polygons(self, batch: "_PolygonBatch", count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised geometry checks; returns each annotation's polygon extent (x1, y1, x2, y2)
+        and area (NaN for annotations without a usable polygon)."""
+        extents = np.full((count, 4), np.nan)
+        areas = np.full(count, np.nan)
         if not batch.owners:
             return extents, areas
         coords, point_polygon, starts = batch.arrays()
         owners = np.asarray(batch.owners)
         finite = np.logical_and.reduceat(np.isfinite(coords).all(axis=1), starts)
         xs, ys = coords[:, 0], coords[:, 1]
-        width, height = np.asarray(batch.widths, np.float64), np.asarray(batch.heights, np.float64)
-        outside_point = (xs < 0) | (ys < 0) | (xs > width[point_polygon]) | (ys > height[point_polygon])
-        outside = np.logical_or.reduceat(outside_point, starts) & finite
-        # pycocotools walks every polygon edge pixel by pixel: an edge reaching millions of pixels
-        # away exhausts memory, so such polygons are flagged to be clipped before anything draws them.
-        far_point = (np.abs(xs) > FAR_OUTSIDE * width[point_polygon]) | (np.abs(ys) > FAR_OUTSIDE * height[point_polygon])
-        far = np.logical_or.reduceat(far_point, starts) & finite
-        rings = shapely.linearrings(np.where(np.isfinite(coords), coords, 0.0), indices=point_polygon)
-        shapes = shapely.polygons(rings)
+        width = np.asarray(batch.widths, np.float64)[point_polygon]
+        height = np.asarray(batch.heights, np.float64)[point_polygon]
+        with np.errstate(invalid="ignore"):
+            outside = np.logical_or.reduceat((xs < 0) | (ys < 0) | (xs > width) | (ys > height), starts) & finite
+            # pycocotools walks every polygon edge pixel by pixel: an edge reaching millions of pixels
+            # away exhausts memory, so such polygons are flagged to be clipped before anything draws them.
+            far = np.logical_or.reduceat((np.abs(xs) > FAR_OUTSIDE * width) | (np.abs(ys) > FAR_OUTSIDE * height), starts) & finite
+        ring_offsets = np.r_[starts, len(coords)]
+        shapes = shapely.from_ragged_array(
+            shapely.GeometryType.POLYGON, np.where(np.isfinite(coords), coords, 0.0), (ring_offsets, np.arange(len(starts) + 1))
+        )
         valid = shapely.is_valid(shapes)
         # The shoelace area of a self-intersecting polygon cancels out; measure its repaired shape instead.
         invalid = np.flatnonzero(finite & ~valid)
@@ -343,27 +387,25 @@ class _Checker:
             # Drawing clips a polygon to its image, so points a little outside are harmless.
             severity, kind, how = (ERROR, "points-far-outside", "far ") if far[p] else (WARNING, "points-outside", "")
             self._add(severity, kind, f"{batch.label(p)} has points {how}outside the {w}x{h} image", **self._where(owners[p]))
-        tiny = np.flatnonzero(finite & (polygon_areas < TINY_POLYGON_AREA))
-        empty = set()
-        for p in tiny:
+        empty = np.zeros(len(starts), bool)
+        for p in np.flatnonzero(finite & (polygon_areas < TINY_POLYGON_AREA)):
             if far[p]:
                 drawn = shapely.box(0, 0, batch.widths[p], batch.heights[p]).intersection(shapely.make_valid(shapes[p])).area
             else:
                 rle = mask_utils.frPyObjects([batch.polygons[p]], int(batch.heights[p]), int(batch.widths[p]))
                 drawn = mask_utils.area(rle).sum()
             if drawn == 0:
-                empty.add(int(p))
+                empty[p] = True
                 self._add(ERROR, "zero-area", f"{batch.label(p)} encloses no pixel", **self._where(owners[p]))
         for p in invalid:
-            if int(p) not in empty:
+            if not empty[p]:
                 reason = shapely.is_valid_reason(shapes[p])
                 self._add(WARNING, "self-intersection", f"{batch.label(p)} is not a simple polygon ({reason})", **self._where(owners[p]))
 
         # Per annotation: the union of its polygons' extents (clipped to the image) and the sum of their areas.
-        keep = finite.copy()
-        keep[list(empty)] = False
-        x = np.clip(xs, 0, width[point_polygon])
-        y = np.clip(ys, 0, height[point_polygon])
+        keep = finite & ~empty
+        x = np.clip(xs, 0, width)
+        y = np.clip(ys, 0, height)
         per_polygon = np.stack(
             [
                 np.where(keep, np.minimum.reduceat(x, starts), np.inf),
@@ -374,66 +416,59 @@ class _Checker:
             axis=1,
         )
         first = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-        per_annotation = np.concatenate(
-            [np.minimum.reduceat(per_polygon[:, :2], first), np.maximum.reduceat(per_polygon[:, 2:], first)], axis=1
-        )
-        total_area = np.add.reduceat(polygon_areas, first)
         any_kept = np.logical_or.reduceat(keep, first)
-        for k in np.flatnonzero(any_kept):
-            owner = int(owners[first[k]])
-            extents[owner] = tuple(float(v) for v in per_annotation[k])
-            areas[owner] = float(total_area[k])
+        annotated = owners[first][any_kept]
+        extents[annotated, :2] = np.minimum.reduceat(per_polygon[:, :2], first)[any_kept]
+        extents[annotated, 2:] = np.maximum.reduceat(per_polygon[:, 2:], first)[any_kept]
+        areas[annotated] = np.add.reduceat(np.where(keep, polygon_areas, 0.0), first)[any_kept]
         return extents, areas
 
-    def _check_consistency(self, extents: dict[int, tuple], areas: dict[int, float], exact: set[int]) -> None:
+    def _check_consistency(
+        self, boxes: np.ndarray, declared_area: np.ndarray, extents: np.ndarray, areas: np.ndarray, exact: np.ndarray
+    ) -> None:
         """Compare each annotation's bbox and area with its mask.
 
-        ``extents`` and ``areas`` are exact for the RLE masks listed in ``exact`` and polygon
-        measures for the others; a polygon annotation that seems off is rasterised before it is
-        reported, because boxes and areas may rightly describe the drawn pixels, which thin
-        spikes and slivers of a polygon do not reach.
+        ``extents`` and ``areas`` are exact for RLE masks (``exact``) and polygon measures for
+        the others; a polygon annotation that seems off is rasterised before it is reported,
+        because a box or area may rightly describe the drawn pixels, which thin spikes and
+        slivers of a polygon do not reach.
         """
-        reported = {(p.index, p.kind) for p in self.problems if p.section == "annotations"}
+        reported = defaultdict(set)
+        for p in self.problems:
+            if p.section == "annotations":
+                reported[p.index].add(p.kind)
+        measured = np.isfinite(areas)
+        for index in np.flatnonzero(measured & (areas <= 0)):
+            if "zero-area" not in reported[index]:
+                self._add(ERROR, "zero-area", "mask is empty", **self._where(index))
+        # Box and area are meaningless until malformed polygons are repaired.
+        malformed = [i for i, kinds in reported.items() if kinds & _MALFORMED_POLYGON]
+        measured[malformed] = False
+        measured &= areas > 0
+        with np.errstate(invalid="ignore"):
+            box_off = measured & (np.abs(boxes - extents).max(axis=1) > BOX_TOLERANCE)
+            area_off = measured & (np.abs(declared_area - areas) > np.maximum(AREA_ABSOLUTE_TOLERANCE, AREA_RELATIVE_TOLERANCE * areas))
         annotations = self.dataset.annotations
-        for index, extent in extents.items():
-            ann = annotations[index]
-            where = self._where(index)
-            if areas[index] <= 0:
-                if (index, "zero-area") not in reported:
-                    self._add(ERROR, "zero-area", "mask is empty", **where)
-                continue
-            if any((index, kind) in reported for kind in _MALFORMED_POLYGON):
-                continue  # box and area are meaningless until the polygons are repaired
-            box = ann.get("bbox")
-            check_box = (index, "bad-bbox") not in reported and (index, "bbox-outside") not in reported
-            check_box = check_box and isinstance(box, list) and len(box) == 4
-            area = ann.get("area")
-            check_area = _is_number(area) and area >= 0
-            measured = (extent, areas[index])
-            box_off = check_box and _box_off(box, measured[0])
-            area_off = check_area and _area_off(area, measured[1])
-            if (box_off or area_off) and index not in exact:
-                measured = self._rasterised(ann)
-                box_off = check_box and _box_off(box, measured[0]) and _box_off(box, extent)
-                area_off = check_area and _area_off(area, measured[1]) and _area_off(area, areas[index])
-            if box_off:
-                x1, y1, x2, y2 = measured[0]
+        for index in np.flatnonzero(box_off | area_off):
+            ann, box, area = annotations[index], boxes[index], declared_area[index]
+            extent, mask_area = extents[index], areas[index]
+            box_wrong, area_wrong = bool(box_off[index]), bool(area_off[index])
+            if not exact[index]:
+                extent, mask_area = self._rasterised(ann)
+                box_wrong = box_wrong and np.abs(box - extent).max() > BOX_TOLERANCE
+                area_wrong = area_wrong and _area_off(area, mask_area)
+            if box_wrong:
+                x1, y1, x2, y2 = (float(v) for v in extent)
                 mask_box = [round(x1, 1), round(y1, 1), round(x2 - x1, 1), round(y2 - y1, 1)]
-                self._add(ERROR, "bbox-mismatch", f"bbox {box} does not fit the mask (mask box {mask_box})", **where)
-            if area_off:
-                self._add(WARNING, "area-mismatch", f"area {area} is far from the mask's area ({measured[1]:.0f})", **where)
+                self._add(ERROR, "bbox-mismatch", f"bbox {ann['bbox']} does not fit the mask (mask box {mask_box})", **self._where(index))
+            if area_wrong:
+                self._add(WARNING, "area-mismatch", f"area {ann['area']} is far from the mask's area ({mask_area:.0f})", **self._where(index))
 
-    def _rasterised(self, ann: dict) -> tuple[tuple, float]:
+    def _rasterised(self, ann: dict) -> tuple[np.ndarray, float]:
         width, height = self.image_size_by_id[ann["image_id"]]
         rle = mask_ops.to_rle(ann["segmentation"], height, width)
         x, y, w, h = mask_ops.bbox(rle)
-        return (x, y, x + w, y + h), float(mask_ops.area(rle))
-
-
-def _box_off(box: list, extent: tuple) -> bool:
-    x, y, w, h = box
-    x1, y1, x2, y2 = extent
-    return max(abs(x - x1), abs(y - y1), abs(x + w - x2), abs(y + h - y2)) > BOX_TOLERANCE
+        return np.asarray([x, y, x + w, y + h]), float(mask_ops.area(rle))
 
 
 def _area_off(area: float, expected: float) -> bool:
@@ -462,29 +497,31 @@ class _PolygonBatch:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(points (P, 2) float, polygon number of each point, first point of each polygon)."""
-        lengths = np.fromiter((len(p) // 2 for p in self.polygons), np.int64, len(self.polygons))
-        try:
-            flat = np.fromiter(_chain(self.polygons), np.float64)
-        except (TypeError, ValueError):  # some value is not a number: convert polygon by polygon
-            flat = np.concatenate([_to_floats(p) for p in self.polygons])
+        lengths = np.fromiter(map(len, self.polygons), np.int64, len(self.polygons)) // 2
+        if set(map(type, itertools.chain.from_iterable(self.polygons))) <= {int, float}:
+            flat = np.fromiter(itertools.chain.from_iterable(self.polygons), np.float64)
+        else:  # some value is not a number: convert polygon by polygon, NaN marking the culprits
+            flat = np.concatenate([_numbers(p) for p in self.polygons])
         starts = np.r_[0, np.cumsum(lengths)[:-1]]
         return flat.reshape(-1, 2), np.repeat(np.arange(len(lengths)), lengths), starts
 
 
-def _chain(polygons: list[list]) -> Iterable:
-    for polygon in polygons:
-        yield from polygon
+def _numbers(values: list, width: int = 0) -> np.ndarray:
+    """A flat list (``width`` 0) or a list of ``width``-long lists as floats, NaN for anything that
+    is not a real number. NumPy alone would accept strings such as ``"5"`` and booleans, so the
+    types are looked at first (one pass, in C)."""
+    flat = itertools.chain.from_iterable(values) if width else values
+    if set(map(type, flat)) <= {int, float}:
+        array = np.asarray(values, np.float64)
+    elif width:
+        array = np.asarray([_numbers(row) for row in values], np.float64)
+    else:
+        array = np.asarray([_number(v) for v in values], np.float64)
+    return array.reshape(-1, width) if width else array
 
 
-def _to_floats(values: list) -> np.ndarray:
-    try:
-        return np.asarray(values, np.float64)
-    except (TypeError, ValueError):  # flagged as not finite by the caller
-        return np.full(len(values), np.nan)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _number(value: Any) -> float:
+    return float(value) if type(value) in (int, float) else math.nan
 
 
 def _is_truncated(path: Path) -> bool:
@@ -668,7 +705,7 @@ def _repair_polygons(segmentation: list, width: int, height: int) -> tuple[list[
     notes: list[str] = []
     for part, polygon in enumerate(segmentation):
         label = f"polygon {part}"
-        coords = _to_floats(polygon) if isinstance(polygon, list) else np.full(1, np.nan)
+        coords = _numbers(polygon) if type(polygon) is list else np.full(1, np.nan)
         if len(coords) % 2 or len(coords) < 6 or not np.isfinite(coords).all():
             notes.append(f"{label} removed (malformed)")
             continue

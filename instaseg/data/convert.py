@@ -3,7 +3,8 @@
 ``read_dataset`` is what every verb uses to accept "any format convert reads"; ``convert`` is the
 ``instaseg convert`` verb. Readers keep every instance they can and record each one they cannot
 (file and record named) in a ``Report``; malformed input raises ``InstasegError``. Folder outputs
-are built in a temporary folder and renamed into place, so a failed conversion writes nothing.
+are built in a temporary folder and renamed into place, so a failed conversion writes nothing
+(which is why the files inside a folder output are written directly, not one by one atomically).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def detect_format(src: str | Path) -> str:
         return candidates[0]
     if candidates:
         raise InstasegError(f"could be {' or '.join(candidates)}; pass --from to choose", file=src)
+    coco_files = [f.name for f in sorted(src.glob("*.json")) if _looks_like_coco(f)] if src.is_dir() else []
+    if coco_files:
+        raise InstasegError(f"for COCO, pass the JSON file itself ({', '.join(coco_files)})", file=src)
     raise InstasegError(f"cannot tell the format; pass --from (one of {', '.join(READERS)})", file=src)
 
 
@@ -65,7 +69,8 @@ def _json_head(path: Path) -> str:
 
 def _looks_like_coco(src: Path) -> bool:
     head = _json_head(src)
-    return '"images"' in head and '"shapes"' not in head
+    has_coco_keys = any(key in head for key in ('"images"', '"annotations"', '"categories"'))
+    return has_coco_keys and '"imagePath"' not in head and '"regions"' not in head
 
 
 def _looks_like_via(src: Path) -> bool:

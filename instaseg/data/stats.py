@@ -2,7 +2,7 @@
 
 Sizes follow the COCO metric: an instance is small below 32² pixels of area, medium below 96²
 and large above, judged on the annotation's ``area`` field exactly as pycocotools' evaluation does
-(the mask's pixel count when the field is missing).
+(measured from the mask when the field is missing).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
 
 from instaseg import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
@@ -48,7 +49,7 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
             images_of_class[name] = set()
         row = per_class[name]
         row["instances"] += 1
-        row[_size_name(ann, image_sizes)] += 1
+        row[_size_name(ann, image_sizes, dataset.source)] += 1
         images_of_class[name].add(ann["image_id"])
         per_image[ann["image_id"]] += 1
         crowd += bool(ann.get("iscrowd", 0))
@@ -68,13 +69,30 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def _size_name(ann: dict, image_sizes: dict[int, tuple[int, int]]) -> str:
+def _size_name(ann: dict, image_sizes: dict[int, tuple[int, int]], source: Path | None) -> str:
     area = ann.get("area")
-    if not isinstance(area, (int, float)) or isinstance(area, bool):
-        height, width = image_sizes.get(ann["image_id"], (0, 0))
-        segmentation = ann.get("segmentation") or []
-        area = mask_ops.area(mask_ops.to_rle(segmentation, height, width)) if height and width else 0
+    if type(area) not in (int, float):
+        area = _mask_area(ann, *image_sizes.get(ann["image_id"], (0, 0)), source)
     return "small" if area < SMALL_AREA else "medium" if area < MEDIUM_AREA else "large"
+
+
+def _mask_area(ann: dict, height: int, width: int, source: Path | None) -> float:
+    """The area of an annotation without an ``area`` field: RLE pixels, or polygon area inside the image.
+
+    Polygons are measured geometrically rather than drawn, because a malformed one (say, a point
+    a billion pixels away) would make pycocotools allocate without bound.
+    """
+    segmentation = ann.get("segmentation")
+    try:
+        if isinstance(segmentation, dict):
+            return float(mask_ops.area(mask_ops.to_rle(segmentation, height, width)))
+        frame = shapely.box(0, 0, width, height)
+        shapes = [shapely.make_valid(shapely.Polygon(np.asarray(p, np.float64).reshape(-1, 2))) for p in segmentation or []]
+        return float(shapely.union_all([frame.intersection(s) for s in shapes]).area) if shapes else 0.0
+    except (TypeError, ValueError, KeyError, shapely.errors.GEOSException):
+        raise InstasegError(
+            "cannot measure the mask (run 'instaseg check')", file=source, record=f"annotation id {ann['id']} (image id {ann['image_id']})"
+        ) from None
 
 
 def _distribution(counts: np.ndarray) -> dict[str, Any]:

@@ -72,6 +72,7 @@ def run_review(
     minutes_per_fold: float | None = 5.0,
     epochs_per_fold: int | None = None,
     architecture: str | None = None,
+    preset: str | None = None,
     max_pictures: int = 200,
     seed: int = 0,
     settings: ReviewSettings | None = None,
@@ -87,6 +88,7 @@ def run_review(
         folds: train this many out-of-fold models instead (checkpoints kept in ``out/folds``).
         minutes_per_fold, epochs_per_fold: training budget of each fold model.
         architecture: model name for the fold models (the trainer's default when None).
+        preset: model preset for the fold models ("cpu", "gpu", "small"; the trainer's default when None).
         max_pictures: draw pictures for this many suggestions, worst first.
         seed: fixes the fold split and training.
         settings: thresholds of the rules (the defaults suit most datasets).
@@ -104,7 +106,7 @@ def run_review(
         if folds is not None:
             predictions, fold_info = out_of_fold_predictions(
                 dataset, folds, out=folder / "folds", model=architecture, minutes_per_fold=minutes_per_fold,
-                epochs_per_fold=epochs_per_fold, seed=seed)
+                epochs_per_fold=epochs_per_fold, seed=seed, train_options={"preset": preset} if preset else None)
             warnings: list[str] = []
             source: dict[str, Any] = {"kind": "folds", "folds": folds, "minutes_per_fold": minutes_per_fold,
                                       "epochs_per_fold": epochs_per_fold, **fold_info}

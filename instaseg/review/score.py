@@ -58,7 +58,7 @@ class ReviewSettings:
     same_object_iou: float = 0.5
     missing_max_iou: float = 0.3
     duplicate_min_iou: float = 0.5
-    min_score: float = 0.05
+    min_score: float = 0.1
     boundary_ratio: float = 0.02
     min_confidence: float = 0.05
     full_support_confidence: float = 0.5

@@ -70,18 +70,17 @@ def predict_with_model(dataset: Dataset, model_path: str | Path) -> tuple[dict[i
     import instaseg
 
     predictor = instaseg.load(model_path)
-    warnings = [seen_warning(dataset, _training_file_names(predictor))]
+    warning = seen_warning(dataset, training_file_names(model_path))
     predictions = predictor.predict_dataset(dataset, score_threshold=PREDICT_SCORE_THRESHOLD)
-    return predictions, [w for w in warnings if w]
+    return predictions, [warning] if warning else []
 
 
-def _training_file_names(predictor: Any) -> set[str] | None:
-    """Basenames of the checkpoint's training images, when the checkpoint records them."""
-    for holder in (predictor, getattr(predictor, "config", None), getattr(predictor, "checkpoint", None)):
-        names = holder.get("train_images") if isinstance(holder, dict) else getattr(holder, "train_images", None)
-        if names:
-            return {Path(str(n)).name for n in names}
-    return None
+def training_file_names(model_path: str | Path) -> set[str] | None:
+    """Basenames of the checkpoint's training images, when its config records them (``train_images``)."""
+    from instaseg.predictor import read_checkpoint
+
+    names = read_checkpoint(model_path).get("config", {}).get("train_images")
+    return {Path(str(n)).name for n in names} if names else None
 
 
 def seen_warning(dataset: Dataset, trained_on: set[str] | None) -> str | None:

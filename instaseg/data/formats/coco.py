@@ -22,7 +22,8 @@ def read(src: Path, *, report: Report, images: Path | None = None, **_) -> Datas
         raise InstasegError("COCO input must be the JSON file, not a folder", file=src)
     dataset = Dataset.load(src, images)
     if dataset.images and not dataset.image_root.is_dir():
-        raise InstasegError("image folder not found (pass --images DIR)", file=dataset.image_root)
+        # labels alone are enough to evaluate or to convert to COCO; formats that copy images will stop
+        report.warn("image folder not found (pass --images DIR)", file=dataset.image_root)
     kept = [ann for ann in dataset.annotations if _usable(ann, dataset, src, report)]
     dataset.coco["annotations"] = kept
     dataset.reindex()
@@ -46,7 +47,9 @@ def _usable(ann: dict, dataset: Dataset, src: Path, report: Report) -> bool:
             if not isinstance(polygon, list) or not all(isinstance(v, (int, float)) for v in polygon):
                 raise InstasegError("polygon is not a list of numbers", file=src, record=record)
             if len(polygon) % 2:
-                raise InstasegError(f"polygon has an odd number of coordinates ({len(polygon)})", file=src, record=record)
+                raise InstasegError(
+                    f"polygon has an odd number of coordinates ({len(polygon)})", file=src, record=record
+                )
         if all(len(p) < 6 for p in segmentation):
             report.warn("no polygon with 3 or more points, skipped", file=src, record=record)
             return False

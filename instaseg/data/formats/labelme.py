@@ -20,7 +20,14 @@ from tqdm import tqdm
 
 from instaseg import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
-from instaseg.data.formats._common import DatasetBuilder, Report, clip_polygon, copy_image, instance_polygons, output_names
+from instaseg.data.formats._common import (
+    DatasetBuilder,
+    Report,
+    clip_polygon,
+    copy_image,
+    instance_polygons,
+    output_names,
+)
 from instaseg.errors import InstasegError
 
 LABELME_VERSION = "5.5.0"
@@ -76,9 +83,13 @@ def _add_shapes(builder: DatasetBuilder, image: dict, shapes: list, json_file: P
         try:
             segmentation = _segmentation(shape, image)
         except (TypeError, ValueError, IndexError, OSError) as exc:
-            raise InstasegError(f"malformed {shape.get('shape_type')} shape ({exc})", file=json_file, record=record) from None
+            raise InstasegError(
+                f"malformed {shape.get('shape_type')} shape ({exc})", file=json_file, record=record
+            ) from None
         if segmentation is None:
-            builder.report.warn(f"{shape.get('shape_type')!r} shape encloses no area, skipped", file=json_file, record=record)
+            builder.report.warn(
+                f"{shape.get('shape_type')!r} shape encloses no area, skipped", file=json_file, record=record
+            )
             continue
         group = shape.get("group_id")
         key = (shape["label"], group) if group is not None else number
@@ -131,7 +142,9 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
             for ann in dataset.annotations_by_image.get(image["id"], []):
                 polygons = instance_polygons(ann, image)
                 if not polygons:
-                    report.warn("no outline to write, skipped", file=dataset.source, record=f"annotation id {ann['id']}")
+                    report.warn(
+                        "no outline to write, skipped", file=dataset.source, record=f"annotation id {ann['id']}"
+                    )
                     continue
                 group_id = ann["id"] if len(polygons) > 1 else None
                 flags = {"iscrowd": True} if ann.get("iscrowd") else {}
@@ -139,7 +152,14 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
                 for polygon in polygons:
                     points = np.asarray(polygon).reshape(-1, 2).tolist()
                     shapes.append(
-                        {"label": label, "points": points, "group_id": group_id, "description": "", "shape_type": "polygon", "flags": flags}
+                        {
+                            "label": label,
+                            "points": points,
+                            "group_id": group_id,
+                            "description": "",
+                            "shape_type": "polygon",
+                            "flags": flags,
+                        }
                     )
                 report.instances_written += 1
             document = {
@@ -151,5 +171,5 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
                 "imageHeight": image["height"],
                 "imageWidth": image["width"],
             }
-            io.write_json(tmp / Path(name).with_suffix(".json"), document, indent=True)
+            (tmp / Path(name).with_suffix(".json")).write_bytes(io.dumps_json(document, indent=True))
     return out

@@ -3,7 +3,7 @@
 SRC is the folder holding the ``<id>`` folders (or its parent, e.g. ``dsb2018_nuclei`` with
 ``stage1_train/`` inside). Masks are kept as RLE, losslessly (holes and multiple parts included).
 Every instance gets ``--class NAME`` (default ``object``): the layout carries no class.
-The writer mirrors the layout, one PNG (0/255) per instance named by annotation id.
+The writer mirrors the layout, one PNG (0/255) per instance named by its zero-padded annotation id.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from instaseg import io, masks as mask_ops
@@ -45,7 +46,10 @@ def read(src: Path, *, report: Report, class_name: str | None = None, **_) -> Da
         for mask_file in sorted((folder / "masks").glob("*.png")):
             mask = read_mask_png(mask_file) > 0
             if mask.shape != (image["height"], image["width"]):
-                report.warn(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image['width']}x{image['height']}, skipped", file=mask_file)
+                report.warn(
+                    f"mask is {mask.shape[1]}x{mask.shape[0]}, image {image['width']}x{image['height']}; skipped",
+                    file=mask_file,
+                )
                 continue
             builder.add_instance(image, mask_ops.encode(mask), name, file=mask_file)
     return builder.build(src)
@@ -56,6 +60,8 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
     if len(dataset.categories) > 1:
         report.warn(f"{len(dataset.categories)} classes merged: this layout has no class labels", file=out)
     names = output_names(dataset)
+    # zero-padded ids keep the annotation order when the files are read back in name order
+    digits = len(str(max((ann["id"] for ann in dataset.annotations), default=0)))
     with io.atomic_path(out, overwrite) as tmp:
         tmp.mkdir()
         for image in tqdm(dataset.images, desc="writing mask files", unit="image", disable=None):
@@ -65,6 +71,6 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
             (folder / "masks").mkdir(parents=True)
             for ann in dataset.annotations_by_image.get(image["id"], []):
                 mask = mask_ops.decode(ann["segmentation"], image["height"], image["width"])
-                io.write_image(folder / "masks" / f"{ann['id']}.png", mask.astype(np.uint8) * 255)
+                Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "masks" / f"{ann['id']:0{digits}d}.png")
                 report.instances_written += 1
     return out

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from instaseg import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import (
     DEFAULT_CLASS,
+    FAST_PNG,
     DatasetBuilder,
     Report,
     copy_image,
@@ -70,16 +72,20 @@ def read(
             report.warn("no instance-id PNG, kept as a background image", file=image_file)
             continue
         labels = read_mask_png(mask_files[stem])
-        if labels.ndim != 2 or labels.shape != (image["height"], image["width"]):
+        if labels.shape != (image["height"], image["width"]):
             report.warn(
-                f"mask is {labels.shape[::-1]} but the image is {image['width']}x{image['height']}; its instances skipped",
+                f"mask is {labels.shape[1]}x{labels.shape[0]}, image {image['width']}x{image['height']}; all skipped",
                 file=mask_files[stem],
             )
             continue
         for instance_id in np.unique(labels[labels > 0]):
             name = _class_of(mapping, stem, int(instance_id)) or class_name or DEFAULT_CLASS
             builder.add_instance(
-                image, mask_ops.encode(labels == instance_id), name, file=mask_files[stem], record=f"instance {instance_id}"
+                image,
+                mask_ops.encode(labels == instance_id),
+                name,
+                file=mask_files[stem],
+                record=f"instance {instance_id}",
             )
     return builder.build(image_dir)
 
@@ -110,7 +116,7 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
                 classes[stem][str(instance_id)] = dataset.class_names[dataset.category_index[ann["category_id"]]]
             report.instances_written += len(visible)
             dtype = np.uint8 if labels.max(initial=0) <= 255 else np.uint16
-            io.write_image(tmp / "masks" / f"{stem}.png", labels.astype(dtype))
+            Image.fromarray(labels.astype(dtype)).save(tmp / "masks" / f"{stem}.png", compress_level=FAST_PNG)
         io.write_json(tmp / "classes.json", classes, indent=True)
     return out
 
@@ -126,11 +132,15 @@ def paint(dataset: Dataset, image: dict, report: Report) -> tuple[np.ndarray, li
     labels = np.zeros((height, width), np.int32)
     for k in paint_order(anns, (int(m.sum()) for m in masks)):
         labels[masks[k]] = k + 1
-    present = set(np.unique(labels).tolist())
+    pixels = np.bincount(labels.reshape(-1), minlength=len(anns) + 1)
     visible = []
     for k, ann in enumerate(anns):
-        if k + 1 in present:
+        if pixels[k + 1]:
             visible.append((ann, k + 1))
         else:
-            report.warn("instance hidden entirely by smaller ones on top, not written", file=dataset.source, record=f"annotation id {ann['id']}")
+            report.warn(
+                "instance hidden entirely by smaller ones on top, not written",
+                file=dataset.source,
+                record=f"annotation id {ann['id']}",
+            )
     return labels, visible

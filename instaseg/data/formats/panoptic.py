@@ -12,11 +12,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from instaseg import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
-from instaseg.data.formats._common import Report, output_names
+from instaseg.data.formats._common import FAST_PNG, Report, output_names
 from instaseg.data.formats.masks import paint
 from instaseg.data.formats.semantic import palette
 
@@ -38,28 +39,35 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
         (tmp / "panoptic").mkdir(parents=True)
         for image in tqdm(dataset.images, desc="writing panoptic", unit="image", disable=None):
             labels, visible = paint(dataset, image, report)
-            lookup = np.zeros(labels.max(initial=0) + 1, np.int64)
+            lookup = np.zeros(labels.max(initial=0) + 1, np.uint32)
             segments = []
             for ann, instance_id in visible:
                 lookup[instance_id] = segment_id(instance_id)
-                rle = mask_ops.encode(labels == instance_id)
+                area, bbox = _visible_extent(labels, instance_id, ann, image)
                 segments.append(
                     {
                         "id": segment_id(instance_id),
                         "category_id": ann["category_id"],
-                        "area": mask_ops.area(rle),
-                        "bbox": mask_ops.bbox(rle),
+                        "area": area,
+                        "bbox": bbox,
                         "iscrowd": int(bool(ann.get("iscrowd", 0))),
                     }
                 )
             ids = lookup[labels]
-            rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+            # id = R + 256 G + 256^2 B: the low three bytes of the little-endian id
+            rgb = np.ascontiguousarray(ids.astype("<u4").view(np.uint8).reshape(*ids.shape, 4)[..., :3])
             png_name = f"{Path(names[image['id']]).stem}.png"
-            io.write_image(tmp / "panoptic" / png_name, rgb)
+            Image.fromarray(rgb).save(tmp / "panoptic" / png_name, compress_level=FAST_PNG)
             annotations.append({"image_id": image["id"], "file_name": png_name, "segments_info": segments})
             report.instances_written += len(segments)
         categories = [
-            {"id": cat["id"], "name": cat["name"], "supercategory": cat.get("supercategory") or cat["name"], "isthing": 1, "color": colours[k + 1].tolist()}
+            {
+                "id": cat["id"],
+                "name": cat["name"],
+                "supercategory": cat.get("supercategory") or cat["name"],
+                "isthing": 1,
+                "color": colours[k + 1].tolist(),
+            }
             for k, cat in enumerate(dataset.categories)
         ]
         images = [{k: image[k] for k in ("id", "file_name", "width", "height")} for image in dataset.images]
@@ -67,3 +75,15 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
         coco = {"info": info, "images": images, "annotations": annotations, "categories": categories}
         io.write_json(tmp / "panoptic.json", coco)
     return out
+
+
+def _visible_extent(labels: np.ndarray, instance_id: int, ann: dict, image: dict) -> tuple[int, list[float]]:
+    """Pixel count and COCO box [x, y, w, h] of what is left of an instance after painting.
+
+    Only the instance's own box is searched: the visible part lies inside it.
+    """
+    x, y, w, h = (int(v) for v in mask_ops.bbox(mask_ops.to_rle(ann["segmentation"], image["height"], image["width"])))
+    visible = labels[y : y + h, x : x + w] == instance_id
+    rows, cols = np.flatnonzero(visible.any(1)), np.flatnonzero(visible.any(0))
+    box = [x + cols[0], y + rows[0], cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1]
+    return int(visible.sum()), [float(v) for v in box]

@@ -8,7 +8,6 @@ indices, the palette only colours the preview) for up to 255 classes, 16-bit gre
 
 from __future__ import annotations
 
-import io as bytes_io
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from tqdm import tqdm
 
 from instaseg import io
 from instaseg.data.dataset import Dataset
-from instaseg.data.formats._common import Report, output_names
+from instaseg.data.formats._common import FAST_PNG, Report, output_names
 from instaseg.data.formats.masks import paint
 
 
@@ -49,22 +48,20 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
                 lookup[instance_id] = dataset.category_index[ann["category_id"]] + 1
             classes = lookup[labels]
             report.instances_written += len(visible)
-            io.write_bytes(tmp / "masks" / f"{Path(names[image['id']]).stem}.png", _png(classes, colours))
+            picture = _label_picture(classes, colours)
+            picture.save(tmp / "masks" / f"{Path(names[image['id']]).stem}.png", compress_level=FAST_PNG)
         legend = [{"index": k, "name": n, "color": colours[k].tolist()} for k, n in enumerate(class_names)]
         io.write_json(tmp / "legend.json", legend, indent=True)
         io.write_image(tmp / "legend.png", _legend_picture(class_names, colours))
     return out
 
 
-def _png(classes: np.ndarray, colours: np.ndarray) -> bytes:
-    if len(colours) <= 256:
-        picture = Image.fromarray(classes.astype(np.uint8), mode="P")
-        picture.putpalette(colours.reshape(-1).tolist())
-    else:
-        picture = Image.fromarray(classes.astype(np.uint16))
-    buffer = bytes_io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
+def _label_picture(classes: np.ndarray, colours: np.ndarray) -> Image.Image:
+    if len(colours) > 256:
+        return Image.fromarray(classes.astype(np.uint16))
+    picture = Image.fromarray(classes.astype(np.uint8), mode="P")
+    picture.putpalette(colours.reshape(-1).tolist())
+    return picture
 
 
 def _legend_picture(class_names: list[str], colours: np.ndarray) -> np.ndarray:

@@ -51,9 +51,7 @@ def find_json(src: Path) -> Path | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
-def read(
-    src: Path, *, report: Report, images: Path | None = None, class_name: str | None = None, **_
-) -> Dataset:
+def read(src: Path, *, report: Report, images: Path | None = None, class_name: str | None = None, **_) -> Dataset:
     """Read a VIA JSON (SRC is the file or the folder holding it and the images)."""
     json_file = find_json(src)
     if json_file is None:
@@ -66,7 +64,7 @@ def read(
     if not image_dir.is_dir():
         raise InstasegError("image folder not found", file=image_dir)
     regions_by_file: dict[str, list[tuple[str, dict]]] = defaultdict(list)
-    for key, entry in entries.items():
+    for entry in entries.values():
         regions = entry.get("regions") or []
         items = regions.items() if isinstance(regions, dict) else enumerate(regions)
         regions_by_file[str(entry["filename"])] += [(f"{entry['filename']} region {k}", r) for k, r in items]
@@ -119,7 +117,9 @@ def _shape_points(shape: dict) -> np.ndarray | None:
         theta = float(shape.get("theta", 0.0))
         t = np.linspace(0, 2 * math.pi, ELLIPSE_VERTICES, endpoint=False)
         x, y = rx * np.cos(t), ry * np.sin(t)
-        return np.stack([cx + x * math.cos(theta) - y * math.sin(theta), cy + x * math.sin(theta) + y * math.cos(theta)], 1)
+        return np.stack(
+            [cx + x * math.cos(theta) - y * math.sin(theta), cy + x * math.sin(theta) + y * math.cos(theta)], 1
+        )
     return None
 
 
@@ -130,7 +130,9 @@ def _region_class(attributes: Any, report: Report, json_file: Path, record: str)
     if key is None and len(attributes) == 1:
         key = next(iter(attributes))
     if key is None:
-        report.warn(f"cannot tell which of {sorted(attributes)} is the class; used the default", file=json_file, record=record)
+        report.warn(
+            f"cannot tell which of {sorted(attributes)} is the class; used the default", file=json_file, record=record
+        )
         return None
     value = attributes[key]
     if isinstance(value, dict):  # a checkbox attribute: {"option": true, ...}
@@ -154,10 +156,16 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
             for ann in dataset.annotations_by_image.get(image["id"], []):
                 polygons = instance_polygons(ann, image)
                 if not polygons:
-                    report.warn("no outline to write, skipped", file=dataset.source, record=f"annotation id {ann['id']}")
+                    report.warn(
+                        "no outline to write, skipped", file=dataset.source, record=f"annotation id {ann['id']}"
+                    )
                     continue
                 points = np.asarray(join_polygons(polygons)).reshape(-1, 2)
-                shape = {"name": "polygon", "all_points_x": points[:, 0].tolist(), "all_points_y": points[:, 1].tolist()}
+                shape = {
+                    "name": "polygon",
+                    "all_points_x": points[:, 0].tolist(),
+                    "all_points_y": points[:, 1].tolist(),
+                }
                 label = dataset.class_names[dataset.category_index[ann["category_id"]]]
                 regions[str(len(regions))] = {"shape_attributes": shape, "region_attributes": {"class": label}}
             report.instances_written += len(regions)

@@ -46,27 +46,34 @@ def label_path(image: Path) -> Path | None:
 
 
 def read(src: Path, *, report: Report, classes: Path | None = None, **_) -> Dataset:
-    """Read a YOLO segmentation dataset (SRC is its root folder or its data.yaml)."""
+    """Read a YOLO segmentation dataset: SRC is its root, its data.yaml, or one images folder (``images/val``)."""
+    if src.is_file() and src.suffix.lower() not in (".yaml", ".yml"):
+        raise InstasegError("YOLO input must be the dataset folder, an images folder or the data.yaml", file=src)
     root = src.parent if src.is_file() else src
-    yaml_file = src if src.is_file() else next((p for p in (root / "data.yaml", root / "dataset.yaml") if p.is_file()), None)
+    # the dataset root holds images/ and labels/; SRC may be images/ itself or one split inside it
+    base = root.parent if root.name == "images" else root.parent.parent if root.parent.name == "images" else root
+    yaml_file = (
+        src if src.is_file() else next((p for p in (base / "data.yaml", base / "dataset.yaml") if p.is_file()), None)
+    )
     names = _names(classes, yaml_file)
     image_files = sorted(
-        p for p in root.rglob("*") if p.suffix.lower() in io.IMAGE_SUFFIXES and label_path(p.relative_to(root))
+        p for p in root.rglob("*") if p.suffix.lower() in io.IMAGE_SUFFIXES and label_path(p.relative_to(base))
     )
     if not image_files:
         raise InstasegError("no images found under an 'images' folder", file=root)
     labelled = set()
     parsed = []
     for image_file in tqdm(image_files, desc="reading YOLO labels", unit="image", disable=None):
-        label_file = root / label_path(image_file.relative_to(root))
+        label_file = base / label_path(image_file.relative_to(base))
         if label_file.is_file():
             labelled.add(label_file)
             parsed.append((image_file, label_file, _parse(label_file, names)))
         else:
             report.warn("no label file, kept as a background image", file=image_file)
             parsed.append((image_file, label_file, []))
-    for label_file in sorted(root.rglob("*.txt")):
-        if "labels" in label_file.relative_to(root).parts[:-1] and label_file not in labelled:
+    labels_root = base / label_path((root / "-").relative_to(base)).parent if root != base else base
+    for label_file in sorted(labels_root.rglob("*.txt")):
+        if "labels" in label_file.relative_to(base).parts[:-1] and label_file not in labelled:
             report.warn("label file without an image, skipped", file=label_file)
     if names is None:
         top = max((cls for *_, lines in parsed for cls, _, _ in lines), default=-1)
@@ -78,7 +85,8 @@ def read(src: Path, *, report: Report, classes: Path | None = None, **_) -> Data
         for class_id, coords, number in lines:
             if len(coords) == 4:
                 cx, cy, w, h = coords
-                coords = [cx - w / 2, cy - h / 2, cx + w / 2, cy - h / 2, cx + w / 2, cy + h / 2, cx - w / 2, cy + h / 2]
+                x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+                coords = [x1, y1, x2, y1, x2, y2, x1, y2]
             points = np.asarray(coords).reshape(-1, 2) * (width, height)
             builder.add_instance(
                 image, [clip_polygon(points, width, height)], names[class_id], file=label_file, record=f"line {number}"
@@ -87,18 +95,9 @@ def read(src: Path, *, report: Report, classes: Path | None = None, **_) -> Data
 
 
 def _names(classes: Path | None, yaml_file: Path | None) -> list[str] | None:
-    if classes is not None:
-        return names_from_mapping(read_class_file(classes), classes)
-    if yaml_file is None:
-        return None
-    try:
-        data = yaml.safe_load(read_text(yaml_file))
-    except yaml.YAMLError as exc:
-        raise InstasegError(f"malformed YAML ({str(exc).splitlines()[0]})", file=yaml_file) from None
-    if not isinstance(data, dict) or "names" not in data:
-        raise InstasegError("has no 'names' list", file=yaml_file)
-    names = data["names"]
-    return names_from_mapping({str(k): v for k, v in names.items()} if isinstance(names, dict) else names, yaml_file)
+    """Class names from ``--classes``, else the dataset's YAML, else None (then names are class_<k>)."""
+    source = classes if classes is not None else yaml_file
+    return names_from_mapping(read_class_file(source), source) if source is not None else None
 
 
 def _parse(label_file: Path, names: list[str] | None) -> list[tuple[int, list[float], int]]:
@@ -128,9 +127,7 @@ def _parse(label_file: Path, names: list[str] | None) -> list[tuple[int, list[fl
     return lines
 
 
-def write(
-    dataset: Dataset, out: Path, *, report: Report, overwrite: bool = False, split: str = "train", **_
-) -> Path:
+def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = False, split: str = "train", **_) -> Path:
     """Write ``OUT/images/<split>/``, ``OUT/labels/<split>/`` and ``OUT/data.yaml``, copying the images."""
     names = output_names(dataset)
     class_index = dataset.category_index
@@ -142,7 +139,9 @@ def write(
             for ann in dataset.annotations_by_image.get(image["id"], []):
                 polygons = instance_polygons(ann, image)
                 if not polygons:
-                    report.warn("no outline to write, skipped", file=dataset.source, record=f"annotation id {ann['id']}")
+                    report.warn(
+                        "no outline to write, skipped", file=dataset.source, record=f"annotation id {ann['id']}"
+                    )
                     continue
                 points = np.asarray(join_polygons(polygons)).reshape(-1, 2) / (image["width"], image["height"])
                 coords = " ".join(f"{v:.6f}" for v in points.clip(0, 1).reshape(-1))

@@ -1,0 +1,63 @@
+"""``instaseg quickstart``: the whole loop on synthetic data, on a CPU, in about ten minutes.
+
+Makes the synthetic shapes dataset, trains the default model with the "small" preset for the
+time budget, evaluates it on the val split with the COCO metric and draws its predictions on a
+few val images. Everything lands in one folder::
+
+    OUT/data/          train.json, val.json and images (``instaseg synth``)
+    OUT/model/         best.pt, last.pt, metrics.jsonl, curves.png (``instaseg train``)
+    OUT/eval.json      COCO metrics of best.pt on the val split (``instaseg eval``)
+    OUT/predictions/   a predictions folder with overlays/ (``instaseg predict``)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from instaseg import io
+from instaseg.data import Dataset
+from instaseg.data.synth import make_synthetic
+from instaseg.evaluate import evaluate
+from instaseg.models import DEFAULT_MODEL
+from instaseg.predict import predict_images
+from instaseg.predictor import load
+from instaseg.train import train
+
+# Tuned on a 2-core CPU (see bench/results/models.md): more distinct images beat more epochs.
+NUM_TRAIN_IMAGES = 1000
+NUM_VAL_IMAGES = 50
+NUM_PICTURES = 8
+BATCH_SIZE = 4
+LEARNING_RATE = 1e-3
+
+
+def quickstart(out: str | Path = "runs/quickstart", *, minutes: float = 10.0, overwrite: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Run synth -> train -> evaluate -> predict into ``out``; returns a summary.
+
+    Returns:
+        ``mask_mAP`` and ``box_mAP`` (COCO mAP@[.5:.95] on the val split), ``checkpoint`` (best.pt),
+        ``eval`` (the metrics file) and ``overlays`` (the folder of pictures).
+    """
+    out = io.check_output(out, overwrite)
+    train_json, val_json = make_synthetic(
+        out / "data", num_train=NUM_TRAIN_IMAGES, num_val=NUM_VAL_IMAGES, seed=seed, overwrite=overwrite
+    )
+    val = Dataset.load(val_json)
+    best = train(
+        Dataset.load(train_json), val, model=DEFAULT_MODEL, preset="small", minutes=minutes, out=out / "model",
+        seed=seed, overwrite=overwrite, batch_size=BATCH_SIZE, lr=LEARNING_RATE,
+    )
+    predictor = load(best)
+    result = evaluate(val, predictor.predict_dataset(val), ("segm", "bbox"))
+    io.write_json(out / "eval.json", result.to_dict(), overwrite=overwrite, indent=True)
+    print(result.summary())
+    pictures = [val.image_path(image) for image in val.images[:NUM_PICTURES]]
+    predict_images(predictor, pictures, out=out / "predictions", overwrite=overwrite)
+    return {
+        "mask_mAP": result.stat("AP", "segm"),
+        "box_mAP": result.stat("AP", "bbox"),
+        "checkpoint": best,
+        "eval": out / "eval.json",
+        "overlays": out / "predictions" / "overlays",
+    }
