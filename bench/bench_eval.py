@@ -42,7 +42,9 @@ def _jitter(polygon: list[float], rng: np.random.Generator, size: int) -> list[f
     return np.clip(shifted, 0, size - 1).reshape(-1).tolist()
 
 
-def make_case(num_images: int, gt_per_image: int, dets_per_image: int, size: int, seed: int = 0) -> tuple[dict, list[dict]]:
+def make_case(
+    num_images: int, gt_per_image: int, dets_per_image: int, size: int, seed: int = 0
+) -> tuple[dict, list[dict]]:
     """COCO ground truth dict and a results list with compressed-RLE masks."""
     rng = np.random.default_rng(seed)
     images = [{"id": i + 1, "file_name": f"{i:05d}.png", "width": size, "height": size} for i in range(num_images)]
@@ -53,12 +55,17 @@ def make_case(num_images: int, gt_per_image: int, dets_per_image: int, size: int
         classes = rng.integers(1, NUM_CLASSES + 1, len(polygons))
         rles = [mask_utils.frPyObjects([p], size, size)[0] for p in polygons]
         for rle, cls in zip(rles, classes):
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image["id"], "category_id": int(cls),
-                "segmentation": {"size": [size, size], "counts": rle["counts"].decode()},
-                "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist(),
-                "iscrowd": int(rng.random() < 0.02),
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image["id"],
+                    "category_id": int(cls),
+                    "segmentation": {"size": [size, size], "counts": rle["counts"].decode()},
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": mask_utils.toBbox(rle).tolist(),
+                    "iscrowd": int(rng.random() < 0.02),
+                }
+            )
         det_polygons, det_classes = [], []
         for _ in range(rng.integers(dets_per_image // 2, dets_per_image * 3 // 2 + 1)):
             if polygons and rng.random() < 0.7:  # a noisy copy of a ground-truth instance
@@ -70,15 +77,19 @@ def make_case(num_images: int, gt_per_image: int, dets_per_image: int, size: int
                 det_classes.append(int(rng.integers(1, NUM_CLASSES + 1)))
         for polygon, cls in zip(det_polygons, det_classes):
             rle = mask_utils.frPyObjects([polygon], size, size)[0]
-            results.append({
-                "image_id": image["id"], "category_id": cls,
-                "segmentation": {"size": [size, size], "counts": rle["counts"].decode()},
-                "bbox": mask_utils.toBbox(rle).tolist(), "score": float(rng.random()),
-            })
+            results.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": cls,
+                    "segmentation": {"size": [size, size], "counts": rle["counts"].decode()},
+                    "bbox": mask_utils.toBbox(rle).tolist(),
+                    "score": float(rng.random()),
+                }
+            )
     return {"images": images, "categories": categories, "annotations": annotations}, results
 
 
-def time_pycocotools(gt: dict, results: list[dict], iou_type: str) -> tuple[float, np.ndarray]:
+def time_pycocotools(gt: dict, results: list[dict], iou_type: str) -> tuple[float, float, np.ndarray]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -95,20 +106,20 @@ def time_pycocotools(gt: dict, results: list[dict], iou_type: str) -> tuple[floa
     return time.perf_counter() - start, time.process_time() - cpu, np.asarray(evaluator.stats)
 
 
-def time_faster_coco_eval(gt: dict, results: list[dict], iou_type: str) -> tuple[float, np.ndarray]:
+def time_faster_coco_eval(gt: dict, results: list[dict], iou_type: str, **options) -> tuple[float, float, np.ndarray]:
     from faster_coco_eval import COCO, COCOeval_faster
 
     gt, results = copy.deepcopy(gt), copy.deepcopy(results)
     start, cpu = time.perf_counter(), time.process_time()
     coco_gt = COCO(gt)
-    evaluator = COCOeval_faster(coco_gt, coco_gt.loadRes(results), iou_type, print_function=lambda *a: None)
+    evaluator = COCOeval_faster(coco_gt, coco_gt.loadRes(results), iou_type, print_function=lambda *a: None, **options)
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
     return time.perf_counter() - start, time.process_time() - cpu, np.asarray(evaluator.stats)
 
 
-def time_instaseg(gt: dict, results: list[dict], iou_type: str, errors: bool) -> tuple[float, np.ndarray]:
+def time_instaseg(gt: dict, results: list[dict], iou_type: str, errors: bool) -> tuple[float, float, np.ndarray]:
     dataset = Dataset(copy.deepcopy(gt))
     results = copy.deepcopy(results)
     start, cpu = time.perf_counter(), time.process_time()
@@ -129,14 +140,19 @@ def main() -> None:
 
     start = time.perf_counter()
     gt, results = make_case(args.images, args.gt_per_image, args.dets_per_image, args.size)
-    print(f"generated {len(gt['images'])} images, {len(gt['annotations'])} GT, {len(results)} detections "
-          f"in {time.perf_counter() - start:.1f}s; {platform.python_version()}, {platform.machine()}")
+    print(
+        f"generated {len(gt['images'])} images, {len(gt['annotations'])} GT, {len(results)} detections "
+        f"in {time.perf_counter() - start:.1f}s; {platform.python_version()}, {platform.machine()}"
+    )
 
     wall: dict[str, float] = {}
     cpu: dict[str, float] = {}
     stats: dict[str, np.ndarray] = {}
     engines = {
         "faster-coco-eval": lambda: time_faster_coco_eval(gt, results, args.iou_type),
+        "faster-coco-eval (1 IoU worker)": lambda: time_faster_coco_eval(
+            gt, results, args.iou_type, rle_iou_max_workers=1
+        ),
         "instaseg (metric only)": lambda: time_instaseg(gt, results, args.iou_type, errors=False),
         "instaseg (+ error breakdown, confusion)": lambda: time_instaseg(gt, results, args.iou_type, errors=True),
     }
@@ -149,12 +165,16 @@ def main() -> None:
         wall["pycocotools"], cpu["pycocotools"], stats["pycocotools"] = time_pycocotools(gt, results, args.iou_type)
 
     reference_name = "pycocotools" if "pycocotools" in stats else "faster-coco-eval"
-    print(f"\n| engine | wall s (best of {args.repeats}) | x faster-coco-eval | CPU s | x faster-coco-eval "
-          f"| max abs stat difference vs {reference_name} |")
+    print(
+        f"\n| engine | wall s (best of {args.repeats}) | x faster-coco-eval | CPU s | x faster-coco-eval "
+        f"| max abs stat difference vs {reference_name} |"
+    )
     print("|---|---|---|---|---|---|")
     for name in wall:
-        print(f"| {name} | {wall[name]:.2f} | {wall[name] / wall['faster-coco-eval']:.2f} | {cpu[name]:.2f} "
-              f"| {cpu[name] / cpu['faster-coco-eval']:.2f} | {np.abs(stats[name] - stats[reference_name]).max():.1e} |")
+        print(
+            f"| {name} | {wall[name]:.2f} | {wall[name] / wall['faster-coco-eval']:.2f} | {cpu[name]:.2f} "
+            f"| {cpu[name] / cpu['faster-coco-eval']:.2f} | {np.abs(stats[name] - stats[reference_name]).max():.1e} |"
+        )
 
 
 if __name__ == "__main__":

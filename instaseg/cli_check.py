@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -12,10 +11,11 @@ import typer
 
 from instaseg import io
 from instaseg.cli import app
-from instaseg.data.check import check_dataset, count_problems, fix_dataset
-from instaseg.data.convert import read_dataset
+from instaseg.data.check import check_dataset, count_problems, fix_dataset, save_fixed
+from instaseg.data.convert import detect_format, read_dataset
 from instaseg.data.dataset import Dataset
 from instaseg.data.stats import dataset_stats, plot_stats, stats_tables
+from instaseg.errors import InstasegError
 from instaseg.viz import save_overlays
 
 EXIT_PROBLEMS = 1
@@ -25,21 +25,17 @@ ImagesOption = typer.Option(None, "--images", help="Folder the image file names 
 
 
 def load_dataset(data: Path, images: Path | None = None) -> Dataset:
-    """Read DATA as a dataset: a COCO JSON as it is (so every problem in it stays visible to
-    ``check``), any other format through the converters."""
+    """Read DATA as a dataset: a COCO JSON as it is (the converter would drop the records ``check``
+    must report), any other format through the converters."""
     if data.suffix.lower() == ".json" and data.is_file():
-        coco = io.read_json(data)
-        if not isinstance(coco, dict) or "images" in coco or "annotations" in coco:
-            return _coco_dataset(coco, data, images)
+        try:
+            fmt = detect_format(data)
+        except InstasegError:  # not recognisably anything: let the COCO reader name what is wrong
+            fmt = "coco"
+        if fmt == "coco":
+            return Dataset.load(data, images)
+        return read_dataset(data, fmt, images=images)
     return read_dataset(data, images=images)
-
-
-def _coco_dataset(coco: object, path: Path, images: Path | None) -> Dataset:
-    if images is None:
-        info = coco.get("info") if isinstance(coco, dict) else None
-        relative_root = info.get("image_root") if isinstance(info, dict) else None
-        images = path.parent / relative_root if isinstance(relative_root, str) else path.parent
-    return Dataset(coco, images, source=path)
 
 
 @app.command()
@@ -70,10 +66,9 @@ def check(
 
     if fix is not None:
         fixed, changes = fix_dataset(dataset, problems)
-        _point_at_images(fixed, fix)
         remaining = check_dataset(fixed, check_files=not no_files)
         errors, _ = count_problems(remaining)
-        fixed.save(fix, overwrite=overwrite)
+        save_fixed(fixed, fix, overwrite=overwrite)
         report["fix"] = {"file": str(fix), "changes": changes, "errors_left": errors}
         lines += [f"fixed: {change}" for change in changes]
         lines.append(f"wrote {fix}: {len(changes)} change(s), {errors} error(s) left")
@@ -85,15 +80,6 @@ def check(
         typer.echo("\n".join(lines))
     if errors:
         raise typer.Exit(EXIT_PROBLEMS)
-
-
-def _point_at_images(dataset: Dataset, out: Path) -> None:
-    """Record the image folder in ``info.image_root`` when the repaired JSON lives elsewhere."""
-    root = os.path.relpath(dataset.image_root.resolve(), out.resolve().parent)
-    info = dataset.coco.get("info")
-    if root == "." and not (isinstance(info, dict) and "image_root" in info):
-        return
-    dataset.coco["info"] = {**(info if isinstance(info, dict) else {}), "image_root": Path(root).as_posix()}
 
 
 @app.command()

@@ -10,13 +10,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from instaseg import io
 from instaseg.cli import app
 from instaseg.data import Dataset
 from instaseg.evaluate import ERROR_KINDS, EvalResult, evaluate_results, load_predictions, write_report
 
 TOP_IMAGES = 10
 # short column headings keep the worst-images table inside an 80-column terminal
-ERROR_HEADINGS = {"missed": "miss", "background": "bkg", "duplicate": "dup", "wrong_class": "class", "localization": "loc", "class_and_location": "cls+loc"}
+ERROR_HEADINGS = {
+    "missed": "miss",
+    "background": "bkg",
+    "duplicate": "dup",
+    "wrong_class": "class",
+    "localization": "loc",
+    "class_and_location": "cls+loc",
+}
 
 
 class IouType(str, Enum):
@@ -29,18 +37,29 @@ class IouType(str, Enum):
 def eval_command(
     gt: Annotated[Path, typer.Argument(help="Ground truth: a COCO JSON (or any dataset 'instaseg convert' reads).")],
     pred: Annotated[
-        Path, typer.Argument(help="Predictions: a COCO results JSON, or a folder / predictions.json from 'instaseg predict'.")
+        Path,
+        typer.Argument(
+            help="Predictions: a COCO results JSON, or a folder / predictions.json from 'instaseg predict'."
+        ),
     ],
-    iou_type: Annotated[IouType, typer.Option("--iou-type", help="Match by mask IoU (segm), box IoU (bbox) or report both.")] = IouType.segm,
+    iou_type: Annotated[
+        IouType, typer.Option("--iou-type", help="Match by mask IoU (segm), box IoU (bbox) or report both.")
+    ] = IouType.segm,
     out: Annotated[
         Optional[Path], typer.Option(help="Folder for metrics.json, PR curves, confusion matrix and errors.json/csv.")
     ] = None,
-    images: Annotated[Optional[Path], typer.Option(help="Folder GT image file names are relative to (formats that need it).")] = None,
+    images: Annotated[
+        Optional[Path], typer.Option(help="Folder GT image file names are relative to (formats that need it).")
+    ] = None,
     gt_format: Annotated[
-        Optional[str], typer.Option("--format", help="Format of GT (coco, yolo, via, labelme, masks, ...); detected when omitted.")
+        Optional[str],
+        typer.Option(
+            "--from", help="Format of GT, as for 'instaseg convert' (coco, yolo, via, ...); detected when omitted."
+        ),
     ] = None,
     score_threshold: Annotated[
-        float, typer.Option("--score-threshold", min=0.0, help="Score from which predictions count in the error breakdown.")
+        float,
+        typer.Option("--score-threshold", min=0.0, help="Score from which predictions count in the error breakdown."),
     ] = 0.5,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
@@ -49,8 +68,6 @@ def eval_command(
     Predictions from 'instaseg predict' are matched to GT images by file name and to classes by name.
     """
     if out is not None:
-        from instaseg import io
-
         io.check_output(out, overwrite)  # before minutes of work, not after
     dataset = load_ground_truth(gt, images, gt_format)
     results = load_predictions(dataset, pred)
@@ -59,7 +76,9 @@ def eval_command(
     print_result(result, Console(highlight=False))
     if out is not None:
         write_report(result, out, overwrite=overwrite)
-        Console(highlight=False).print(f"wrote {out}/ (metrics.json, PR curves, confusion_matrix.png, errors.json/csv)", markup=False)
+        Console(highlight=False).print(
+            f"wrote {out}/ (metrics.json, PR curves, confusion_matrix.png, errors.json/csv)", markup=False
+        )
 
 
 def load_ground_truth(path: Path, images: Path | None = None, fmt: str | None = None) -> Dataset:

@@ -20,20 +20,21 @@ def models(
 
     from instaseg.models import DEFAULT_MODEL, MODELS, count_parameters, list_models
 
-    table = Table(title=f"models (parameters for {num_classes} classes; preset cpu / gpu)")
-    for column in ("name", "backbone", "params cpu", "params gpu", "presets", "measured", "description"):
-        table.add_column(column, overflow="fold")
+    table = Table(title=f"Mask R-CNN models (parameters for {num_classes} classes; presets: cpu, gpu, small)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("params cpu", no_wrap=True, justify="right")
+    table.add_column("params gpu", no_wrap=True, justify="right")
+    table.add_column("about", overflow="fold")
     for name in list_models():
         entry = MODELS[name]
+        measured = "; ".join(f"{k}: {v}" for k, v in entry.metrics.items())
         table.add_row(
-            name + (" (default)" if name == DEFAULT_MODEL else ""),
-            entry.backbone,
+            name + (" *" if name == DEFAULT_MODEL else ""),
             f"{count_parameters(name, num_classes, 'cpu') / 1e6:.1f} M",
             f"{count_parameters(name, num_classes, 'gpu') / 1e6:.1f} M",
-            ", ".join(entry.presets),
-            "; ".join(f"{k}: {v}" for k, v in entry.metrics.items()) or "-",
-            entry.description,
+            entry.description + (f" ({measured})" if measured else ""),
         )
+    table.caption = "* default. cpu preset: BatchNorm backbone, lighter heads; gpu: GroupNorm, paper sizes."
     Console().print(table)
 
 

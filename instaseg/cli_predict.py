@@ -38,11 +38,10 @@ def predict(
     counts.csv / counts.json (instances per class, per image and in total) and overlays/*.png.
     """
     from instaseg.predictor import load
-    from instaseg.predict import check_classes, predict_images
+    from instaseg.predict import predict_images
 
     predictor = load(model)
     wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
-    check_classes(wanted, predictor.class_names)  # before reading any image: a typo should fail fast
     summary = predict_images(
         predictor,
         images,

@@ -30,10 +30,27 @@ NUM_VAL_IMAGES = 50
 NUM_PICTURES = 8
 BATCH_SIZE = 4
 LEARNING_RATE = 1e-3
+# Each validation of a young model (many low-score detections) costs tens of seconds on a CPU.
+VALIDATIONS = 4
 
 
-def quickstart(out: str | Path = "runs/quickstart", *, minutes: float = 10.0, overwrite: bool = False, seed: int = 0) -> dict[str, Any]:
+def quickstart(
+    out: str | Path = "runs/quickstart",
+    *,
+    minutes: float = 10.0,
+    overwrite: bool = False,
+    seed: int = 0,
+    num_train: int = NUM_TRAIN_IMAGES,
+    num_val: int = NUM_VAL_IMAGES,
+) -> dict[str, Any]:
     """Run synth -> train -> evaluate -> predict into ``out``; returns a summary.
+
+    Args:
+        out: the folder to create.
+        minutes: training budget (wall clock, validation included).
+        overwrite: replace ``out`` if it exists.
+        seed: seeds the data and the training.
+        num_train, num_val: synthetic images per split.
 
     Returns:
         ``mask_mAP`` and ``box_mAP`` (COCO mAP@[.5:.95] on the val split), ``checkpoint`` (best.pt),
@@ -41,12 +58,13 @@ def quickstart(out: str | Path = "runs/quickstart", *, minutes: float = 10.0, ov
     """
     out = io.check_output(out, overwrite)
     train_json, val_json = make_synthetic(
-        out / "data", num_train=NUM_TRAIN_IMAGES, num_val=NUM_VAL_IMAGES, seed=seed, overwrite=overwrite
+        out / "data", num_train=num_train, num_val=num_val, seed=seed, overwrite=overwrite
     )
     val = Dataset.load(val_json)
     best = train(
         Dataset.load(train_json), val, model=DEFAULT_MODEL, preset="small", minutes=minutes, out=out / "model",
         seed=seed, overwrite=overwrite, batch_size=BATCH_SIZE, lr=LEARNING_RATE,
+        val_every=minutes / VALIDATIONS,
     )
     predictor = load(best)
     result = evaluate(val, predictor.predict_dataset(val), ("segm", "bbox"))

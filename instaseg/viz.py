@@ -22,6 +22,8 @@ from instaseg.data.check import check_dataset
 from instaseg.data.dataset import Dataset
 from instaseg.structures import Instances
 
+# Labels stop once they cover this share of the picture: beyond it they hide what they name.
+LABEL_AREA_BUDGET = 0.2
 # Stepping the hue by the golden ratio keeps neighbouring instances far apart on the colour wheel.
 _GOLDEN_RATIO = 0.618033988749895
 
@@ -91,59 +93,88 @@ def draw_instances(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     colors = [instance_color(k) for k in range(len(instances))]
+    # Work inside each mask's own extent: crowded images (hundreds of nuclei) stay fast.
+    extents = [_extent(mask) for mask in instances.masks]
 
     # Fills first, then outlines, then labels, so no fill ever covers an outline or a label.
-    for mask, color in zip(instances.masks, colors):
-        pixels = canvas[mask].astype(np.float32)
-        canvas[mask] = (pixels * (1.0 - alpha) + np.asarray(color, np.float32) * alpha).round().astype(np.uint8)
+    for mask, color, extent in zip(instances.masks, colors, extents):
+        if extent is None:
+            continue
+        top, bottom, left, right = extent
+        region, inside = canvas[top:bottom, left:right], mask[top:bottom, left:right]
+        blended = region[inside].astype(np.float32) * (1.0 - alpha) + np.asarray(color, np.float32) * alpha
+        region[inside] = blended.round().astype(np.uint8)
 
     scale, text_thickness, outline = _label_style(height, width)
-    for mask, color in zip(instances.masks, colors):
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    for mask, color, extent in zip(instances.masks, colors, extents):
+        if extent is None:
+            continue
+        top, bottom, left, right = extent
+        contours, _ = cv2.findContours(
+            np.ascontiguousarray(mask[top:bottom, left:right], np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(left, top)
+        )
         cv2.drawContours(canvas, contours, -1, color, outline, cv2.LINE_AA)
 
     names = instances.class_names
     placed: list[tuple[int, int, int, int]] = []
-    for k, color in enumerate(colors):
-        if not instances.masks[k].any():
+    label_area = 0
+    # Largest instances first: when labels run out of room, the small ones go without.
+    areas = [0 if e is None else np.count_nonzero(m[e[0] : e[1], e[2] : e[3]]) for m, e in zip(instances.masks, extents)]
+    for k in np.argsort(-np.asarray(areas), kind="stable"):
+        color, extent = colors[k], extents[k]
+        if extent is None:
             continue  # nothing to point at
+        if label_area > LABEL_AREA_BUDGET * height * width:
+            break
         class_id = int(instances.class_ids[k])
         name = names[class_id] if class_id < len(names) else str(class_id)
         text = f"{name} #{k + 1}"
         if show_scores:
             text += f" {float(instances.scores[k]):.2f}"
-        x1, y1 = instances.boxes[k][:2]
-        placed.append(_draw_label(canvas, _ascii(text), int(x1), int(y1), color, scale, text_thickness, placed))
+        label = _draw_label(canvas, _ascii(text), extent, color, scale, text_thickness, placed)
+        if label is not None:
+            placed.append(label)
+            label_area += (label[2] - label[0] + 1) * (label[3] - label[1] + 1)
     return canvas
+
+
+def _extent(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) bounds of a mask, exclusive at the end; None when it is empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def _draw_label(
     canvas: np.ndarray,
     text: str,
-    x: int,
-    y: int,
+    extent: tuple[int, int, int, int],
     color: tuple[int, int, int],
     scale: float,
     thickness: int,
     taken: list[tuple[int, int, int, int]],
-) -> tuple[int, int, int, int]:
-    """A filled box of ``color`` holding ``text`` at the box corner (x, y), clear of the ``taken``
-    label boxes where possible; returns the box drawn as (left, top, right, bottom)."""
+) -> tuple[int, int, int, int] | None:
+    """A filled box of ``color`` holding ``text`` at the instance's top-left corner.
+
+    The label goes just above the instance, else inside its top (stacked up to three deep),
+    else just below it, whichever is free of the ``taken`` labels; when none is, it is left out
+    (the outline and fill still show the instance) rather than hide another label. Returns the box drawn as
+    (left, top, right, bottom), or None.
+    """
     height, width = canvas.shape[:2]
+    mask_top, mask_bottom, mask_left, _ = extent
     (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
     pad = max(2, int(round(3 * scale)))
     box_w, box_h = text_w + 2 * pad, text_h + baseline + 2 * pad
-    left = int(np.clip(x, 0, max(0, width - box_w)))
-    # Above the instance if there is room, else just inside its top edge; then step down past
-    # labels already drawn so that none hides another.
-    top = y - box_h if y - box_h >= 0 else y
-    for _ in range(len(taken) + 1):
+    left = int(np.clip(mask_left, 0, max(0, width - box_w)))
+    for top in (mask_top - box_h, mask_top, mask_top + box_h, mask_top + 2 * box_h, mask_bottom):
         top = int(np.clip(top, 0, max(0, height - box_h)))
-        clash = [t for t in taken if left < t[2] and t[0] < left + box_w and top < t[3] and t[1] < top + box_h]
-        if not clash or top + box_h >= height:
+        right, bottom = left + box_w - 1, top + box_h - 1
+        if not any(left <= t[2] and t[0] <= right and top <= t[3] and t[1] <= bottom for t in taken):
             break
-        top = max(t[3] for t in clash) + 1
-    right, bottom = left + box_w - 1, top + box_h - 1
+    else:
+        return None
     cv2.rectangle(canvas, (left, top), (right, bottom), color, cv2.FILLED)
     # A thin dark rim keeps a pale label visible on a pale background.
     cv2.rectangle(canvas, (left, top), (right, bottom), (0, 0, 0), 1)
@@ -221,7 +252,7 @@ def save_overlays(
 ) -> list[Path]:
     """Write one PNG per image with its annotations drawn on it (``instaseg show``).
 
-    Pictures keep the images' relative paths under ``out`` (``train/a.jpg`` becomes
+    Labels show scores when the annotations have them (a ``predictions.json``). Pictures keep the images' relative paths under ``out`` (``train/a.jpg`` becomes
     ``out/train/a.png``). The folder is written atomically: on any error nothing is left behind.
 
     Args:
@@ -243,6 +274,8 @@ def save_overlays(
     if undrawable:
         more = f" (and {len(undrawable) - 1} more; run 'instaseg check')" if len(undrawable) > 1 else ""
         raise InstasegError(f"cannot draw: {str(undrawable[0]).removeprefix('error: ')}{more}")
+    # A predictions file (``instaseg predict``) is a COCO file whose annotations carry scores.
+    show_scores = any("score" in ann for ann in dataset.annotations)
     written: dict[Path, int] = {}  # picture -> image id
     with io.atomic_path(out, overwrite) as tmp:
         tmp.mkdir()
@@ -251,7 +284,11 @@ def save_overlays(
             relative = Path(image["file_name"]).with_suffix(".png")
             if relative in written:
                 raise InstasegError(f"image id {written[relative]} is drawn to the same file {relative}", file=dataset.source, record=record)
-            picture = draw_instances(*enlarge(dataset.read_image(image), dataset.ground_truth(image)), show_scores=False)
+            try:
+                instances = dataset.ground_truth(image)
+            except ValueError as exc:  # pycocotools refuses an RLE whose runs do not fill the image
+                raise InstasegError(f"cannot decode its masks ({exc}); run 'instaseg check'", file=dataset.source, record=record) from None
+            picture = draw_instances(*enlarge(dataset.read_image(image), instances), show_scores=show_scores)
             target = io.safe_join(tmp, str(relative), record=record)
             target.parent.mkdir(parents=True, exist_ok=True)
             io.write_image(target, picture)

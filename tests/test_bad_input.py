@@ -292,3 +292,15 @@ def test_stats_names_an_annotation_it_cannot_measure(case, cli):
     del coco["annotations"][0]["area"]
     case.image().data(coco)
     case.refused(cli("stats", case.json), case.json, "annotation id 7 (image id 1)", "cannot measure")
+
+
+def test_convert_refuses_to_replace_an_output(case, cli):
+    case.image().data()
+    (case.root / "converted.json").write_text("{}")
+    case.before = case.files()
+    case.refused(cli("convert", case.json, case.root / "converted.json"), "converted.json", "--overwrite")
+
+
+def test_rle_whose_runs_stop_short(case, cli):
+    case.image().data(_coco(segmentation={"size": [H, W], "counts": "0b1"}, bbox=[0, 0, 10, 5], area=50))  # runs for 50 of 768 px
+    case.refused(cli("show", case.json, "--out", case.out), case.json, "image id 1", "cannot decode")

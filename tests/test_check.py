@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from instaseg import io
+from instaseg import io, masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.check import check_dataset, count_problems, fix_dataset
 
@@ -115,6 +115,8 @@ CASES = [
     (_set(("annotations", 0, "segmentation"), [[5, 5, 3e9, 5, 5, 15]]), "error", "points-far-outside", "annotations", 0),
     (_set(("annotations", 2, "segmentation", "size"), [H, W + 1]), "error", "rle-size-mismatch", "annotations", 2),
     (_set(("annotations", 2, "segmentation", "counts"), 7), "error", "bad-rle", "annotations", 2),
+    (_set(("annotations", 2, "segmentation", "counts"), "0`h9"), "error", "bad-rle", "annotations", 2),  # 100x100 px of runs
+    (_set(("annotations", 2, "segmentation"), mask_ops.encode(np.zeros((H, W), bool))), "error", "zero-area", "annotations", 2),
     (_set(("annotations", 0, "bbox"), [5, 5, 20, 10]), "error", "bbox-mismatch", "annotations", 0),
     (_set(("annotations", 2, "bbox"), [0, 0, 5, 5]), "error", "bbox-mismatch", "annotations", 2),
     (_set(("annotations", 0, "bbox"), [30, 5, 20, 10]), "error", "bbox-outside", "annotations", 0),
@@ -281,3 +283,24 @@ def test_counts():
     coco["annotations"][0]["category_id"] = 9
     del coco["annotations"][1]["area"]
     assert count_problems(_problems(coco)) == (1, 1)
+
+
+def test_uncompressed_rle_is_measured_like_pycocotools():
+    coco = _coco()
+    mask = np.zeros((H, W), np.uint8)
+    mask[3:9, 10:30] = 1
+    counts, current, run = [], 0, 0  # COCO runs: column-major, starting with a run of zeros
+    for value in mask.T.reshape(-1):
+        if value != current:
+            counts.append(run)
+            current, run = value, 0
+        run += 1
+    counts.append(run)
+    coco["annotations"][2].update(segmentation={"size": [H, W], "counts": counts}, bbox=[10, 3, 20, 6], area=120)
+    assert _problems(coco) == []
+    coco["annotations"][2]["bbox"] = [10, 3, 20, 16]
+    (problem,) = _problems(coco)
+    assert problem.kind == "bbox-mismatch" and "mask box [10.0, 3.0, 20.0, 6.0]" in problem.message
+    coco["annotations"][2]["segmentation"]["counts"] = counts[:-1]
+    (problem,) = _problems(coco)
+    assert problem.kind == "bad-rle"

@@ -158,6 +158,30 @@ def test_join_polygons_keeps_every_part_and_adds_no_pixels():
     assert _mask_iou(joined, mask_ops.decode(polygons, H, W)) == 1.0
 
 
+def test_polygon_formats_keep_holes_and_overlapping_parts_exactly(tmp_path):
+    ring_with_island = (_disc(20, 20, 15) & ~_disc(20, 20, 8)) | _disc(20, 20, 3) | _disc(5, 45, 3)
+    overlapping = [[2, 2, 20, 2, 20, 12, 2, 12], [10, 8, 30, 8, 30, 30, 10, 30]]  # COCO polygons: a union
+    _image(tmp_path / "x.png")
+    coco = {
+        "images": [{"id": 1, "file_name": "x.png", "width": W, "height": H}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": mask_ops.encode(ring_with_island)},
+            {"id": 2, "image_id": 1, "category_id": 1, "segmentation": overlapping},
+        ],
+    }
+    expected = [ring_with_island, _decode(overlapping, H, W)]
+    for fmt in ("yolo", "via"):
+        write_dataset(Dataset(coco, tmp_path), tmp_path / fmt, fmt)
+        back = read_dataset(tmp_path / fmt, fmt)
+        assert [
+            (_decode(a["segmentation"], H, W) == e).all() for a, e in zip(back.annotations, expected, strict=True)
+        ] == [True, True]
+    write_dataset(Dataset(coco, tmp_path), tmp_path / "lm", "labelme")  # LabelMe polygons cannot hold a hole
+    ring_back = _decode(read_dataset(tmp_path / "lm", "labelme").annotations[0]["segmentation"], H, W)
+    assert ring_back[20, 14] and not ring_with_island[20, 14]
+
+
 def test_coco_to_yolo_and_back_keeps_instances_classes_and_masks(tmp_path, cli):
     src = _coco_file(tmp_path)
     r = cli("convert", src, tmp_path / "yolo", "--to", "yolo", "--split", "val")
@@ -173,7 +197,7 @@ def test_coco_to_yolo_and_back_keeps_instances_classes_and_masks(tmp_path, cli):
     for name in before:
         assert [c for c, _ in before[name]] == [c for c, _ in after[name]]
         for (_, a), (_, b) in zip(before[name], after[name], strict=True):
-            assert _mask_iou(a, b) >= 0.9  # polygons traced from small RLE discs
+            assert (a == b).all()  # traced outlines redraw the RLE masks exactly
 
 
 def _yolo_tree(tmp_path, lines="0 0.1 0.1 0.5 0.1 0.5 0.5\n", names=("a", "b")):
@@ -403,6 +427,20 @@ def test_folder_outputs_give_clashing_stems_distinct_names(tmp_path):
         "sub_a_jpg.jpg",
         "sub_a_jpg.json",
     ]
+
+
+def test_colour_instance_pngs_keep_each_colour_as_one_instance(tmp_path):
+    colours = np.zeros((H, W, 3), np.uint8)
+    colours[_disc(10, 10, 5)] = (0, 0, 1)  # would be grey 0 (background) after a grey conversion
+    colours[_disc(25, 30, 6)] = (200, 10, 10)
+    colours[_disc(25, 12, 6)] = (10, 200, 10)
+    _image(tmp_path / "c" / "images" / "a.png")
+    (tmp_path / "c" / "masks").mkdir()
+    Image.fromarray(colours).save(tmp_path / "c" / "masks" / "a.png")
+    dataset = read_dataset(tmp_path / "c", "masks")
+    assert sorted(a["area"] for a in dataset.annotations) == sorted(
+        int(_disc(*args).sum()) for args in ((10, 10, 5), (25, 30, 6), (25, 12, 6))
+    )
 
 
 def test_masks_writer_round_trips_and_puts_smaller_on_top(tmp_path):

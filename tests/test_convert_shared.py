@@ -56,8 +56,8 @@ def test_dsb_mask_files_to_coco_to_yolo_to_coco_keeps_all_instances(tmp_path, cl
     assert back.class_names == ["nucleus"]
     before, after = _rles_by_image(first), _rles_by_image(back)
     ious = np.concatenate([np.diag(mask_ops.iou(before[name], after[name])) for name in before])
-    # polygons cannot keep the 4 masks with holes; every other instance survives nearly exactly
-    assert (ious >= 0.9).sum() >= 2554 and np.median(ious) > 0.99
+    # holes and multi-part masks survive too: YOLO polygons are joined and filled even-odd
+    assert ious.min() >= 0.98
 
 
 def test_coco128_yolo_to_coco_to_labelme_to_coco_keeps_masks(tmp_path, cli):

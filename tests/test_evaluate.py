@@ -122,7 +122,15 @@ def make_case(seed: int, crowd: bool = True, polygons: bool = True) -> tuple[dic
 def _add_result(results: list[dict], image: dict, mask: np.ndarray, category: int, rng: np.random.Generator) -> None:
     rle = _rle(mask)
     score = round(float(rng.random()), 2)  # two decimals: ties happen and must break as in pycocotools
-    results.append({"image_id": image["id"], "category_id": category, "segmentation": rle, "bbox": mask_ops.bbox(rle), "score": score})
+    results.append(
+        {
+            "image_id": image["id"],
+            "category_id": category,
+            "segmentation": rle,
+            "bbox": mask_ops.bbox(rle),
+            "score": score,
+        }
+    )
 
 
 # -- equality with pycocotools ------------------------------------------------------------------------
@@ -156,8 +164,15 @@ def test_cases_exercise_the_awkward_parts():
 @given(
     boxes=st.lists(
         st.tuples(
-            st.integers(0, 2), st.integers(0, 30), st.integers(0, 30), st.integers(1, 30), st.integers(1, 30),
-            st.booleans(), st.floats(0, 1, allow_nan=False), st.integers(-4, 4), st.integers(0, 2),
+            st.integers(0, 2),
+            st.integers(0, 30),
+            st.integers(0, 30),
+            st.integers(1, 30),
+            st.integers(1, 30),
+            st.booleans(),
+            st.floats(0, 1, allow_nan=False),
+            st.integers(-4, 4),
+            st.integers(0, 2),
         ),
         min_size=1,
         max_size=25,
@@ -177,11 +192,22 @@ def test_random_box_shaped_cases_equal_pycocotools(boxes):
             "segmentation": rle, "area": float(mask.sum()), "bbox": mask_ops.bbox(rle), "iscrowd": int(crowd),
         })  # fmt: skip
         moved = _rle(np.roll(mask, shift, axis=1))
-        results.append({"image_id": image_index + 1, "category_id": 1 + (label > 0), "segmentation": moved, "bbox": mask_ops.bbox(moved), "score": score})
+        results.append(
+            {
+                "image_id": image_index + 1,
+                "category_id": 1 + (label > 0),
+                "segmentation": moved,
+                "bbox": mask_ops.bbox(moved),
+                "score": score,
+            }
+        )
     gt = {"images": images, "categories": categories, "annotations": annotations}
     result = evaluate_results(Dataset(copy.deepcopy(gt)), copy.deepcopy(results), ("segm", "bbox"), errors=False)
     for iou_type in ("segm", "bbox"):
-        assert np.abs(np.asarray(result.stats[iou_type]) - pycocotools_eval(gt, results, iou_type).stats).max() <= TOLERANCE
+        assert (
+            np.abs(np.asarray(result.stats[iou_type]) - pycocotools_eval(gt, results, iou_type).stats).max()
+            <= TOLERANCE
+        )
 
 
 def test_results_without_bbox_take_box_and_area_from_the_mask_like_pycocotools():
@@ -190,7 +216,10 @@ def test_results_without_bbox_take_box_and_area_from_the_mask_like_pycocotools()
         del r["bbox"]
     result = evaluate_results(Dataset(copy.deepcopy(gt)), copy.deepcopy(results), ("segm", "bbox"), errors=False)
     for iou_type in ("segm", "bbox"):
-        assert np.abs(np.asarray(result.stats[iou_type]) - pycocotools_eval(gt, results, iou_type).stats).max() <= TOLERANCE
+        assert (
+            np.abs(np.asarray(result.stats[iou_type]) - pycocotools_eval(gt, results, iou_type).stats).max()
+            <= TOLERANCE
+        )
 
 
 def test_in_memory_instances_equal_pycocotools_on_the_same_records():
@@ -199,10 +228,17 @@ def test_in_memory_instances_equal_pycocotools_on_the_same_records():
     predictions = {}
     for image in gt["images"]:
         mine = [r for r in results if r["image_id"] == image["id"]]
-        masks = np.stack([mask_ops.decode(r["segmentation"], image["height"], image["width"]) for r in mine]) if mine else np.zeros((0, image["height"], image["width"]), bool)
+        masks = (
+            np.stack([mask_ops.decode(r["segmentation"], image["height"], image["width"]) for r in mine])
+            if mine
+            else np.zeros((0, image["height"], image["width"]), bool)
+        )
         names = {1: "class1", 3: "class3", 4: "class4", 9: "class9"}
         predictions[image["id"]] = Instances.from_masks(
-            masks, [dataset.class_names.index(names[r["category_id"]]) for r in mine], [r["score"] for r in mine], dataset.class_names
+            masks,
+            [dataset.class_names.index(names[r["category_id"]]) for r in mine],
+            [r["score"] for r in mine],
+            dataset.class_names,
         )
     result = evaluate(dataset, predictions, ("segm",), errors=False)
     records = [rec for image_id, inst in predictions.items() for rec in inst.to_coco(image_id, dataset.category_ids)]
@@ -216,7 +252,15 @@ def test_empty_predictions_give_zero_ap_where_there_is_ground_truth():
     # pycocotools crashes on an empty list; one detection far from everything scores the same
     lone = np.zeros((gt["images"][1]["height"], gt["images"][1]["width"]), bool)
     lone[0, 0] = True
-    far = [{"image_id": gt["images"][1]["id"], "category_id": 9, "segmentation": _rle(lone), "bbox": [0, 0, 1, 1], "score": 0.5}]
+    far = [
+        {
+            "image_id": gt["images"][1]["id"],
+            "category_id": 9,
+            "segmentation": _rle(lone),
+            "bbox": [0, 0, 1, 1],
+            "score": 0.5,
+        }
+    ]
     for iou_type in ("segm", "bbox"):
         assert result.stats[iou_type] == pytest.approx(list(pycocotools_eval(gt, far, iou_type).stats), abs=TOLERANCE)
         assert result.stat("AP", iou_type) == 0.0
@@ -246,7 +290,17 @@ def _tiny_gt() -> dict:
     return {
         "images": [{"id": 5, "file_name": "a.png", "width": 12, "height": 10}],
         "categories": [{"id": 2, "name": "cell"}],
-        "annotations": [{"id": 1, "image_id": 5, "category_id": 2, "segmentation": _rle(mask), "area": 24, "bbox": [2, 2, 6, 4], "iscrowd": 0}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 5,
+                "category_id": 2,
+                "segmentation": _rle(mask),
+                "area": 24,
+                "bbox": [2, 2, 6, 4],
+                "iscrowd": 0,
+            }
+        ],
     }
 
 
@@ -297,14 +351,32 @@ def _square(y: int, x: int, side: int = 10, size: int = 64) -> np.ndarray:
 
 def test_error_breakdown_classifies_each_prediction_and_sorts_worst_first():
     categories = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
-    images = [{"id": 1, "file_name": "clean.png", "width": 64, "height": 64}, {"id": 2, "file_name": "messy.png", "width": 64, "height": 64}]
-    gt_masks = [(2, _square(2, 2), 1), (2, _square(2, 30), 1), (2, _square(30, 2), 2), (2, _square(50, 50), 1), (1, _square(5, 5), 2)]
+    images = [
+        {"id": 1, "file_name": "clean.png", "width": 64, "height": 64},
+        {"id": 2, "file_name": "messy.png", "width": 64, "height": 64},
+    ]
+    gt_masks = [
+        (2, _square(2, 2), 1),
+        (2, _square(2, 30), 1),
+        (2, _square(30, 2), 2),
+        (2, _square(50, 50), 1),
+        (1, _square(5, 5), 2),
+    ]
     annotations = [
-        {"id": i + 1, "image_id": image_id, "category_id": cat, "segmentation": _rle(m), "area": float(m.sum()), "iscrowd": 0}
+        {
+            "id": i + 1,
+            "image_id": image_id,
+            "category_id": cat,
+            "segmentation": _rle(m),
+            "area": float(m.sum()),
+            "iscrowd": 0,
+        }
         for i, (image_id, m, cat) in enumerate(gt_masks)
     ]
+
     def result(image_id, mask, category, score):
         return {"image_id": image_id, "category_id": category, "segmentation": _rle(mask), "score": score}
+
     results = [
         result(2, _square(2, 2), 1, 0.9),  # true positive on the first cat
         result(2, _square(3, 2), 1, 0.8),  # duplicate of it
@@ -312,18 +384,21 @@ def test_error_breakdown_classifies_each_prediction_and_sorts_worst_first():
         result(2, _square(2, 36), 1, 0.6),  # second cat, IoU 4/16: poor localization
         result(2, _square(40, 40, 5), 1, 0.55),  # nothing there: background
         result(2, _square(50, 50), 1, 0.2),  # would find the last cat, but below the threshold: missed
-        result(1, _square(5, 5), 2, 0.9),  # the clean image: one hit
+        result(1, _square(5, 5), 2, 0.9),  # the other image: one hit
+        result(1, _square(5, 11), 1, 0.9),  # and a cat touching only the dog, IoU 0.25: class and location
     ]
-    breakdown = evaluate_results(Dataset({"images": images, "categories": categories, "annotations": annotations}), results).errors
+    breakdown = evaluate_results(
+        Dataset({"images": images, "categories": categories, "annotations": annotations}), results
+    ).errors
     assert [row["file_name"] for row in breakdown.images] == ["messy.png", "clean.png"]
     messy = breakdown.images[0]
-    assert {k: messy[k] for k in ("true_positives", "duplicate", "wrong_class", "localization", "background", "missed", "class_and_location")} == {
-        "true_positives": 1, "duplicate": 1, "wrong_class": 1, "localization": 1, "background": 1, "missed": 1, "class_and_location": 0,
-    }  # fmt: skip
+    expected = {"true_positives": 1, "duplicate": 1, "wrong_class": 1, "localization": 1, "background": 1, "missed": 1}
+    assert {kind: messy[kind] for kind in expected} == expected and messy["class_and_location"] == 0
     assert messy["errors"] == 5 and messy["predictions"] == 5 and messy["gt"] == 4
-    assert breakdown.totals["true_positives"] == 2 and breakdown.totals["errors"] == 5
+    assert breakdown.images[1]["class_and_location"] == 1 and breakdown.images[1]["errors"] == 1
+    assert breakdown.totals["true_positives"] == 2 and breakdown.totals["errors"] == 6
     # rows: cat, dog, background; columns: predicted cat, dog, background
-    assert breakdown.confusion.tolist() == [[1, 0, 2], [1, 1, 0], [3, 0, 0]]
+    assert breakdown.confusion.tolist() == [[1, 0, 2], [1, 1, 0], [4, 0, 0]]
 
 
 # -- predictions folders and the CLI -------------------------------------------------------------------
@@ -343,12 +418,19 @@ def _predictions_folder(tmp_path, gt, results):
     own_images = [{**img, "id": k, "file_name": f"sub/{img['file_name']}"} for k, img in enumerate(gt["images"])]
     image_by_gt_id = {img["id"]: k for k, img in enumerate(gt["images"])}
     annotations = [
-        {**r, "id": i + 1, "image_id": image_by_gt_id[r["image_id"]], "category_id": category_by_name[names[r["category_id"]]]}
+        {
+            **r,
+            "id": i + 1,
+            "image_id": image_by_gt_id[r["image_id"]],
+            "category_id": category_by_name[names[r["category_id"]]],
+        }
         for i, r in enumerate(results)
     ]
     folder = tmp_path / "pred"
     folder.mkdir()
-    (folder / "predictions.json").write_text(json.dumps({"images": own_images, "categories": own_categories, "annotations": annotations}))
+    (folder / "predictions.json").write_text(
+        json.dumps({"images": own_images, "categories": own_categories, "annotations": annotations})
+    )
     return folder
 
 
@@ -383,7 +465,9 @@ def test_cli_eval_prints_stats_and_writes_the_report(tmp_path, cli):
     metrics = json.loads((out / "metrics.json").read_text())
     for iou_type in ("segm", "bbox"):
         reference = pycocotools_eval(gt, results, iou_type).stats
-        assert [metrics["stats"][iou_type][name] for name in STAT_NAMES] == pytest.approx(list(reference), abs=TOLERANCE)
+        assert [metrics["stats"][iou_type][name] for name in STAT_NAMES] == pytest.approx(
+            list(reference), abs=TOLERANCE
+        )
     errors_csv = (out / "errors.csv").read_text().splitlines()
     assert errors_csv[0].startswith("image_id,file_name,gt,predictions,true_positives,missed")
     assert len(errors_csv) == 1 + len(gt["images"])
@@ -392,6 +476,7 @@ def test_cli_eval_prints_stats_and_writes_the_report(tmp_path, cli):
     again = cli("eval", gt_path, results_path, "--out", out)
     assert again.code == 2 and "already exists" in again.stderr
     assert cli("eval", gt_path, results_path, "--out", out, "--overwrite").code == 0
+    assert not (out / "pr_bbox_iou50.png").exists()  # replaced by the segm-only report, not merged
 
 
 def test_cli_eval_reads_a_predictions_folder(tmp_path, cli):
@@ -434,3 +519,52 @@ def test_pycocotools_mask_codec_agrees_with_ours():
     ours = _rle(mask)
     decoded = pycoco_mask.decode({"size": ours["size"], "counts": ours["counts"].encode()})
     assert (decoded.astype(bool) == mask).all()
+
+
+def test_missing_gt_area_and_bbox_are_computed_from_the_mask():
+    gt, results = make_case(0, crowd=False, polygons=False)
+    bare = copy.deepcopy(gt)
+    for ann in bare["annotations"]:
+        del ann["area"], ann["bbox"]
+    for ann in gt["annotations"]:  # pycocotools needs them given; give the mask's own
+        ann["area"] = float(mask_ops.area(ann["segmentation"]))
+        ann["bbox"] = mask_ops.bbox(ann["segmentation"])
+    result = evaluate_results(Dataset(bare), copy.deepcopy(results), ("segm", "bbox"), errors=False)
+    for iou_type in ("segm", "bbox"):
+        assert (
+            np.abs(np.asarray(result.stats[iou_type]) - pycocotools_eval(gt, results, iou_type).stats).max()
+            <= TOLERANCE
+        )
+
+
+@pytest.mark.parametrize("segmentation", ["abc", {"size": [5, 5], "counts": "abc"}])
+def test_malformed_ground_truth_masks_are_named(segmentation):
+    gt = _tiny_gt()
+    gt["annotations"][0]["segmentation"] = segmentation
+    with pytest.raises(InstasegError, match=r"annotation id 1: segmentation must be polygons or an RLE"):
+        evaluate_results(Dataset(gt), [_good_result()])
+
+
+def test_a_prediction_inside_a_crowd_region_is_no_error():
+    crowd = _square(10, 10, 30)
+    gt = {
+        "images": [{"id": 1, "file_name": "crowd.png", "width": 64, "height": 64}],
+        "categories": [{"id": 1, "name": "person"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": _rle(crowd), "iscrowd": 1}],
+    }
+    inside = {"image_id": 1, "category_id": 1, "segmentation": _rle(_square(15, 15, 8)), "score": 0.9}
+    breakdown = evaluate_results(Dataset(gt), [inside]).errors
+    assert breakdown.totals["errors"] == 0 and breakdown.totals["gt"] == 0
+    assert not breakdown.confusion.any()
+    outside = {**inside, "segmentation": _rle(_square(50, 50, 8))}
+    assert evaluate_results(Dataset(gt), [outside]).errors.totals["background"] == 1
+
+
+def test_polygon_results_equal_pycocotools():
+    gt, results = make_case(2)
+    sizes = {img["id"]: (img["height"], img["width"]) for img in gt["images"]}
+    for r in results[::2]:
+        r["segmentation"] = mask_ops.to_polygons(mask_ops.decode(r["segmentation"], *sizes[r["image_id"]]))
+    assert any(isinstance(r["segmentation"], list) for r in results)
+    result = evaluate_results(Dataset(copy.deepcopy(gt)), copy.deepcopy(results), errors=False)
+    assert np.abs(np.asarray(result.stats["segm"]) - pycocotools_eval(gt, results, "segm").stats).max() <= TOLERANCE

@@ -34,13 +34,29 @@ def _perturbed_predictions(dataset, seed: int = 0) -> list[dict]:
         copies = 2 if rng.random() < 0.1 else 1
         for _ in range(copies):
             rle = mask_ops.encode(mask.astype(bool))
-            results.append({"image_id": image["id"], "category_id": ann["category_id"], "segmentation": rle, "bbox": mask_ops.bbox(rle), "score": float(rng.random())})
+            results.append(
+                {
+                    "image_id": image["id"],
+                    "category_id": ann["category_id"],
+                    "segmentation": rle,
+                    "bbox": mask_ops.bbox(rle),
+                    "score": float(rng.random()),
+                }
+            )
     for image in dataset.images[:5]:
         mask = np.zeros((image["height"], image["width"]), bool)
         y, x = rng.integers(0, image["height"] - 60), rng.integers(0, image["width"] - 80)
         mask[y : y + 60, x : x + 80] = True
         rle = mask_ops.encode(mask)
-        results.append({"image_id": image["id"], "category_id": dataset.category_ids[0], "segmentation": rle, "bbox": mask_ops.bbox(rle), "score": float(rng.random())})
+        results.append(
+            {
+                "image_id": image["id"],
+                "category_id": dataset.category_ids[0],
+                "segmentation": rle,
+                "bbox": mask_ops.bbox(rle),
+                "score": float(rng.random()),
+            }
+        )
     return results
 
 
@@ -56,3 +72,21 @@ def test_balloon_val_with_perturbed_ground_truth_equals_pycocotools():
         assert np.abs(np.asarray(result.stats[iou_type]) - reference).max() <= TOLERANCE, iou_type
     assert 0.2 < result.stat("AP") < 0.95  # perturbed: neither perfect nor useless
     assert result.errors.totals["missed"] > 0 and result.errors.totals["duplicate"] > 0
+
+
+def test_cli_eval_reads_balloon_through_the_via_converter(tmp_path, cli):
+    import json
+
+    from instaseg.data.convert import read_dataset
+
+    balloon_val = shared_dataset("balloon") / "val"
+    dataset = read_dataset(balloon_val, "via")
+    results = _perturbed_predictions(dataset, seed=1)
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(results))
+    r = cli("eval", balloon_val, results_path, "--from", "via", "--out", tmp_path / "report")
+    assert r.code == 0, r.stderr
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    reference = pycocotools_eval(dataset.coco, results, "segm").stats
+    assert abs(metrics["stats"]["segm"]["AP"] - reference[0]) <= TOLERANCE
+    assert metrics["errors"]["totals"]["gt"] == len(dataset.annotations)

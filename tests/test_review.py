@@ -328,3 +328,47 @@ def test_cli_review_refuses_bad_input(cli, reviewed_files, tmp_path):
     assert not (tmp_path / "o").exists()
     r = cli("review", "apply", root / "labels.json", "--accept", "1", "--out", tmp_path / "f.json")
     assert r.code == 2 and "not an instaseg review" in r.stderr
+
+
+def test_cli_review_with_a_model_warns_when_it_trained_on_these_images(cli, reviewed_files, monkeypatch):
+    root = reviewed_files
+    ds, predictions = _noisy_case()
+
+    class FakePredictor:
+        class_names = CLASSES
+
+        def predict_dataset(self, dataset, score_threshold=0.05):
+            return predictions
+
+    monkeypatch.setattr(instaseg, "load", lambda path: FakePredictor(), raising=False)
+    monkeypatch.setattr("instaseg.predictor.read_checkpoint", lambda path: {"config": {"train_images": ["img2.png"]}})
+    r = cli("review", root / "labels.json", "--model", root / "fake.pt", "--out", root / "rev")
+    assert r.code == 0, r.stderr
+    assert "trained on 1 of these 2 images" in r.stderr
+    document = json.loads((root / "rev" / "review.json").read_text())
+    assert document["source"]["kind"] == "model" and document["warnings"] == [r.stderr.strip().removeprefix("warning: ")]
+
+
+def test_cli_review_of_a_non_coco_dataset_keeps_it_for_apply(cli, tmp_path):
+    yy, xx = np.mgrid[:H, :W]
+    for n in range(2):
+        folder = tmp_path / "nuclei" / f"img{n}"
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir()
+        Image.fromarray(np.full((H, W, 3), 40 * n, np.uint8)).save(folder / "images" / f"img{n}.png")
+        for k, (cy, cx) in enumerate([(16, 16), (44, 44)]):
+            Image.fromarray((((yy - cy) ** 2 + (xx - cx) ** 2 <= 64) * 255).astype(np.uint8)).save(folder / "masks" / f"m{k}.png")
+    from instaseg.data.convert import read_dataset
+
+    ds = read_dataset(tmp_path / "nuclei", fmt="mask-files")
+    results = []
+    for image in ds.images:  # the model finds only the first nucleus of each image
+        results += ds.ground_truth(image)[:1].to_coco(image["id"], ds.category_ids)
+    io.write_json(tmp_path / "results.json", results)
+    r = cli("review", tmp_path / "nuclei", "--pred", tmp_path / "results.json", "--out", tmp_path / "rev")
+    assert r.code == 0, r.stderr
+    kept = Dataset.load(tmp_path / "rev" / "dataset.json")
+    assert kept.image_path(kept.images[0]).exists() and len(kept.annotations) == 4
+    r = cli("review", "apply", tmp_path / "rev", "--accept", "all", "--out", tmp_path / "fixed.json")
+    assert r.code == 0, r.stderr
+    assert len(Dataset.load(tmp_path / "fixed.json").annotations) == 2

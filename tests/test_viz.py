@@ -9,9 +9,11 @@ import pytest
 from PIL import Image
 
 from conftest import shared_dataset
+from instaseg import masks as mask_ops
+from instaseg.data import Dataset
 from instaseg.data.convert import read_dataset
 from instaseg.structures import Instances
-from instaseg.viz import draw_instances, enlarge, instance_color, side_by_side
+from instaseg.viz import draw_instances, enlarge, instance_color, save_overlays, side_by_side
 
 
 def _disc(h, w, cy, cx, r):
@@ -125,3 +127,23 @@ def test_show_draws_the_balloon_photos(tmp_path, cli):
     # Every balloon is tinted; well away from the balloons and labels, the photo is untouched.
     assert changed[inside].mean() > 0.95
     assert changed[~inside].mean() < 0.1
+
+
+def test_show_labels_carry_scores_for_predictions(tmp_path):
+    Image.new("RGB", (160, 120), (50, 50, 50)).save(tmp_path / "a.png")
+    mask = _disc(120, 160, 60, 80, 30)
+    rle = mask_ops.encode(mask)
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 160, "height": 120}],
+        "categories": [{"id": 1, "name": "cell"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle, "bbox": mask_ops.bbox(rle), "area": mask_ops.area(rle)}],
+    }
+    (labels,) = save_overlays(Dataset(coco, tmp_path), tmp_path / "labels")
+    coco["annotations"][0]["score"] = 0.87
+    (predictions,) = save_overlays(Dataset(coco, tmp_path), tmp_path / "predictions")
+    label_picture, prediction_picture = (np.asarray(Image.open(p)) for p in (labels, predictions))
+    assert label_picture.shape == (480, 640, 3)  # enlarged 4 times: 384 / 120 rounded up
+    differs = np.abs(label_picture.astype(int) - prediction_picture).max(axis=2) > 0
+    rows, cols = np.nonzero(differs)
+    # Only the label differs: it grows to the right by the score text, above the disc.
+    assert differs.any() and rows.max() < (60 - 30) * 4 and cols.min() > (80 - 30) * 4

@@ -277,6 +277,13 @@ class _Checker:
             extents[owners] = np.stack([x, y, x + w, y + h], axis=1)
             # pycocotools' area() overflows on lists of more than 255 masks under NumPy 2: go in chunks.
             areas[owners] = np.concatenate([mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255)])
+            # Runs that add up to more pixels than the image has put mask pixels past its edge.
+            heights, widths = np.asarray([rle["size"] for rle in rles], np.float64).T
+            overflow = (x + w > widths) | (y + h > heights)
+            for k in np.flatnonzero(overflow):
+                self._add(ERROR, "bad-rle", "RLE counts run past the end of the image", **self._where(owners[k]))
+            areas[owners[overflow]] = np.nan
+            extents[owners[overflow]] = np.nan
         exact = np.zeros(count, bool)
         exact[rle_owners] = True
         self._check_consistency(boxes, declared_area, extents, areas, exact)
@@ -568,6 +575,20 @@ def fix_dataset(dataset: Dataset, problems: list[Problem]) -> tuple[Dataset, lis
     dropped_images = _fix_images(coco, flagged, changes)
     _fix_annotations(coco, flagged, category_map, dropped_images, changes)
     return Dataset(coco, dataset.image_root, dataset.source), changes
+
+
+def save_fixed(dataset: Dataset, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a repaired dataset as COCO JSON, atomically.
+
+    When the file goes to another folder than the images, ``info.image_root`` records where they
+    are (relative to the file), so ``Dataset.load`` finds them without ``--images``.
+    """
+    path = Path(path)
+    root = os.path.relpath(dataset.image_root.resolve(), path.resolve().parent)
+    info = dataset.coco.get("info")
+    if root != "." or (isinstance(info, dict) and "image_root" in info):
+        dataset.coco["info"] = {**(info if isinstance(info, dict) else {}), "image_root": Path(root).as_posix()}
+    return dataset.save(path, overwrite=overwrite)
 
 
 def _next_id(records: list[dict]) -> Iterable[int]:

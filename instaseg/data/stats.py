@@ -87,7 +87,9 @@ def _mask_area(ann: dict, height: int, width: int, source: Path | None) -> float
         if isinstance(segmentation, dict):
             return float(mask_ops.area(mask_ops.to_rle(segmentation, height, width)))
         frame = shapely.box(0, 0, width, height)
-        shapes = [shapely.make_valid(shapely.Polygon(np.asarray(p, np.float64).reshape(-1, 2))) for p in segmentation or []]
+        # Polygons of fewer than 3 points draw nothing, as in pycocotools (see ``masks.to_rle``).
+        polygons = [p for p in segmentation or [] if len(p) >= 6]
+        shapes = [shapely.make_valid(shapely.Polygon(np.asarray(p, np.float64).reshape(-1, 2))) for p in polygons]
         return float(shapely.union_all([frame.intersection(s) for s in shapes]).area) if shapes else 0.0
     except (TypeError, ValueError, KeyError, shapely.errors.GEOSException):
         raise InstasegError(

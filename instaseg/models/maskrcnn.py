@@ -255,37 +255,37 @@ PRESETS: dict[str, dict] = {
 }
 
 
-@register_model("maskrcnn_resnet18_fpn", description="Mask R-CNN, ResNet-18 + FPN: the fast default for CPUs", backbone="resnet18", presets=PRESETS)
+@register_model("maskrcnn_resnet18_fpn", description="ResNet-18 + FPN: the fast default for CPUs", backbone="resnet18", presets=PRESETS)
 def maskrcnn_resnet18_fpn(*, num_classes: int, **kw) -> MaskRCNN:
     """Mask R-CNN with a resnet18 backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="resnet18", **kw)
 
 
-@register_model("maskrcnn_resnet34_fpn", description="Mask R-CNN, ResNet-34 + FPN", backbone="resnet34", presets=PRESETS)
+@register_model("maskrcnn_resnet34_fpn", description="ResNet-34 + FPN", backbone="resnet34", presets=PRESETS)
 def maskrcnn_resnet34_fpn(*, num_classes: int, **kw) -> MaskRCNN:
     """Mask R-CNN with a resnet34 backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="resnet34", **kw)
 
 
-@register_model("maskrcnn_resnet50_fpn", description="Mask R-CNN, ResNet-50 + FPN: the paper's baseline", backbone="resnet50", presets=PRESETS)
+@register_model("maskrcnn_resnet50_fpn", description="ResNet-50 + FPN: the paper's baseline", backbone="resnet50", presets=PRESETS)
 def maskrcnn_resnet50_fpn(*, num_classes: int, **kw) -> MaskRCNN:
     """Mask R-CNN with a resnet50 backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="resnet50", **kw)
 
 
-@register_model("maskrcnn_resnet101_fpn", description="Mask R-CNN, ResNet-101 + FPN: the most accurate and slowest", backbone="resnet101", presets=PRESETS)
+@register_model("maskrcnn_resnet101_fpn", description="ResNet-101 + FPN: the most accurate and slowest", backbone="resnet101", presets=PRESETS)
 def maskrcnn_resnet101_fpn(*, num_classes: int, **kw) -> MaskRCNN:
     """Mask R-CNN with a resnet101 backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="resnet101", **kw)
 
 
-@register_model("maskrcnn_resnext50_32x4d_fpn", description="Mask R-CNN, ResNeXt-50 32x4d + FPN", backbone="resnext50_32x4d", presets=PRESETS)
+@register_model("maskrcnn_resnext50_32x4d_fpn", description="ResNeXt-50 32x4d + FPN", backbone="resnext50_32x4d", presets=PRESETS)
 def maskrcnn_resnext50_32x4d_fpn(*, num_classes: int, **kw) -> MaskRCNN:
     """Mask R-CNN with a resnext50_32x4d backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="resnext50_32x4d", **kw)
 
 
-@register_model("maskrcnn_mobilenet_v3_large_fpn", description="Mask R-CNN, MobileNetV3-Large + FPN: the fewest FLOPs", backbone="mobilenet_v3_large", presets=PRESETS)
+@register_model("maskrcnn_mobilenet_v3_large_fpn", description="MobileNetV3-Large + FPN: the fewest FLOPs", backbone="mobilenet_v3_large", presets=PRESETS)
 def maskrcnn_mobilenet_v3_large_fpn(*, num_classes: int, **kw) -> MaskRCNN:
     """Mask R-CNN with a mobilenet_v3_large backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="mobilenet_v3_large", **kw)

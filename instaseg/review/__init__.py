@@ -48,14 +48,19 @@ def load_dataset(path: str | Path, images: str | Path | None = None) -> Dataset:
     return read_dataset(path, images=images)
 
 
-def save_dataset(dataset: Dataset, path: str | Path, overwrite: bool = False) -> Path:
-    """Write a COCO JSON whose images still resolve: ``info.image_root`` points back to them if needed."""
+def save_dataset(dataset: Dataset, path: str | Path, overwrite: bool = False, *, location: str | Path | None = None) -> Path:
+    """Write a COCO JSON whose images still resolve: ``info.image_root`` points back to them if needed.
+
+    ``location`` is where the file will finally live, when ``path`` is a temporary stand-in.
+    """
     path = Path(path)
-    root = Path(os.path.relpath(dataset.image_root.resolve(), path.parent.resolve()))
+    final = Path(location) if location is not None else path
+    root = Path(os.path.relpath(dataset.image_root.resolve(), final.parent.resolve()))
+    coco = dataset.coco
     if root != Path("."):
-        info = dataset.coco.get("info")
-        dataset.coco["info"] = {**(info if isinstance(info, dict) else {}), "image_root": root.as_posix()}
-    return io.write_json(path, dataset.coco, overwrite=overwrite)
+        info = coco.get("info")
+        coco = {**coco, "info": {**(info if isinstance(info, dict) else {}), "image_root": root.as_posix()}}
+    return io.write_json(path, coco, overwrite=overwrite)
 
 
 def _sha256(path: Path) -> str:
@@ -122,7 +127,7 @@ def run_review(
         document = review_document(dataset, suggestions, source=source, warnings=warnings + info["warnings"],
                                    settings=settings, extra={"bad_mask_reference": info["bad_mask_reference"]})
         if document["dataset"] is None:  # not a COCO file: keep the dataset reviewed beside the review
-            save_dataset(dataset, folder / "dataset.json")
+            save_dataset(dataset, folder / "dataset.json", location=out / "dataset.json")
             document["dataset"] = str((out / "dataset.json").resolve())
             document["dataset_sha256"] = _sha256(folder / "dataset.json")
         write_outputs(folder, document, dataset, max_pictures=max_pictures)

@@ -201,13 +201,15 @@ def clip_polygon(points: np.ndarray, width: int, height: int) -> list[float]:
 
 
 def read_mask_png(path: Path) -> np.ndarray:
-    """A label or mask PNG as a 2-D integer array (palette indices or grey values, not colours)."""
+    """A label or mask PNG as a 2-D integer array: grey values, palette indices, or for colour
+    images R + 256 G + 256^2 B, so that every colour stays a distinct value (alpha is ignored)."""
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("RGB", "RGBA", "LA"):
-                img = img.convert("L")
-            return np.asarray(img)
+            if img.mode in ("RGB", "RGBA"):
+                rgb = np.asarray(img.convert("RGB")).astype(np.uint32)
+                return rgb[..., 0] | rgb[..., 1] << 8 | rgb[..., 2] << 16
+            return np.asarray(img.getchannel("L") if img.mode == "LA" else img)
     except FileNotFoundError:
         raise InstasegError("mask file not found", file=path) from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -244,23 +246,51 @@ def copy_image(dataset: Dataset, image: dict, target: Path) -> None:
         raise InstasegError("image file not found", file=source, record=f"image id {image['id']}") from None
 
 
-def instance_polygons(annotation: dict, image: dict) -> list[list[float]]:
-    """An annotation's outline as polygons: its own when it has them, traced from the mask otherwise."""
+def instance_polygons(annotation: dict, image: dict, even_odd: bool = False) -> list[list[float]]:
+    """An annotation's outline as polygons: its own when it has them, traced from the mask otherwise.
+
+    With ``even_odd`` the polygons are meant to be joined into one (``join_polygons``) and filled
+    by the even-odd rule: holes, and islands inside holes, are traced too, so the joined polygon
+    redraws the mask exactly. Without it, holes are filled (COCO polygons are a union).
+    """
+    height, width = image["height"], image["width"]
     segmentation = annotation.get("segmentation")
     if isinstance(segmentation, list):
-        return [list(map(float, p)) for p in segmentation if len(p) >= 6]
-    if not segmentation:
+        polygons = [list(map(float, p)) for p in segmentation if len(p) >= 6]
+        if not even_odd or len(polygons) < 2:
+            return polygons
+        parts = [mask_ops.decode([p], height, width) for p in polygons]
+        mask = np.any(parts, 0)
+        if sum(int(p.sum()) for p in parts) == int(mask.sum()):  # disjoint parts: joining keeps every pixel
+            return polygons
+    elif segmentation:
+        mask = mask_ops.decode(segmentation, height, width)
+    else:
         return []
-    mask = mask_ops.decode(segmentation, image["height"], image["width"])
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if not len(rows):
         return []
     # Tracing only the instance's box (plus a blank margin) is many times faster on large images.
     top, left = rows[0] - 1, cols[0] - 1
     crop = np.pad(mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 1)
-    return [
-        (np.asarray(p).reshape(-1, 2) + (left, top)).reshape(-1).round(2).tolist() for p in mask_ops.to_polygons(crop)
-    ]
+    polygons = _even_odd_outlines(crop) if even_odd else mask_ops.to_polygons(crop)
+    return [(np.asarray(p).reshape(-1, 2) + (left, top)).reshape(-1).round(2).tolist() for p in polygons]
+
+
+def _even_odd_outlines(mask: np.ndarray, max_levels: int = 8) -> list[list[float]]:
+    """Outer contours, then the contours of what their fill gets wrong (holes), then of what that gets
+    wrong (islands in holes), ...: an even-odd fill of all of them together is the mask."""
+    height, width = mask.shape
+    polygons: list[list[float]] = []
+    drawn = np.zeros_like(mask)
+    for _ in range(max_levels):
+        wrong = drawn ^ mask
+        level = mask_ops.to_polygons(wrong)
+        if not level:
+            break
+        polygons += level
+        drawn ^= mask_ops.decode(level, height, width)
+    return polygons
 
 
 def join_polygons(polygons: list[list[float]]) -> list[float]:

@@ -1,5 +1,8 @@
 """Instance-id label PNGs: one per image, 0 = background, 1..N = instances.
 
+Grey (8- or 16-bit) and palette PNGs give ids directly; in a colour PNG each colour is one
+instance, with id R + 256 G + 256^2 B (black is background).
+
 Layout: ``SRC/masks/<stem>.png`` (or PNGs directly in SRC) with images in ``SRC/images/`` (or
 ``--images DIR``), matched by file stem. Classes come from ``--classes FILE`` (or ``SRC/classes.json``):
 a JSON/CSV mapping of instance id -> class, image stem -> class, or image stem -> {instance id -> class};
@@ -59,8 +62,14 @@ def read(
     mapping = read_class_file(classes) if classes is not None else {}
     if isinstance(mapping, list):
         raise InstasegError("expected a mapping (instance id or image -> class), not a names list", file=classes)
-    image_files = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in io.IMAGE_SUFFIXES}
-    mask_files = {p.stem: p for p in sorted(mask_dir.glob("*.png")) if p.parent != image_dir}
+    if mask_dir.resolve() == image_dir.resolve():
+        raise InstasegError("the masks and the images must be in different folders", file=image_dir)
+    image_files: dict[str, Path] = {}
+    for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in io.IMAGE_SUFFIXES):
+        if path.stem in image_files:
+            raise InstasegError(f"two images share the stem {path.stem!r}; masks are matched by stem", file=path)
+        image_files[path.stem] = path
+    mask_files = {p.stem: p for p in sorted(mask_dir.glob("*.png"))}
     if not mask_files:
         raise InstasegError("no instance-id PNGs found", file=mask_dir)
     for stem in sorted(set(mask_files) - set(image_files)):
@@ -128,10 +137,12 @@ def paint(dataset: Dataset, image: dict, report: Report) -> tuple[np.ndarray, li
     """
     height, width = image["height"], image["width"]
     anns = [a for a in dataset.annotations_by_image.get(image["id"], []) if a.get("segmentation")]
-    masks = [mask_ops.decode(a["segmentation"], height, width) for a in anns]
+    rles = [mask_ops.to_rle(a["segmentation"], height, width) for a in anns]
     labels = np.zeros((height, width), np.int32)
-    for k in paint_order(anns, (int(m.sum()) for m in masks)):
-        labels[masks[k]] = k + 1
+    for k in paint_order(anns, (mask_ops.area(r) for r in rles)):
+        x, y, w, h = (int(v) for v in mask_ops.bbox(rles[k]))
+        box = labels[y : y + h, x : x + w]  # painting inside the instance's box only is much faster
+        box[mask_ops.decode(rles[k], height, width)[y : y + h, x : x + w]] = k + 1
     pixels = np.bincount(labels.reshape(-1), minlength=len(anns) + 1)
     visible = []
     for k, ann in enumerate(anns):

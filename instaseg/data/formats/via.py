@@ -8,7 +8,7 @@ attribute, or the only one there is), else from ``--class``, else ``object``.
 
 The writer produces the VIA 1.x layout (images copied beside ``via_region_data.json``), one polygon
 region per instance with ``region_attributes = {"class": name}``; VIA cannot group regions, so a
-multi-part instance becomes one polygon with zero-width bridges, as in YOLO.
+multi-part instance (or one with holes) becomes one polygon with zero-width bridges, as in YOLO.
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def read(src: Path, *, report: Report, images: Path | None = None, class_name: s
     return builder.build(image_dir)
 
 
-def _add_region(builder: DatasetBuilder, image: dict, region: Any, class_name, json_file: Path, record: str) -> None:
+def _add_region(
+    builder: DatasetBuilder, image: dict, region: Any, class_name: str | None, json_file: Path, record: str
+) -> None:
     report = builder.report
     if not isinstance(region, dict) or not isinstance(region.get("shape_attributes"), dict):
         raise InstasegError("region has no 'shape_attributes'", file=json_file, record=record)
@@ -154,7 +156,7 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
             copy_image(dataset, image, tmp / name)
             regions = {}
             for ann in dataset.annotations_by_image.get(image["id"], []):
-                polygons = instance_polygons(ann, image)
+                polygons = instance_polygons(ann, image, even_odd=True)
                 if not polygons:
                     report.warn(
                         "no outline to write, skipped", file=dataset.source, record=f"annotation id {ann['id']}"

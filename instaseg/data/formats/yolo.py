@@ -7,7 +7,8 @@ A line of exactly four numbers is a box (``cx cy w h``) and is read as a rectang
 
 YOLO has one polygon per line, so a multi-part instance is written as one polygon whose parts are
 joined by zero-width bridges (each bridge is walked there and back, so it adds no pixels): the
-instance count stays exact.
+instance count stays exact. Hole outlines are joined in too; the even-odd fill (pycocotools,
+OpenCV) leaves them empty, so masks come back exactly.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
             copy_image(dataset, image, tmp / "images" / split / name)
             lines = []
             for ann in dataset.annotations_by_image.get(image["id"], []):
-                polygons = instance_polygons(ann, image)
+                polygons = instance_polygons(ann, image, even_odd=True)
                 if not polygons:
                     report.warn(
                         "no outline to write, skipped", file=dataset.source, record=f"annotation id {ann['id']}"

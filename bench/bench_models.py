@@ -1,0 +1,91 @@
+"""Benchmark the model zoo: parameters, training-step time against torchvision's stock Mask R-CNN, and
+the quickstart's mask mAP against training minutes.
+
+    .venv/bin/python bench/bench_models.py --steps 6 [--quickstart runs/quickstart]
+
+Timings are ratios against the peer (torchvision's ``maskrcnn_resnet50_fpn`` with random weights:
+FrozenBatchNorm, 800 px input) measured in the same run on the same synthetic 128 px batches, so
+they hold on a shared machine where absolute seconds do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import instaseg  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+import torch
+import torchvision
+
+from instaseg.data import Dataset
+from instaseg.data.synth import make_synthetic
+from instaseg.models import count_parameters, get_model, list_models
+from instaseg.train import TrainingImages, _collate
+
+
+def step_seconds(model: torch.nn.Module, batches: list, steps: int) -> float:
+    """Median seconds per training step (forward, backward, SGD update) after one warm-up step."""
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    times = []
+    for images, targets in batches[: steps + 1]:
+        start = time.perf_counter()
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--quickstart", type=Path, help="a finished quickstart folder to report mAP vs minutes from")
+    args = parser.parse_args()
+    lines = ["| model | preset | params (80 classes) |", "|---|---|---|"]
+    for name in list_models():
+        for preset in ("cpu", "gpu"):
+            lines.append(f"| {name} | {preset} | {count_parameters(name, 80, preset) / 1e6:.1f} M |")
+    print("\n".join(lines) + "\n")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train_json, _ = make_synthetic(Path(tmp) / "d", num_train=args.batch_size * (args.steps + 1), num_val=0)
+        images = TrainingImages(Dataset.load(train_json), augment=False)
+        batches = [
+            _collate([images[i] for i in range(k, k + args.batch_size)])
+            for k in range(0, len(images), args.batch_size)
+        ]
+        torch.manual_seed(0)
+        peer = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=5)
+        candidates = {
+            "torchvision maskrcnn_resnet50_fpn (peer)": peer,
+            "maskrcnn_resnet50_fpn, gpu preset": get_model("maskrcnn_resnet50_fpn", 4, preset="gpu"),
+            "maskrcnn_resnet50_fpn, cpu preset": get_model("maskrcnn_resnet50_fpn", 4, preset="cpu"),
+            "maskrcnn_resnet18_fpn, cpu preset": get_model("maskrcnn_resnet18_fpn", 4, preset="cpu"),
+            "maskrcnn_resnet18_fpn, small preset (quickstart)": get_model("maskrcnn_resnet18_fpn", 4, preset="small"),
+            "maskrcnn_mobilenet_v3_large_fpn, small preset": get_model("maskrcnn_mobilenet_v3_large_fpn", 4, preset="small"),
+        }
+        seconds = {label: step_seconds(model, batches, args.steps) for label, model in candidates.items()}
+    base = seconds["torchvision maskrcnn_resnet50_fpn (peer)"]
+    lines = [f"| model (training step, batch {args.batch_size} x 128 px) | s/step | speed vs peer |", "|---|---|---|"]
+    lines += [f"| {label} | {s:.2f} | {base / s:.1f}x |" for label, s in seconds.items()]
+    print("\n".join(lines) + "\n")
+
+    if args.quickstart:
+        rows = [json.loads(line) for line in (args.quickstart / "model" / "metrics.jsonl").read_text().splitlines()]
+        lines = ["| minutes | iterations | val mask mAP@[.5:.95] | mask mAP@.5 | box mAP |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {r['elapsed'] / 60:.1f} | {r['iteration']} | {r['val_mask_mAP']:.3f} | {r['val_mask_mAP50']:.3f} | {r['val_box_mAP']:.3f} |"
+            for r in rows
+            if "val_mask_mAP" in r
+        ]
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Model registry, checkpoints and the Predictor (tiny models and images; no training here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import instaseg
+from instaseg import predictor as predictor_module
+from instaseg.errors import InstasegError
+from instaseg.models import MODELS, count_parameters, get_model, list_models, register_model
+from instaseg.models.maskrcnn import BACKBONES, PRESETS
+from instaseg.predictor import CHECKPOINT_FORMAT, load, read_checkpoint, save_checkpoint
+
+CLASSES = ["circle", "square", "triangle"]
+TINY = {"min_size": 64, "max_size": 64, "train_scales": (1.0,), "box_detections_per_img": 10}
+
+
+def _checkpoint(tmp_path, name="maskrcnn_resnet18_fpn"):
+    torch.manual_seed(0)
+    kwargs = {**PRESETS["small"], **TINY}
+    model = MODELS[name].builder(num_classes=len(CLASSES), **kwargs)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "version": 1, "model": model.state_dict(),
+                           "config": {"model": name, "preset": "small", "kwargs": kwargs, "class_names": CLASSES}})
+    return path
+
+
+def test_registry_lists_every_backbone_and_each_builds():
+    names = list_models()
+    assert names == sorted(names) and instaseg.list_models() == names
+    assert {MODELS[n].backbone for n in names} == set(BACKBONES)
+    counts = {}
+    for name in names:
+        model = get_model(name, 2, preset="cpu")
+        real = sum(p.numel() for p in model.parameters())
+        # The table's count comes from a meta-device build; it must equal the real model's.
+        assert count_parameters(name, 2, "cpu") == real
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) and not m.track_running_stats for m in model.modules())
+        assert not any("Frozen" in type(m).__name__ for m in model.modules())
+        counts[MODELS[name].backbone] = real
+    assert counts["resnet18"] < counts["resnet34"] < counts["resnet50"] < counts["resnet101"]
+    assert counts["mobilenet_v3_large"] < counts["resnet18"]
+
+
+def test_gpu_preset_uses_groupnorm_and_unknown_names_are_one_line_errors():
+    model = get_model("maskrcnn_resnet18_fpn", 2, preset="gpu")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.backbone.body.modules())
+    with pytest.raises(InstasegError, match="unknown model 'nope'; available: maskrcnn_"):
+        get_model("nope", 2)
+    with pytest.raises(InstasegError, match="no preset 'huge'"):
+        get_model("maskrcnn_resnet18_fpn", 2, preset="huge")
+
+
+def test_register_model_adds_an_entry_and_refuses_duplicates():
+    @register_model("test_tiny_linear", description="test only", backbone="none", presets={"cpu": {"width": 3}})
+    def build(*, num_classes, width):
+        return torch.nn.Linear(width, num_classes)
+
+    try:
+        assert get_model("test_tiny_linear", 5, preset="cpu").out_features == 5
+        assert count_parameters("test_tiny_linear", 5, "cpu") == 3 * 5 + 5
+        with pytest.raises(ValueError, match="registered twice"):
+            register_model("test_tiny_linear", description="", backbone="", presets={})(build)
+    finally:
+        MODELS.pop("test_tiny_linear")
+
+
+def test_cli_models_lists_all_architectures(cli):
+    result = cli("models")
+    assert result.code == 0
+    for name in list_models():
+        assert name in result.stdout.replace("\n", "")
+
+
+def test_predict_any_image_mode_gives_instances_with_class_probs(tmp_path):
+    predictor = load(_checkpoint(tmp_path), device="cpu")
+    assert predictor.class_names == tuple(CLASSES)
+    path = tmp_path / "gray.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56), dtype=np.uint8)).save(path)
+    result = predictor.predict(path, score_threshold=0.0)
+    assert result.masks.shape == (len(result), 40, 56)
+    assert len(result) > 0  # an untrained model still proposes boxes at threshold 0
+    probs = result.data["class_probs"]
+    assert probs.shape == (len(result), 3)
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    # The top detection is the best class of the proposal it came from.
+    top = int(np.argmax(result.scores))
+    assert int(np.argmax(probs[top])) == result.class_ids[top]
+    only = predictor.predict(path, score_threshold=0.0, classes=["square"])
+    assert set(only.class_labels) <= {"square"}
+    with pytest.raises(InstasegError, match="unknown class 'hexagon'"):
+        predictor.predict(path, classes=["hexagon"])
+
+
+def test_large_images_are_shrunk_for_inference_and_results_mapped_back(tmp_path, monkeypatch):
+    predictor = load(_checkpoint(tmp_path), device="cpu")
+    monkeypatch.setattr(predictor_module, "MAX_INFERENCE_SIDE", 64)
+    image = np.random.default_rng(1).integers(0, 255, (96, 160, 3), dtype=np.uint8)
+    with pytest.warns(UserWarning, match="160x96"):
+        result = predictor.predict(image, score_threshold=0.0)
+    assert result.masks.shape[1:] == (96, 160)
+    assert len(result) and result.boxes[:, 2].max() <= 160.01 and result.boxes[:, 3].max() <= 96.01
+
+
+def test_checkpoint_write_is_atomic_when_killed(tmp_path, monkeypatch):
+    path = _checkpoint(tmp_path)
+    before = path.read_bytes()
+
+    def killed_midway(obj, target):
+        with open(target, "wb") as handle:
+            handle.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"anything": 1})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert read_checkpoint(path)["config"]["class_names"] == CLASSES
+
+
+def test_bad_checkpoint_files_are_one_line_errors(tmp_path):
+    with pytest.raises(InstasegError, match="checkpoint not found"):
+        load(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(InstasegError, match="not a readable PyTorch checkpoint"):
+        load(junk)
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(2)}, plain)
+    with pytest.raises(InstasegError, match="not an instaseg checkpoint"):
+        load(plain)

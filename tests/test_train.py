@@ -1,0 +1,153 @@
+"""Training: a few iterations on tiny synthetic data, checkpoints, resume, weights and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from instaseg.data import Dataset
+from instaseg.data.synth import make_synthetic
+from instaseg.errors import InstasegError
+from instaseg.models import get_model
+from instaseg.predictor import load, read_checkpoint
+from instaseg.train import _Run, epoch_batches, load_weights, train
+
+# Small enough that one iteration takes well under a second on one core.
+TINY = {"min_size": 64, "max_size": 64, "train_scales": (1.0,), "box_detections_per_img": 10,
+        "rpn_post_nms_top_n_test": 50}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    train_json, val_json = make_synthetic(tmp_path_factory.mktemp("shapes") / "data", num_train=8, num_val=2, size=64)
+    return Dataset.load(train_json), Dataset.load(val_json)
+
+
+def _train(data, out, **kw):
+    options = {"epochs": 1, "batch_size": 4, "preset": "small", "model_kwargs": TINY, "progress": False, **kw}
+    return train(*data, out=out, **options)
+
+
+def test_a_few_iterations_give_finite_losses_and_a_loadable_checkpoint(shapes, tmp_path):
+    best = _train(shapes, tmp_path / "run")
+    assert best == tmp_path / "run" / "best.pt"
+    for name in ("best.pt", "last.pt", "metrics.jsonl", "curves.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert steps and all(np.isfinite(r[k]) for r in steps for k in r if k.startswith("loss"))
+    assert any("val_mask_mAP" in r for r in rows)
+    predictor = load(best, device="cpu")
+    assert predictor.class_names == tuple(shapes[0].class_names)
+    result = predictor.predict(shapes[1].image_path(shapes[1].images[0]), score_threshold=0.0)
+    assert result.masks.shape[1:] == (64, 64)
+    assert result.data["class_probs"].shape == (len(result), 4)
+    with pytest.raises(InstasegError, match="--overwrite"):
+        _train(shapes, tmp_path / "run")
+
+
+def test_resume_continues_exactly_where_last_pt_was_written(shapes, tmp_path, monkeypatch):
+    no_val = (shapes[0], None)
+    _train(no_val, tmp_path / "straight", epochs=2, batch_size=2)
+    straight = read_checkpoint(tmp_path / "straight" / "last.pt")
+
+    calls = {"n": 0}
+    real_step = _Run._step
+
+    def dies_at_third_step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(_Run, "_step", dies_at_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        _train(no_val, tmp_path / "killed", epochs=2, batch_size=2, checkpoint_every=1)
+    monkeypatch.setattr(_Run, "_step", real_step)
+    assert read_checkpoint(tmp_path / "killed" / "last.pt")["train_state"]["iteration"] == 2
+    _train(no_val, tmp_path / "killed", epochs=2, batch_size=2, resume=True)
+    resumed = read_checkpoint(tmp_path / "killed" / "last.pt")
+    assert resumed["train_state"]["iteration"] == straight["train_state"]["iteration"] == 8
+    for name, tensor in straight["model"].items():
+        assert torch.allclose(tensor.float(), resumed["model"][name].float(), atol=1e-6), name
+
+
+def test_torchvision_state_dict_with_other_class_count_reinitialises_heads(tmp_path, shapes, cli):
+    torch.manual_seed(1)
+    other = get_model("maskrcnn_resnet18_fpn", 2, preset="small", **TINY)
+    path = tmp_path / "tv.pth"
+    torch.save(other.state_dict(), path)
+    model = get_model("maskrcnn_resnet18_fpn", 4, preset="small", **TINY)
+    not_loaded = load_weights(model, path)
+    assert any(line.startswith("roi_heads.box_predictor.cls_score.weight (shape (3, 512) in file") for line in not_loaded)
+    assert any(line.startswith("roi_heads.mask_predictor.mask_fcn_logits.weight") for line in not_loaded)
+    assert len(not_loaded) == 6  # class-specific weights and biases of the box and mask predictors
+    assert torch.equal(model.backbone.body.conv1.weight, other.backbone.body.conv1.weight)
+
+    torch.save({"unrelated.weight": torch.zeros(3)}, tmp_path / "foreign.pth")
+    with pytest.raises(InstasegError, match="no tensor in the file fits"):
+        load_weights(model, tmp_path / "foreign.pth")
+
+
+def test_cli_train_reports_unloaded_layers_and_bad_arguments(tmp_path, shapes, cli):
+    train_json = shapes[0].source
+    other = get_model("maskrcnn_resnet18_fpn", 2, preset="cpu")
+    torch.save(other.state_dict(), tmp_path / "tv.pth")
+    ok = cli("train", train_json, "--epochs", "1", "--batch-size", "8", "--weights", tmp_path / "tv.pth",
+             "--out", tmp_path / "run")
+    assert ok.code == 0, ok.stderr
+    assert "roi_heads.box_predictor.cls_score.weight" in ok.stdout and "best checkpoint:" in ok.stdout
+    no_length = cli("train", train_json, "--out", tmp_path / "other")
+    assert no_length.code == 2 and "--epochs N or --minutes M" in no_length.stderr
+    again = cli("train", train_json, "--epochs", "1", "--out", tmp_path / "run")
+    assert again.code == 2 and "--overwrite" in again.stderr
+    nothing = cli("train", train_json, "--epochs", "1", "--resume", "--out", tmp_path / "empty")
+    assert nothing.code == 2 and "nothing to resume" in nothing.stderr
+
+
+def test_bad_training_data_is_refused_or_warned(tmp_path, shapes):
+    empty = Dataset({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}, source="empty.json")
+    with pytest.raises(InstasegError, match="empty.json: the training set has no images"):
+        train(empty, epochs=1, out=tmp_path / "a")
+    coco = shapes[0].copy().coco
+    coco["categories"].append({"id": 9, "name": "hexagon"})
+    with pytest.warns(UserWarning, match="no instances of hexagon"):
+        train(Dataset(coco, shapes[0].image_root), epochs=1, out=tmp_path / "b", preset="small",
+              model_kwargs=TINY, batch_size=8, progress=False)
+    # Resuming with another class list is refused, naming both lists.
+    with pytest.raises(InstasegError, match="last.pt was trained on classes"):
+        _train(shapes, tmp_path / "b", resume=True)
+
+
+def test_mixed_sizes_and_channel_counts_train(tmp_path):
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for k, (mode, w, h) in enumerate([("L", 64, 48), ("RGBA", 48, 64), ("RGB", 80, 60), ("I;16", 60, 60)]):
+        base = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        gray16 = np.asarray(base.convert("L")).astype(np.uint16) * 200
+        img = Image.fromarray(gray16) if mode == "I;16" else base.convert(mode)
+        img.save(tmp_path / f"{k}.png")
+        images.append({"id": k + 1, "file_name": f"{k}.png", "width": w, "height": h})
+        annotations.append({"id": k + 1, "image_id": k + 1, "category_id": 1, "iscrowd": 0,
+                            "segmentation": [[5, 5, 30, 5, 30, 30, 5, 30]], "bbox": [5, 5, 25, 25], "area": 625})
+    data = Dataset({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "box"}]}, tmp_path)
+    best = train(data, epochs=1, batch_size=2, out=tmp_path / "run", preset="small", model_kwargs=TINY, progress=False)
+    assert read_checkpoint(best)["train_state"]["iteration"] == 2
+
+
+def test_batches_group_orientations_and_shard_evenly():
+    images = [{"id": i, "file_name": f"{i}.png", "width": 10 if i % 3 else 5, "height": 5 if i % 3 else 10} for i in range(11)]
+    data = Dataset({"images": images, "annotations": [], "categories": []})
+    batches = epoch_batches(data, 2, seed=0, epoch=0)
+    assert len(batches) == 5 and all(len(b) == 2 for b in batches)
+    mixed = [b for b in batches if len({images[i]["width"] for i in b}) > 1]
+    assert len(mixed) <= 1
+    shards = [epoch_batches(data, 2, seed=0, epoch=0, rank=r, world=2) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 3
+    seen = [i for shard in shards for batch in shard for i in batch]
+    assert len(seen) == 12 and set(seen) == set(range(11))  # padded to an even split: one image twice
+    assert epoch_batches(data, 2, seed=0, epoch=1) != batches
