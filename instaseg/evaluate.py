@@ -208,15 +208,15 @@ def evaluate_results(
             stats[iou_type] = [float(v) for v in evaluator.stats[: len(STAT_NAMES)]]
             precision[iou_type] = evaluator.eval["precision"][:, :, :, 0, -1]
             per_class[iou_type] = _per_class_rows(gt, evaluator, gt_anns, dt_anns)
+        breakdown = None
+        if errors:
+            # masks when they were evaluated: the engine has already left each record's RLE in "rle"
+            error_iou_type = "segm" if "segm" in iou_types else "bbox"
+            breakdown = _error_breakdown(gt, gt_anns, dt_anns, error_iou_type, score_threshold)
 
     notes = []
     if not results:
         notes.append("no predictions: every AP is 0 where there is ground truth")
-    breakdown = None
-    if errors:
-        # masks when they were evaluated: the engine has already left each record's RLE in "rle"
-        error_iou_type = "segm" if "segm" in iou_types else "bbox"
-        breakdown = _error_breakdown(gt, gt_anns, dt_anns, error_iou_type, score_threshold)
     return EvalResult(
         class_names=gt.class_names,
         stats=stats,
@@ -291,7 +291,7 @@ def load_predictions(gt: Dataset, path: str | Path) -> list[dict]:
 # -- building the engine's COCO objects --------------------------------------------------------------
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Suspend Python's cycle collector while ~10^5 record dicts are built.
+    """Suspend Python's cycle collector while ~10^5 record dicts are built and evaluated.
 
     Each burst of allocations would otherwise trigger full collections that walk every object
     alive (the caller's dataset and results included); on a 5,000-image evaluation that cost

@@ -274,6 +274,7 @@ class _Run:
         self.elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
         self.best_map = -1.0
         self.last_val_time = 0.0
+        self.val_seconds = 0.0  # how long the last validation took: kept in reserve at the end of a budget
 
     # -- setup ---------------------------------------------------------------------------------------
     def _prepare_out(self) -> dict | None:
@@ -357,7 +358,7 @@ class _Run:
         if self.epochs is not None:
             fractions.append(self.iteration / max(1, self.epochs * self.batches_per_epoch))
         if self.minutes is not None:
-            fractions.append(self.elapsed() / (self.minutes * 60))
+            fractions.append((self.elapsed() + self.val_seconds) / (self.minutes * 60))
         return min(1.0, max(fractions))
 
     def learning_rate(self) -> float:
@@ -412,7 +413,10 @@ class _Run:
                     window.clear()
                     self._log({"iteration": self.iteration, "epoch": self.epoch + 1, **row, "lr": self.learning_rate(),
                                "elapsed": round(self.elapsed(), 1)})
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", epoch=self.epoch + 1)
+                    postfix = {"loss": f"{row['loss']:.3f}", "epoch": self.epoch + 1}
+                    if self.minutes is not None:  # the bar cannot know the total, so show the time left
+                        postfix["left"] = f"{max(0.0, self.minutes * 60 - self.elapsed()) / 60:.1f} min"
+                    bar.set_postfix(postfix)
                 end_of_epoch = self.batch_in_epoch == len(batches)
                 if end_of_epoch:
                     self.epoch += 1
@@ -470,6 +474,7 @@ class _Run:
         """Mask and box mAP on the validation set (rank 0); keeps best.pt at the best mask mAP."""
         if self.val_set is None:
             return
+        started = self.elapsed()
         if self.main:
             from instaseg.evaluate import evaluate
 
@@ -484,6 +489,7 @@ class _Run:
             if mask_map > self.best_map:
                 self.best_map = mask_map
                 self._save("best.pt", with_optimizer=False)
+        self.val_seconds = self.elapsed() - started
         self.last_val_time = self.elapsed()
         if self.world > 1:
             dist.barrier()

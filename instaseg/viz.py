@@ -4,6 +4,7 @@ Each instance gets a translucent fill, a solid outline and a label (class name, 
 and, for predictions, the score) on a solid background of the instance's own colour, with black
 or white text chosen for contrast. Colours come from a fixed palette, so instance ``k`` has the
 same colour in every picture. OpenCV does the drawing: it is fast and already a dependency.
+``save_overlays`` is ``instaseg show``: one picture per image of a dataset.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from instaseg import io
-from instaseg.errors import InstasegError
 from instaseg.data.check import check_dataset
 from instaseg.data.dataset import Dataset
+from instaseg.errors import InstasegError
 from instaseg.structures import Instances
 
 # Labels stop once they cover this share of the picture: beyond it they hide what they name.
@@ -284,11 +285,9 @@ def save_overlays(
             relative = Path(image["file_name"]).with_suffix(".png")
             if relative in written:
                 raise InstasegError(f"image id {written[relative]} is drawn to the same file {relative}", file=dataset.source, record=record)
-            try:
-                instances = dataset.ground_truth(image)
-            except ValueError as exc:  # pycocotools refuses an RLE whose runs do not fill the image
-                raise InstasegError(f"cannot decode its masks ({exc}); run 'instaseg check'", file=dataset.source, record=record) from None
-            picture = draw_instances(*enlarge(dataset.read_image(image), instances), show_scores=show_scores)
+            # Pixels first: they prove the declared size real before masks of that size are allocated.
+            pixels = dataset.read_image(image)
+            picture = draw_instances(*enlarge(pixels, dataset.ground_truth(image)), show_scores=show_scores)
             target = io.safe_join(tmp, str(relative), record=record)
             target.parent.mkdir(parents=True, exist_ok=True)
             io.write_image(target, picture)

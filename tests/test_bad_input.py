@@ -301,6 +301,8 @@ def test_convert_refuses_to_replace_an_output(case, cli):
     case.refused(cli("convert", case.json, case.root / "converted.json"), "converted.json", "--overwrite")
 
 
-def test_rle_whose_runs_stop_short(case, cli):
-    case.image().data(_coco(segmentation={"size": [H, W], "counts": "0b1"}, bbox=[0, 0, 10, 5], area=50))  # runs for 50 of 768 px
-    case.refused(cli("show", case.json, "--out", case.out), case.json, "image id 1", "cannot decode")
+
+def test_rle_whose_runs_overflow_the_image(case, cli):
+    case.image().data(_coco(segmentation={"size": [H, W], "counts": "0`h9"}, bbox=[0, 0, 10, 5], area=50))  # 100x100 px of runs
+    case.reported(cli("check", case.json), case.json, "annotation id 7 (image id 1)", "RLE counts run past the end of the image")
+    case.refused(cli("show", case.json, "--out", case.out), case.json, "annotation id 7 (image id 1)", "run past the end")

@@ -568,3 +568,14 @@ def test_polygon_results_equal_pycocotools():
     assert any(isinstance(r["segmentation"], list) for r in results)
     result = evaluate_results(Dataset(copy.deepcopy(gt)), copy.deepcopy(results), errors=False)
     assert np.abs(np.asarray(result.stats["segm"]) - pycocotools_eval(gt, results, "segm").stats).max() <= TOLERANCE
+
+
+def test_box_only_results_evaluate_as_boxes_and_are_refused_for_masks():
+    gt, results = make_case(3)
+    for r in results:
+        del r["segmentation"]
+    result = evaluate_results(Dataset(copy.deepcopy(gt)), copy.deepcopy(results), ("bbox",))
+    assert np.abs(np.asarray(result.stats["bbox"]) - pycocotools_eval(gt, results, "bbox").stats).max() <= TOLERANCE
+    assert result.errors.iou_type == "bbox" and result.errors.totals["true_positives"] > 0
+    with pytest.raises(InstasegError, match="has no 'segmentation'"):
+        evaluate_results(Dataset(gt), results, ("segm",))

@@ -151,3 +151,15 @@ def test_batches_group_orientations_and_shard_evenly():
     seen = [i for shard in shards for batch in shard for i in batch]
     assert len(seen) == 12 and set(seen) == set(range(11))  # padded to an even split: one image twice
     assert epoch_batches(data, 2, seed=0, epoch=1) != batches
+
+
+def test_quickstart_runs_every_step(tmp_path):
+    from instaseg.quickstart import quickstart
+
+    summary = quickstart(tmp_path / "qs", minutes=0.05, num_train=8, num_val=2)
+    assert 0.0 <= summary["mask_mAP"] <= 1.0
+    assert summary["checkpoint"] == tmp_path / "qs" / "model" / "best.pt" and summary["checkpoint"].exists()
+    assert json.loads(summary["eval"].read_text())["num_images"] == 2
+    assert len(list(summary["overlays"].glob("*.png"))) == 2
+    with pytest.raises(InstasegError, match="--overwrite"):
+        quickstart(tmp_path / "qs", minutes=0.05, num_train=8, num_val=2)

@@ -298,15 +298,21 @@ class _Checker:
             self._add(ERROR, "bad-polygon", message, **self._where(index))
             return
         for part, polygon in enumerate(segmentation):
-            label = f"polygon {part}"
             if type(polygon) is not list:
-                self._add(ERROR, "bad-polygon", f"{label} is a {type(polygon).__name__}, expected a list of numbers", **self._where(index))
+                message = f"polygon {part} is a {type(polygon).__name__}, expected a list of numbers"
+                self._add(ERROR, "bad-polygon", message, **self._where(index))
             elif len(polygon) % 2:
-                self._add(ERROR, "odd-coordinates", f"{label} has an odd number of coordinates ({len(polygon)})", **self._where(index))
+                message = f"polygon {part} has an odd number of coordinates ({len(polygon)})"
+                self._add(ERROR, "odd-coordinates", message, **self._where(index))
             elif len(polygon) < 6:
-                self._add(ERROR, "too-few-points", f"{label} has {len(polygon) // 2} point(s), at least 3 are needed", **self._where(index))
+                message = f"polygon {part} has {len(polygon) // 2} point(s), at least 3 are needed"
+                self._add(ERROR, "too-few-points", message, **self._where(index))
             else:
-                batch.add(index, part, polygon, width, height)
+                batch.owners.append(index)
+                batch.parts.append(part)
+                batch.polygons.append(polygon)
+                batch.widths.append(width)
+                batch.heights.append(height)
 
     def _rle(self, index: int, segmentation: dict, width: int, height: int) -> dict | None:
         size, counts = segmentation.get("size"), segmentation.get("counts")
@@ -483,7 +489,8 @@ def _area_off(area: float, expected: float) -> bool:
 
 
 class _PolygonBatch:
-    """Every well-formed polygon of the dataset, gathered for the vectorised checks."""
+    """Every well-formed polygon of the dataset, gathered for the vectorised checks
+    (``_Checker._gather_polygons`` appends to the lists directly: it runs once per polygon)."""
 
     def __init__(self) -> None:
         self.owners: list[int] = []  # annotation index of each polygon
@@ -491,13 +498,6 @@ class _PolygonBatch:
         self.polygons: list[list] = []
         self.widths: list[int] = []
         self.heights: list[int] = []
-
-    def add(self, owner: int, part: int, polygon: list, width: int, height: int) -> None:
-        self.owners.append(owner)
-        self.parts.append(part)
-        self.polygons.append(polygon)
-        self.widths.append(width)
-        self.heights.append(height)
 
     def label(self, p: int) -> str:
         return f"polygon {self.parts[p]}"
