@@ -28,11 +28,33 @@ def to_rle(segmentation: Segmentation, height: int, width: int) -> dict:
         else:
             rle = {"size": list(segmentation["size"]), "counts": counts}
     else:
-        polygons = [list(map(float, p)) for p in segmentation if len(p) >= 6]
+        polygons = [_clip_far(list(map(float, p)), height, width) for p in segmentation if len(p) >= 6]
+        polygons = [p for p in polygons if len(p) >= 6]
         if not polygons:
             return encode(np.zeros((height, width), bool))
         rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
     return _str_counts(rle)
+
+
+def _clip_far(polygon: list[float], height: int, width: int) -> list[float]:
+    """Clip a polygon reaching far outside the image to the image (plus a pixel) before rasterising.
+
+    pycocotools walks every edge at 5x resolution, so a vertex at 1e9 would make it allocate
+    gigabytes; polygons only slightly outside are left untouched so their pixels stay exact.
+    """
+    coords = np.asarray(polygon).reshape(-1, 2)
+    margin = max(height, width)
+    if coords.min() >= -margin and coords[:, 0].max() <= width + margin and coords[:, 1].max() <= height + margin:
+        return polygon
+    import shapely
+
+    clipped = shapely.make_valid(shapely.Polygon(coords)).intersection(shapely.box(-1, -1, width + 1, height + 1))
+    parts = [g for g in getattr(clipped, "geoms", [clipped]) if isinstance(g, shapely.Polygon) and not g.is_empty]
+    # Several parts would need several polygons; the largest keeps the instance one polygon.
+    if not parts:
+        return []
+    largest = max(parts, key=lambda g: g.area)
+    return [float(v) for v in np.asarray(largest.exterior.coords)[:-1].reshape(-1)]
 
 
 def _str_counts(rle: dict) -> dict:

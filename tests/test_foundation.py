@@ -110,3 +110,11 @@ def test_ground_truth_instances_carry_annotation_ids():
     gt = Dataset(coco).ground_truth(3)
     assert gt.class_labels == ["cell"] and gt.data["annotation_id"].tolist() == [11]
     assert gt.masks.shape == (1, 8, 10) and gt.masks[0].sum() > 0
+
+
+def test_polygon_far_outside_is_clipped_not_allocated():
+    # A vertex at 1e12 would make pycocotools allocate terabytes; it must be clipped first.
+    huge = [[2, 2, 1e12, 2, 1e12, 6, 2, 6]]
+    mask = mask_ops.decode(huge, 10, 12)
+    assert mask.shape == (10, 12)
+    assert mask[3, 2:].all() and not mask[8].any()
