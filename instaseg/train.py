@@ -250,7 +250,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
     model.load_state_dict(fitting, strict=False)
     not_loaded = []
     for name, tensor in own.items():
-        if name in fitting:
+        if name in fitting or name.endswith("num_batches_tracked"):  # a step counter, not a weight
             continue
         if name in stored:
             not_loaded.append(f"{name} (shape {tuple(stored[name].shape)} in file, {tuple(tensor.shape)} in model)")
@@ -442,8 +442,9 @@ class _Run:
         images, targets = batch
         images = [img.to(self.device, non_blocking=True) for img in images]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+        lr = self._broadcast(self.learning_rate())  # a time budget is measured on rank 0 only
         for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate()
+            group["lr"] = lr
         self.ddp_net.train()
         with torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext():
             losses = self.ddp_net(images, targets)
