@@ -274,7 +274,10 @@ def _yolo_own_map(results_csv: Path) -> float | None:
 
 
 def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b > 0 else ("n/a (both 0)" if a == 0 else "inf (YOLO 0)")
+    # Below half a mAP point both models have learned nothing yet, and a ratio of two noise values means nothing.
+    if max(a, b) < 0.005:
+        return "n/a (both < 0.005)"
+    return f"{a / b:.2f}" if b > 0 else "inf (YOLO 0)"
 
 
 NOTES = """\
@@ -283,7 +286,8 @@ How it was measured:
 - Both models train from scratch (no pretrained weights anywhere) for the same wall-clock budget,
   validation included, with `torch.set_num_threads(2)`, one run after the other on the same
   machine. instaseg: `instaseg.train.train(..., minutes=M)` with the preset named in
-  `bench/bench_train.py` (its cosine schedule is fitted to the budget). YOLOv8n-seg:
+  `bench/bench_train.py` (its cosine schedule is fitted to the budget; `val_every=M/2`, i.e. two
+  validations instead of the default eight, because each costs minutes on large images). YOLOv8n-seg:
   `YOLO("yolov8n-seg.yaml").train(time=M/60, pretrained=False, amp=False, plots=False, batch=8)`
   in a separate venv (`bench/.env-yolo`; Ultralytics is AGPL-3.0 and never a dependency of
   instaseg) with `YOLO_OFFLINE=1`.

@@ -46,6 +46,8 @@ def check_classes(classes: Sequence[str] | None, known: Sequence[str]) -> list[s
     """Return ``classes`` as a list, refusing names the model does not know (listing the ones it does)."""
     if classes is None:
         return None
+    if not classes:
+        raise InstasegError(f"no class names given; the model knows: {', '.join(known)}")
     unknown = [c for c in classes if c not in known]
     if unknown:
         raise InstasegError(

@@ -91,6 +91,8 @@ def test_unknown_class_is_refused_with_the_known_names(tmp_path, image_dir):
     with pytest.raises(InstasegError, match="unknown class 'cat'.*disc, box, never"):
         predict_images(FakePredictor(), [image_dir], classes=["cat"], out=tmp_path / "p", overlays=False)
     assert not (tmp_path / "p").exists()
+    with pytest.raises(InstasegError, match="no class names given"):
+        predict_images(FakePredictor(), [image_dir], classes=[], out=tmp_path / "p", overlays=False)
 
 
 def test_corrupt_image_is_skipped_and_reported(tmp_path, image_dir):

@@ -8,7 +8,8 @@ Each error type mimics a real annotation slip:
 - ``wrong_class``: an annotation gets another category (only when there are several);
 - ``bad_mask``: a mask is eroded, dilated, shifted or redrawn as a coarse polygon, strongly
   enough that its IoU with the original falls below ``BAD_MASK_MAX_IOU``;
-- ``duplicate``: an annotation is copied with a small shift, as a double click would.
+- ``duplicate``: an annotation is copied with a shift of one to three pixels, as a double click
+  would (an exact copy for objects too small to shift and stay at IoU >= ``DUPLICATE_MIN_IOU``).
 
 Rates are fractions of the dataset's (non-crowd) annotations. The types are drawn from disjoint
 sets of annotations, so every injected error has exactly one type and can be scored on its own.
