@@ -3,9 +3,10 @@ the quickstart's mask mAP against training minutes.
 
     .venv/bin/python bench/bench_models.py --steps 6 [--quickstart runs/quickstart]
 
-Timings are ratios against the peer (torchvision's ``maskrcnn_resnet50_fpn`` with random weights:
-FrozenBatchNorm, 800 px input) measured in the same run on the same synthetic 128 px batches, so
-they hold on a shared machine where absolute seconds do not.
+Timings are ratios against the peer (torchvision's stock ``maskrcnn_resnet50_fpn`` with random
+weights, set to the same 512 px input as our "cpu" preset) measured in the same run on the same
+synthetic batches (128 px images, resized by each model), so they hold on a shared machine where
+absolute seconds do not.
 """
 
 from __future__ import annotations
@@ -43,14 +44,15 @@ def step_seconds(model: torch.nn.Module, batches: list, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--quickstart", type=Path, help="a finished quickstart folder to report mAP vs minutes from")
     args = parser.parse_args()
-    lines = ["| model | preset | params (80 classes) |", "|---|---|---|"]
+    presets = ("cpu", "gpu", "small")
+    lines = ["| model (80 classes) | " + " | ".join(f"params, {p} preset" for p in presets) + " |", "|---" * 4 + "|"]
     for name in list_models():
-        for preset in ("cpu", "gpu"):
-            lines.append(f"| {name} | {preset} | {count_parameters(name, 80, preset) / 1e6:.1f} M |")
+        counts = [f"{count_parameters(name, 80, p) / 1e6:.1f} M" for p in presets]
+        lines.append(f"| {name} | " + " | ".join(counts) + " |")
     print("\n".join(lines) + "\n")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,17 +63,17 @@ def main() -> None:
             for k in range(0, len(images), args.batch_size)
         ]
         torch.manual_seed(0)
-        peer = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=5)
+        peer = torchvision.models.detection.maskrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=5, min_size=512, max_size=853
+        )
         candidates = {
-            "torchvision maskrcnn_resnet50_fpn (peer)": peer,
-            "maskrcnn_resnet50_fpn, gpu preset": get_model("maskrcnn_resnet50_fpn", 4, preset="gpu"),
-            "maskrcnn_resnet50_fpn, cpu preset": get_model("maskrcnn_resnet50_fpn", 4, preset="cpu"),
-            "maskrcnn_resnet18_fpn, cpu preset": get_model("maskrcnn_resnet18_fpn", 4, preset="cpu"),
-            "maskrcnn_resnet18_fpn, small preset (quickstart)": get_model("maskrcnn_resnet18_fpn", 4, preset="small"),
-            "maskrcnn_mobilenet_v3_large_fpn, small preset": get_model("maskrcnn_mobilenet_v3_large_fpn", 4, preset="small"),
+            "torchvision maskrcnn_resnet50_fpn at 512 px (peer)": peer,
+            "maskrcnn_resnet50_fpn, cpu preset (512 px)": get_model("maskrcnn_resnet50_fpn", 4, preset="cpu"),
+            "maskrcnn_resnet18_fpn, cpu preset (512 px)": get_model("maskrcnn_resnet18_fpn", 4, preset="cpu"),
+            "maskrcnn_resnet18_fpn, small preset (128 px, quickstart)": get_model("maskrcnn_resnet18_fpn", 4, preset="small"),
         }
         seconds = {label: step_seconds(model, batches, args.steps) for label, model in candidates.items()}
-    base = seconds["torchvision maskrcnn_resnet50_fpn (peer)"]
+    base = seconds["torchvision maskrcnn_resnet50_fpn at 512 px (peer)"]
     lines = [f"| model (training step, batch {args.batch_size} x 128 px) | s/step | speed vs peer |", "|---|---|---|"]
     lines += [f"| {label} | {s:.2f} | {base / s:.1f}x |" for label, s in seconds.items()]
     print("\n".join(lines) + "\n")
