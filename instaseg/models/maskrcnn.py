@@ -255,7 +255,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-@register_model("maskrcnn_resnet18_fpn", description="ResNet-18 + FPN: the fast default for CPUs", backbone="resnet18", presets=PRESETS)
+@register_model(
+    "maskrcnn_resnet18_fpn",
+    description="ResNet-18 + FPN: the fast default for CPUs",
+    backbone="resnet18",
+    presets=PRESETS,
+    metrics={"synthetic val mask mAP": "0.555 after 1000 steps of batch 4, small preset (bench/results/models.md)"},
+)
 def maskrcnn_resnet18_fpn(*, num_classes: int, **kw) -> MaskRCNN:
     """Mask R-CNN with a resnet18 backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="resnet18", **kw)
