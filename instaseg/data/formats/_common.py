@@ -314,6 +314,16 @@ def join_polygons(polygons: list[list[float]]) -> list[float]:
     return joined
 
 
+def single_outline(dataset: Dataset, image: dict, annotation: dict, report: Report) -> np.ndarray | None:
+    """An instance as the (K, 2) vertices of one even-odd polygon, for formats with one polygon per
+    instance (YOLO, VIA); None, with a warning, when it has no outline to write."""
+    polygons = instance_polygons(annotation, image, even_odd=True)
+    if not polygons:
+        report.warn("no outline to write, skipped", file=dataset.source, record=f"annotation id {annotation['id']}")
+        return None
+    return np.asarray(join_polygons(polygons)).reshape(-1, 2)
+
+
 def paint_order(annotations: Sequence[dict], areas: Iterable[int]) -> list[int]:
     """Indices in drawing order for single-layer outputs: largest first, so smaller instances end on top.
 

@@ -29,9 +29,8 @@ from instaseg.data.formats._common import (
     Report,
     clip_polygon,
     copy_image,
-    instance_polygons,
-    join_polygons,
     output_names,
+    single_outline,
 )
 from instaseg.errors import InstasegError
 
@@ -156,13 +155,9 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
             copy_image(dataset, image, tmp / name)
             regions = {}
             for ann in dataset.annotations_by_image.get(image["id"], []):
-                polygons = instance_polygons(ann, image, even_odd=True)
-                if not polygons:
-                    report.warn(
-                        "no outline to write, skipped", file=dataset.source, record=f"annotation id {ann['id']}"
-                    )
+                points = single_outline(dataset, image, ann, report)
+                if points is None:
                     continue
-                points = np.asarray(join_polygons(polygons)).reshape(-1, 2)
                 shape = {
                     "name": "polygon",
                     "all_points_x": points[:, 0].tolist(),

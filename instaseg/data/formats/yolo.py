@@ -26,12 +26,11 @@ from instaseg.data.formats._common import (
     Report,
     clip_polygon,
     copy_image,
-    instance_polygons,
-    join_polygons,
     names_from_mapping,
     output_names,
     read_class_file,
     read_text,
+    single_outline,
 )
 from instaseg.errors import InstasegError
 
@@ -138,13 +137,10 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
             copy_image(dataset, image, tmp / "images" / split / name)
             lines = []
             for ann in dataset.annotations_by_image.get(image["id"], []):
-                polygons = instance_polygons(ann, image, even_odd=True)
-                if not polygons:
-                    report.warn(
-                        "no outline to write, skipped", file=dataset.source, record=f"annotation id {ann['id']}"
-                    )
+                points = single_outline(dataset, image, ann, report)
+                if points is None:
                     continue
-                points = np.asarray(join_polygons(polygons)).reshape(-1, 2) / (image["width"], image["height"])
+                points = points / (image["width"], image["height"])
                 coords = " ".join(f"{v:.6f}" for v in points.clip(0, 1).reshape(-1))
                 lines.append(f"{class_index[ann['category_id']]} {coords}\n")
                 report.instances_written += 1
