@@ -79,10 +79,12 @@ def suggestion_picture(dataset: Dataset, suggestion: dict) -> np.ndarray | None:
     pixels = dataset.read_image(image)
     labels = dataset.ground_truth(image)
     before, after = _before_after(labels, suggestion, dataset.class_names)
+    # The instance in question is last in each panel where it appears (see _before_after).
     focus = np.zeros(labels.image_size, bool)
-    for instances in (before, after):
-        if len(instances):
-            focus |= instances.masks[-1]
+    if suggestion["annotation_id"] is not None and len(before):
+        focus |= before.masks[-1]
+    if suggestion["type"] in ("missing_label", "bad_mask", "duplicate") and len(after):
+        focus |= after.masks[-1]
     y0, y1, x0, x1 = _crop_box(focus)
     scale = min(8.0, PANEL_SIZE / max(y1 - y0, x1 - x0))
     crop = _resize(pixels[y0:y1, x0:x1], scale, cv2.INTER_LINEAR)
