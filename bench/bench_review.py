@@ -318,7 +318,7 @@ def main() -> None:
     parser.add_argument("--synthetic-images", type=int, default=100)
     parser.add_argument("--datasets", default="synthetic,dsb2018_nuclei")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_review"))
-    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "review.md")
+    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "out" / "review.md")
     args = parser.parse_args()
     command = " ".join([".venv/bin/python", "bench/bench_review.py", *sys.argv[1:]])
     results = []

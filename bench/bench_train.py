@@ -22,7 +22,7 @@ YOLO reads the same annotations, written in its format by instaseg's converter
 Usage (from the repository root, after ``bash bench/yolo_env.sh``)::
 
     .venv/bin/python bench/bench_train.py --datasets synthetic nuclei balloon --minutes 5
-    .venv/bin/python bench/bench_train.py --report-only   # rebuild bench/results/train.md from saved runs
+    .venv/bin/python bench/bench_train.py --report-only   # rebuild bench/out/train.md from saved runs
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 YOLO_PYTHON = ROOT / "bench" / ".env-yolo" / "bin" / "python"
-RESULTS_MD = ROOT / "bench" / "results" / "train.md"
+RESULTS_MD = ROOT / "bench" / "out" / "train.md"
 THREADS = 2
 # name -> (our preset, YOLO imgsz)
 SETTINGS = {"synthetic": ("small", 128), "nuclei": ("cpu", 512), "balloon": ("cpu", 512)}
@@ -311,7 +311,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget per run")
     parser.add_argument("--models", nargs="+", default=["instaseg", "yolov8n-seg"], choices=["instaseg", "yolov8n-seg"])
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "train"))
-    parser.add_argument("--report-only", action="store_true", help="only rebuild bench/results/train.md")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild bench/out/train.md")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)

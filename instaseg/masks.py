@@ -131,6 +131,15 @@ def to_polygons(mask: np.ndarray, min_points: int = 3) -> list[list[float]]:
     return polygons
 
 
+def resize(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, H, W) boolean masks resized to (N, height, width) by nearest neighbour."""
+    resized = np.zeros((len(masks), height, width), bool)
+    for k, mask in enumerate(masks):
+        # One mask at a time: cv2 takes at most 512 channels, and this keeps a single uint8 copy alive.
+        resized[k] = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    return resized
+
+
 def box_from_mask(mask: np.ndarray) -> list[float]:
     """Tight [x1, y1, x2, y2] box of a boolean mask (pixel edges), zeros for an empty mask."""
     ys, xs = np.nonzero(mask)

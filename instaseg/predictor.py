@@ -126,16 +126,25 @@ class Predictor:
             )
             pixels = cv2.resize(pixels, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
         tensor = torch.from_numpy(np.array(pixels)).to(self.device).permute(2, 0, 1).float().div_(255)
-        output = self.model([tensor])[0]
-        probs = self.model.roi_heads.last_class_probs[0]
+        roi_heads = self.model.roi_heads
+        floor = roi_heads.score_thresh
+        # Dropping low scores inside the model spares torchvision pasting their masks into full-size
+        # float images, which dominates inference on large images; the model's own floor still holds.
+        roi_heads.score_thresh = max(floor, score_threshold)
+        try:
+            output = self.model([tensor])[0]
+        finally:
+            roi_heads.score_thresh = floor
+        probs = roi_heads.last_class_probs[0]
         keep = output["scores"] >= score_threshold
         if wanted is not None:
             wanted_ids = torch.tensor([self.class_names.index(c) + 1 for c in wanted], device=self.device)
             keep &= torch.isin(output["labels"], wanted_ids)
-        probabilities = output["masks"][keep, 0].float().cpu().numpy()
+        probabilities = output.pop("masks")[keep, 0]
         if scale < 1.0:
-            probabilities = _resize_masks(probabilities, height, width)
-        masks = probabilities > 0.5
+            masks = _resize_masks(probabilities.float().cpu().numpy(), height, width) > 0.5
+        else:
+            masks = (probabilities > 0.5).cpu().numpy()
         boxes = output["boxes"][keep] / scale
         return Instances(
             boxes.float().cpu().numpy(),

@@ -24,7 +24,7 @@ from instaseg.predict import predict_images
 from instaseg.predictor import load
 from instaseg.train import train
 
-# Tuned on a 2-core CPU (see bench/results/models.md): more distinct images beat more epochs.
+# Tuned on a 2-core CPU (see BENCHMARKS.md): more distinct images beat more epochs.
 NUM_TRAIN_IMAGES = 1000
 NUM_VAL_IMAGES = 50
 NUM_PICTURES = 8

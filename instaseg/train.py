@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -30,11 +31,13 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from instaseg import io
+from instaseg import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.errors import InstasegError
 from instaseg.models import DEFAULT_MODEL, model_entry
 from instaseg.models.registry import default_preset, resolve_config
 from instaseg.predictor import CHECKPOINT_FORMAT, Predictor, auto_device, read_checkpoint, save_checkpoint
+from instaseg.structures import Instances
 
 OUTPUT_FILES = ("best.pt", "last.pt", "metrics.jsonl", "curves.png")
 WARMUP_ITERS = 100
@@ -121,14 +124,19 @@ def _setup_distributed() -> tuple[int, int, torch.device]:
 class TrainingImages(torch.utils.data.Dataset):
     """A ``Dataset``'s images as (image tensor, target dict) pairs for torchvision's detection models.
 
-    Crowd regions and empty or one-pixel masks are left out of the targets. With ``augment``,
-    images are flipped left-right at random and their brightness, contrast and saturation jittered;
-    scale jitter happens in the model (its ``train_scales``).
+    Images larger than the model's largest training scale (short side ``min_size``, long side at
+    most ``max_size``: ``model.transform``'s largest ``min_size`` and its ``max_size``) are shrunk
+    to it here, masks included, so the model's own resize never interpolates hundreds of
+    full-resolution masks each iteration; smaller images are left as they are. Crowd regions and
+    empty or one-pixel masks (at the size handed to the model) are left out of the targets. With
+    ``augment``, images are flipped left-right at random and their brightness, contrast and
+    saturation jittered; scale jitter happens in the model (its ``train_scales``).
     """
 
-    def __init__(self, dataset: Dataset, augment: bool, seed: int = 0):
+    def __init__(self, dataset: Dataset, augment: bool, min_size: int, max_size: int, seed: int = 0):
         self.dataset = dataset
         self.augment = augment
+        self.min_size, self.max_size = min_size, max_size
         self.seed = seed
         self.epoch = 0
 
@@ -137,11 +145,18 @@ class TrainingImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image = self.dataset.images[index]
-        pixels = torch.from_numpy(np.array(self.dataset.read_image(image))).permute(2, 0, 1).float().div_(255)
+        pixels = self.dataset.read_image(image)
         gt = self.dataset.ground_truth(image)
-        keep = ~gt.data["iscrowd"] & ((gt.boxes[:, 2] - gt.boxes[:, 0]) >= 1) & ((gt.boxes[:, 3] - gt.boxes[:, 1]) >= 1)
-        keep &= gt.areas > 1
+        gt = gt[~gt.data["iscrowd"]]
+        height, width = pixels.shape[:2]
+        scale = min(1.0, self.min_size / min(height, width), self.max_size / max(height, width))
+        if scale < 1.0:
+            size = (round(height * scale), round(width * scale))
+            pixels = cv2.resize(pixels, size[::-1], interpolation=cv2.INTER_AREA)
+            gt = Instances.from_masks(mask_ops.resize(gt.masks, *size), gt.class_ids, class_names=gt.class_names)
+        keep = ((gt.boxes[:, 2] - gt.boxes[:, 0]) >= 1) & ((gt.boxes[:, 3] - gt.boxes[:, 1]) >= 1) & (gt.areas > 1)
         gt = gt[keep]
+        pixels = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
         boxes = torch.from_numpy(gt.boxes)
         masks = torch.from_numpy(gt.masks).to(torch.uint8)
         if self.augment:
@@ -383,7 +398,11 @@ class _Run:
         if self.world > 1:
             dist.barrier()
         self._build(resumed)
-        images = TrainingImages(self.train_set, augment=True, seed=self.seed)
+        # Shrink images to the largest size the model trains at, so its resize never works on more pixels.
+        images = TrainingImages(
+            self.train_set, augment=True, min_size=max(self.net.transform.min_size),
+            max_size=self.net.transform.max_size, seed=self.seed,
+        )
         # On a CPU the model needs every core; loading small images in the main process costs little.
         workers = min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 0
         self.batches_per_epoch = len(epoch_batches(self.train_set, self.batch_size, self.seed, 0, self.rank, self.world))

@@ -260,7 +260,7 @@ PRESETS: dict[str, dict] = {
     description="ResNet-18 + FPN: the fast default for CPUs",
     backbone="resnet18",
     presets=PRESETS,
-    metrics={"synthetic val mask mAP": "0.555 after 1000 steps of batch 4, small preset (bench/results/models.md)"},
+    metrics={"synthetic val mask mAP": "0.555 after 1000 steps of batch 4, small preset (BENCHMARKS.md)"},
 )
 def maskrcnn_resnet18_fpn(*, num_classes: int, **kw) -> MaskRCNN:
     """Mask R-CNN with a resnet18 backbone; ``kw`` as in ``build_maskrcnn``."""
