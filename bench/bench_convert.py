@@ -4,7 +4,7 @@ The baseline ("peer") is the least any converter must do with the same labels: p
 the produced COCO file and decoding every instance mask to pixels once (``COCO(json)`` + ``annToMask``). The
 ratio says how many such passes a full conversion costs. Usage::
 
-    .venv/bin/python bench/convert_bench.py [--repeat 3] [--shared ../shared/datasets]
+    .venv/bin/python bench/bench_convert.py [--repeat 3] [--shared ../shared/datasets]
 """
 
 from __future__ import annotations
