@@ -117,9 +117,10 @@ def predict_images(
             counts = instances.counts()
             per_image.append({"file_name": name, "counts": {c: counts[c] for c in counted}})
             if overlays:
-                from instaseg.viz import draw_instances  # matplotlib is only needed when drawing
+                from instaseg.viz import draw_instances, enlarge  # matplotlib is only needed when drawing
 
-                io.write_image(folder / "overlays" / overlay_name, draw_instances(pixels, instances))
+                # Small images are enlarged first so that the labels do not hide the objects.
+                io.write_image(folder / "overlays" / overlay_name, draw_instances(*enlarge(pixels, instances)))
         if not coco_images:
             raise InstasegError(f"none of the {len(paths)} images could be read; first: {skipped[0]['reason']}")
 

@@ -156,7 +156,7 @@ class TrainingImages(torch.utils.data.Dataset):
             gt = Instances.from_masks(mask_ops.resize(gt.masks, *size), gt.class_ids, class_names=gt.class_names)
         keep = ((gt.boxes[:, 2] - gt.boxes[:, 0]) >= 1) & ((gt.boxes[:, 3] - gt.boxes[:, 1]) >= 1) & (gt.areas > 1)
         gt = gt[keep]
-        pixels = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
+        pixels = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255)
         boxes = torch.from_numpy(gt.boxes)
         masks = torch.from_numpy(gt.masks).to(torch.uint8)
         if self.augment:

@@ -133,8 +133,9 @@ def test_overlays_show_the_instances(tmp_path, image_dir):
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a-2.png", "a.png", "b.png"]
     original = np.asarray(Image.open(image_dir / "a.png"))
     overlay = np.asarray(Image.open(out / "overlays" / "a.png"))
-    assert overlay.shape[:2] == original.shape[:2]
-    assert (overlay[16, 20] != original[16, 20]).any()  # the disc's centre is tinted
+    factor = overlay.shape[0] // original.shape[0]  # small images are enlarged by a whole factor
+    assert factor >= 1 and overlay.shape[:2] == (original.shape[0] * factor, original.shape[1] * factor)
+    assert (overlay[16 * factor, 20 * factor] != original[16, 20]).any()  # the disc's centre is tinted
 
 
 def write_tiny_checkpoint(path, class_names=("a", "b")):
