@@ -12,8 +12,7 @@ import typer
 from instaseg import io
 from instaseg.cli import app
 from instaseg.data.check import check_dataset, count_problems, fix_dataset, save_fixed
-from instaseg.data.convert import detect_format, read_dataset
-from instaseg.data.dataset import Dataset
+from instaseg.data.convert import load_dataset
 from instaseg.data.stats import dataset_stats, plot_stats, stats_tables
 from instaseg.errors import InstasegError
 from instaseg.viz import save_overlays
@@ -22,20 +21,6 @@ EXIT_PROBLEMS = 1
 
 DataArgument = typer.Argument(..., help="The dataset: a COCO JSON file (or any format 'instaseg convert' reads).")
 ImagesOption = typer.Option(None, "--images", help="Folder the image file names are relative to (default: beside DATA).")
-
-
-def load_dataset(data: Path, images: Path | None = None) -> Dataset:
-    """Read DATA as a dataset: a COCO JSON as it is (the converter would drop the records ``check``
-    must report), any other format through the converters."""
-    if data.suffix.lower() == ".json" and data.is_file():
-        try:
-            fmt = detect_format(data)
-        except InstasegError:  # not recognisably anything: let the COCO reader name what is wrong
-            fmt = "coco"
-        if fmt == "coco":
-            return Dataset.load(data, images)
-        return read_dataset(data, fmt, images=images)
-    return read_dataset(data, images=images)
 
 
 @app.command()
@@ -54,7 +39,7 @@ def check(
     """
     if fix is not None:
         io.check_output(fix, overwrite)
-    dataset = load_dataset(data, images)
+    dataset = load_dataset(data, images=images)
     problems = check_dataset(dataset, check_files=not no_files)
     errors, warnings = count_problems(problems)
     report: dict = {"file": str(data), "errors": errors, "warnings": warnings, "problems": [p.to_dict() for p in problems]}
@@ -93,7 +78,7 @@ def stats(
     """Counts per class and per image, COCO size ranges and images without instances."""
     if plot is not None:
         io.check_output(plot, overwrite)
-    result = dataset_stats(load_dataset(data, images))
+    result = dataset_stats(load_dataset(data, images=images))
     if plot is not None:
         plot_stats(result, plot, overwrite=overwrite)
     if as_json:
@@ -118,5 +103,5 @@ def show(
 ) -> None:
     """Draw each image's annotations on it and save the pictures as PNG."""
     io.check_output(out, overwrite)
-    written = save_overlays(load_dataset(data, images), out, limit=limit, overwrite=overwrite)
+    written = save_overlays(load_dataset(data, images=images), out, limit=limit, overwrite=overwrite)
     typer.echo(f"wrote {len(written)} picture(s) to {out}")

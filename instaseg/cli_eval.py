@@ -12,7 +12,7 @@ from rich.table import Table
 
 from instaseg import io
 from instaseg.cli import app
-from instaseg.data import Dataset
+from instaseg.data.convert import load_dataset
 from instaseg.evaluate import ERROR_KINDS, EvalResult, evaluate_results, load_predictions, write_report
 
 TOP_IMAGES = 10
@@ -69,7 +69,7 @@ def eval_command(
     """
     if out is not None:
         io.check_output(out, overwrite)  # before minutes of work, not after
-    dataset = load_ground_truth(gt, images, gt_format)
+    dataset = load_dataset(gt, gt_format, images=images)
     results = load_predictions(dataset, pred)
     iou_types = ("segm", "bbox") if iou_type is IouType.both else (iou_type.value,)
     result = evaluate_results(dataset, results, iou_types, score_threshold=score_threshold, source=pred)
@@ -79,15 +79,6 @@ def eval_command(
         Console(highlight=False).print(
             f"wrote {out}/ (metrics.json, PR curves, confusion_matrix.png, errors.json/csv)", markup=False
         )
-
-
-def load_ground_truth(path: Path, images: Path | None = None, fmt: str | None = None) -> Dataset:
-    """The GT dataset: through the format converters when present, else as COCO JSON."""
-    try:
-        from instaseg.data.convert import read_dataset
-    except ImportError:  # converters not installed in this build: COCO only
-        return Dataset.load(path, images)
-    return read_dataset(path, fmt, images=images)
 
 
 def _number(value: float | None) -> str:

@@ -40,8 +40,8 @@ def models(
 
 @app.command()
 def train(
-    data: Path = typer.Argument(..., help="Training set: a COCO instances JSON (images beside it)."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Validation COCO JSON; best.pt is chosen by its mask mAP."),
+    data: Path = typer.Argument(..., help="Training set: a COCO JSON (images beside it) or any format 'instaseg convert' reads."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation set (any readable format); best.pt is chosen by its mask mAP."),
     model: str = typer.Option("maskrcnn_resnet18_fpn", "--model", help="Architecture (see `instaseg models`)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of passes over the training set."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget in minutes."),
@@ -55,12 +55,12 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out."),
 ) -> None:
     """Train a model from scratch (or from --weights) and write best.pt, last.pt, metrics.jsonl and curves.png."""
-    from instaseg.data import Dataset
+    from instaseg.data.convert import load_dataset
     from instaseg.train import train as run_training
 
     best = run_training(
-        Dataset.load(data),
-        Dataset.load(val) if val is not None else None,
+        load_dataset(data),
+        load_dataset(val) if val is not None else None,
         model=model, epochs=epochs, minutes=minutes, weights=weights, out=out, seed=seed,
         overwrite=overwrite, resume=resume, batch_size=batch_size, lr=lr, preset=preset,
     )

@@ -53,9 +53,10 @@ def review_run(
 
     OUT holds review.json, review.csv, report.html and pictures/ (label | suggested fix).
     """
-    from instaseg.review import ReviewSettings, load_dataset, run_review
+    from instaseg.data.convert import load_dataset
+    from instaseg.review import ReviewSettings, run_review
 
-    dataset = load_dataset(data, images)
+    dataset = load_dataset(data, images=images)
     target = out if out is not None else Path(f"review-{data.stem}")
     document = run_review(
         dataset, out=target, model=model, pred=pred, folds=folds, minutes_per_fold=None if epochs_per_fold else minutes_per_fold,
@@ -109,13 +110,14 @@ def noise(
 ) -> None:
     """Inject known label errors into a dataset; the list of errors goes beside OUT as <OUT>.errors.json."""
     from instaseg import io
-    from instaseg.review import inject_noise, load_dataset, save_dataset
+    from instaseg.data.convert import load_dataset
+    from instaseg.review import inject_noise, save_dataset
 
     target = out if out is not None else data.with_name(f"{data.stem}.noisy.json")
     errors_path = target.with_name(f"{target.stem}.errors.json")
     io.check_output(target, overwrite)
     io.check_output(errors_path, overwrite)
-    noisy, injected = inject_noise(load_dataset(data, images), **_parse_rates(rates), seed=seed)
+    noisy, injected = inject_noise(load_dataset(data, images=images), **_parse_rates(rates), seed=seed)
     save_dataset(noisy, target, overwrite=overwrite)
     io.write_json(errors_path, injected, overwrite=overwrite, indent=True)
     counts = {t: sum(e["type"] == t for e in injected) for t in dict.fromkeys(e["type"] for e in injected)}

@@ -15,7 +15,7 @@ from pycocotools import mask as coco_mask
 
 from instaseg import io, masks as mask_ops
 from instaseg.data import Dataset
-from instaseg.data.convert import Report, detect_format, read_dataset, write_dataset
+from instaseg.data.convert import Report, detect_format, load_dataset, read_dataset, write_dataset
 from instaseg.data.formats._common import join_polygons
 from instaseg.errors import InstasegError
 
@@ -263,6 +263,17 @@ def test_yolo_malformed_lines_name_file_and_line(tmp_path, cli, line, message):
 
 
 # -- VIA ----------------------------------------------------------------------------------------
+def test_load_dataset_keeps_a_coco_file_as_it_is_and_converts_other_formats(tmp_path):
+    coco = json.loads(_coco_file(tmp_path).read_text())
+    coco["annotations"].append({"id": 77, "image_id": 99, "category_id": 5, "segmentation": [[0, 0, 5, 0, 5, 5]]})
+    (tmp_path / "imgs" / "gt.json").write_text(json.dumps(coco))
+    as_is = load_dataset(tmp_path / "imgs" / "gt.json")
+    assert [a["id"] for a in as_is.annotations] == [a["id"] for a in coco["annotations"]]  # nothing dropped
+    (tmp_path / "via" / "via_region_data.json").write_text(json.dumps(_via_entries(tmp_path)))
+    converted = load_dataset(tmp_path / "via" / "via_region_data.json")
+    assert converted.class_names and len(converted.annotations) == len(read_dataset(tmp_path / "via").annotations)
+
+
 def _via_entries(tmp_path):
     _image(tmp_path / "via" / "p.jpg")
     _image(tmp_path / "via" / "q.jpg")

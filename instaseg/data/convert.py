@@ -108,6 +108,24 @@ _DETECTORS: dict[str, Callable[[Path], bool]] = {
 }
 
 
+def load_dataset(src: str | Path, fmt: str | None = None, *, images: str | Path | None = None) -> Dataset:
+    """What every verb's DATA argument means: a COCO JSON read as it is, any other format converted.
+
+    A COCO file is not passed through the converter, which drops records it cannot use: ``check``
+    must see them, and ``review apply`` must leave untouched records byte-identical.
+    """
+    src = Path(src)
+    if fmt in (None, "coco") and src.suffix.lower() == ".json" and src.is_file():
+        try:
+            detected = fmt or detect_format(src)
+        except InstasegError:  # not recognisably anything: let the COCO reader name what is wrong
+            detected = "coco"
+        if detected == "coco":
+            return Dataset.load(src, images)
+        fmt = detected
+    return read_dataset(src, fmt, images=images)
+
+
 def read_dataset(
     src: str | Path,
     fmt: str | None = None,

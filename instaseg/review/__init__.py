@@ -34,18 +34,8 @@ REVIEW_FORMAT = "instaseg-review"
 
 __all__ = [
     "SUGGESTION_TYPES", "ReviewSettings", "Suggestion", "apply_review", "apply_review_file", "boundary_iou",
-    "inject_noise", "load_dataset", "review", "run_review", "save_dataset",
+    "inject_noise", "review", "run_review", "save_dataset",
 ]
-
-
-def load_dataset(path: str | Path, images: str | Path | None = None) -> Dataset:
-    """A COCO JSON as is (so untouched records stay byte-identical), any other format via the converters."""
-    path = Path(path)
-    if path.suffix.lower() == ".json" and path.is_file():
-        return Dataset.load(path, images)
-    from instaseg.data.convert import read_dataset
-
-    return read_dataset(path, images=images)
 
 
 def save_dataset(dataset: Dataset, path: str | Path, overwrite: bool = False, *, location: str | Path | None = None) -> Path:
