@@ -167,6 +167,21 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     return ((array - lo) * (255.0 / (hi - lo))).round().astype(np.uint8)
 
 
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """An (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array of any dtype as (H, W, 3) uint8.
+
+    Grayscale is repeated to three channels, alpha is dropped, other dtypes are scaled by ``to_uint8``.
+    """
+    array = to_uint8(np.asarray(image))
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InstasegError(f"expected an (H, W, 3) image array, got shape {tuple(np.shape(image))}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[..., :3])
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as an (H, W, 3) uint8 RGB array, whatever its mode.
 
@@ -181,16 +196,9 @@ def read_image(path: str | Path) -> np.ndarray:
         img = ImageOps.exif_transpose(img)
     except (OSError, ValueError, SyntaxError):  # a broken EXIF block is no reason to refuse the pixels
         pass
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = to_uint8(np.asarray(img))
-    elif img.mode in ("RGB", "L"):
-        array = np.asarray(img)
-    else:
-        array = np.asarray(img.convert("RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB"))
-        array = array[..., :3] if array.ndim == 3 else array
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    return np.ascontiguousarray(array[..., :3])
+    if img.mode not in ("RGB", "L", "I;16", "I;16B", "I;16L", "I", "F"):
+        img = img.convert("RGBA" if "A" in img.getbands() or img.mode == "P" else "RGB")
+    return as_rgb(np.asarray(img))
 
 
 def list_images(inputs: list[str | Path]) -> list[Path]:

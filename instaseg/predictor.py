@@ -115,7 +115,7 @@ class Predictor:
             softmax over the K classes (background excluded) of each detection.
         """
         wanted = check_classes(classes, self.class_names)
-        pixels = io.read_image(image) if isinstance(image, (str, Path)) else _as_rgb(image)
+        pixels = io.read_image(image) if isinstance(image, (str, Path)) else io.as_rgb(image)
         height, width = pixels.shape[:2]
         scale = min(1.0, MAX_INFERENCE_SIDE / max(height, width))
         if scale < 1.0:
@@ -163,18 +163,6 @@ class Predictor:
         for image in tqdm(dataset.images, desc="predict", unit="img", disable=None if progress else True, leave=False):
             results[image["id"]] = self.predict(dataset.read_image(image), score_threshold)
         return results
-
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    """Accept (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) arrays of any dtype as (H, W, 3) uint8."""
-    array = io.to_uint8(np.asarray(image))
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise InstasegError(f"expected an (H, W, 3) image array, got shape {tuple(np.shape(image))}")
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    return array[..., :3]
 
 
 def _resize_masks(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -48,11 +48,7 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"image must be uint8, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"image must be (H, W, 3) uint8, got shape {image.shape}")
-    return np.ascontiguousarray(image[..., :3])
+    return io.as_rgb(image)
 
 
 def _ascii(text: str) -> str:
