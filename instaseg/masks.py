@@ -96,7 +96,7 @@ def area(rle: dict) -> int:
 
 
 def bbox(rle: dict) -> list[float]:
-    """Tight COCO box [x, y, w, h] of an RLE mask."""
+    """Tight COCO box [x, y, w, h] of an RLE mask (whole pixels, as floats)."""
     return [float(v) for v in mask_utils.toBbox(_bytes_counts(rle))]
 
 

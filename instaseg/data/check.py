@@ -700,7 +700,7 @@ def _fix_annotations(coco: dict, flagged: dict, category_map: dict, dropped_imag
         if area == 0:
             changes.append(f"{label}: dropped (empty mask)")
             continue
-        box = [round(v, 2) for v in mask_ops.bbox(rle)]
+        box = mask_ops.bbox(rle)
         if ann.get("bbox") != box and kinds & _BOX_KINDS:
             changes.append(f"{label}: bbox {ann.get('bbox')} recomputed from the mask as {box}")
             ann["bbox"] = box

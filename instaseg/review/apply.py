@@ -130,4 +130,4 @@ def _set_mask(ann: dict, segmentation: dict | None, image: dict) -> None:
     rle = mask_ops.to_rle(segmentation, image["height"], image["width"])
     ann["segmentation"] = rle
     ann["area"] = mask_ops.area(rle)
-    ann["bbox"] = [round(v, 2) for v in mask_ops.bbox(rle)]
+    ann["bbox"] = mask_ops.bbox(rle)

@@ -162,7 +162,7 @@ def _set_mask(ann: dict, mask: np.ndarray, like: dict | None = None) -> None:
     polygons = mask_ops.to_polygons(mask) if isinstance(reference, list) else None
     ann["segmentation"] = polygons if polygons else rle
     ann["area"] = mask_ops.area(rle)
-    ann["bbox"] = [round(v, 2) for v in mask_ops.bbox(rle)]
+    ann["bbox"] = mask_ops.bbox(rle)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -94,7 +94,7 @@ class DatasetBuilder:
                 "category_id": self.category_id(class_name),
                 "segmentation": segmentation,
                 "area": area,
-                "bbox": [round(v, 2) for v in mask_ops.bbox(rle)],
+                "bbox": mask_ops.bbox(rle),
                 "iscrowd": int(bool(iscrowd)),
             }
         )
