@@ -140,6 +140,44 @@ def resize(masks: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized
 
 
+def paste(probabilities: np.ndarray, boxes: np.ndarray, height: int, width: int, threshold: float = 0.5) -> np.ndarray:
+    """Paste (N, M, M) mask probabilities into their boxes in a (height, width) image; (N, H, W) bool.
+
+    Each mask is sampled bilinearly at the centres of the pixels its box covers, fading to 0 half a
+    mask cell beyond the box, as torchvision's ``paste_masks_in_image`` does -- but only within the
+    box and straight to booleans, never as full-image float masks (100 of those at 2048 px are 1.2 GB).
+    """
+    pasted = np.zeros((len(probabilities), height, width), bool)
+    size = probabilities.shape[-1]
+    for k, (soft, (x0, y0, x1, y1)) in enumerate(zip(probabilities.astype(np.float32), boxes)):
+        scale_x, scale_y = max(x1 - x0, 1e-3) / size, max(y1 - y0, 1e-3) / size
+        left, top = max(0, int(np.floor(x0)) - 1), max(0, int(np.floor(y0)) - 1)
+        right, bottom = min(width, int(np.ceil(x1)) + 1), min(height, int(np.ceil(y1)) + 1)
+        if right <= left or bottom <= top:
+            continue
+        # Output pixel j (centre left + j + 0.5) reads mask cell (left + j + 0.5 - x0) / scale_x - 0.5.
+        image_to_mask = np.array(
+            [[1 / scale_x, 0, (left + 0.5 - x0) / scale_x - 0.5], [0, 1 / scale_y, (top + 0.5 - y0) / scale_y - 0.5]]
+        )
+        crop = cv2.warpAffine(
+            soft, image_to_mask, (right - left, bottom - top),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+        )
+        pasted[k, top:bottom, left:right] = crop > threshold
+    return pasted
+
+
+def annotation_fields(mask: np.ndarray, polygons: bool) -> dict:
+    """``segmentation``, ``area`` and ``bbox`` of a COCO annotation holding ``mask``.
+
+    The segmentation is polygons when ``polygons`` (the style of the label it replaces, so a polygon
+    dataset stays editable in polygon tools) unless the mask has no outline, else compressed RLE.
+    """
+    rle = encode(mask)
+    outlines = to_polygons(mask) if polygons else None
+    return {"segmentation": outlines or rle, "area": area(rle), "bbox": bbox(rle)}
+
+
 def box_from_mask(mask: np.ndarray) -> list[float]:
     """Tight [x1, y1, x2, y2] box of a boolean mask (pixel edges), zeros for an empty mask."""
     ys, xs = np.nonzero(mask)

@@ -14,11 +14,13 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 import torch
+from torchvision.models.detection.transform import resize_boxes
 from tqdm import tqdm
 
 from instaseg import io
 from instaseg.data import Dataset
 from instaseg.errors import InstasegError
+from instaseg.masks import paste
 from instaseg.models import model_entry
 from instaseg.predict import check_classes
 from instaseg.structures import Instances
@@ -128,32 +130,41 @@ class Predictor:
         tensor = torch.from_numpy(np.array(pixels)).to(self.device).permute(2, 0, 1).float().div_(255)
         roi_heads = self.model.roi_heads
         floor = roi_heads.score_thresh
-        # Dropping low scores inside the model spares torchvision pasting their masks into full-size
-        # float images, which dominates inference on large images; the model's own floor still holds.
+        # Dropping low scores inside the model spares computing masks that would be thrown away; the
+        # model's own floor still holds.
         roi_heads.score_thresh = max(floor, score_threshold)
         try:
-            output = self.model([tensor])[0]
+            detections = self._detect(tensor)
         finally:
             roi_heads.score_thresh = floor
-        probs = roi_heads.last_class_probs[0]
-        keep = output["scores"] >= score_threshold
+        keep = detections["scores"] >= score_threshold
         if wanted is not None:
             wanted_ids = torch.tensor([self.class_names.index(c) + 1 for c in wanted], device=self.device)
-            keep &= torch.isin(output["labels"], wanted_ids)
-        probabilities = output.pop("masks")[keep, 0]
-        if scale < 1.0:
-            masks = _resize_masks(probabilities.float().cpu().numpy(), height, width) > 0.5
-        else:
-            masks = (probabilities > 0.5).cpu().numpy()
-        boxes = output["boxes"][keep] / scale
+            keep &= torch.isin(detections["labels"], wanted_ids)
+        boxes = (detections["boxes"][keep] / scale).float().cpu().numpy()
+        # Boxes are in the caller's pixels, so pasting them there undoes any shrinking of a huge image.
+        masks = paste(detections["masks"][keep, 0].float().cpu().numpy(), boxes, height, width)
         return Instances(
-            boxes.float().cpu().numpy(),
+            boxes,
             masks,
-            (output["labels"][keep] - 1).cpu().numpy(),
-            output["scores"][keep].cpu().numpy(),
+            (detections["labels"][keep] - 1).cpu().numpy(),
+            detections["scores"][keep].cpu().numpy(),
             self.class_names,
-            {"class_probs": probs[keep].float().cpu().numpy()},
+            {"class_probs": roi_heads.last_class_probs[0][keep].float().cpu().numpy()},
         )
+
+    def _detect(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's forward pass on one image, stopping before torchvision pastes the masks.
+
+        Returns boxes in ``image``'s pixels, scores, labels (1-based) and (N, 1, M, M) mask probabilities.
+        """
+        model = self.model
+        batch, _ = model.transform([image])
+        features = model.backbone(batch.tensors)
+        proposals, _ = model.rpn(batch, features)
+        detections = model.roi_heads(features, proposals, batch.image_sizes)[0][0]
+        detections["boxes"] = resize_boxes(detections["boxes"], batch.image_sizes[0], image.shape[-2:])
+        return detections
 
     def predict_dataset(
         self, dataset: Dataset, score_threshold: float = 0.05, progress: bool = True
@@ -163,11 +174,3 @@ class Predictor:
         for image in tqdm(dataset.images, desc="predict", unit="img", disable=None if progress else True, leave=False):
             results[image["id"]] = self.predict(dataset.read_image(image), score_threshold)
         return results
-
-
-def _resize_masks(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize (N, h, w) soft masks to (N, height, width), interpolating before thresholding."""
-    resized = np.zeros((len(probabilities), height, width), np.float32)
-    for k, soft in enumerate(probabilities):
-        resized[k] = cv2.resize(soft, (width, height), interpolation=cv2.INTER_LINEAR)
-    return resized

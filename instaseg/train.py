@@ -325,6 +325,8 @@ class _Run:
                 "preset": preset,
                 "kwargs": resolve_config(self.model, preset, **self.model_kwargs),
                 "class_names": list(self.class_names),
+                # So `instaseg review --model` can tell which of the images it judges this model has seen.
+                "train_image_sha1": sorted({self.train_set.image_sha1(image) for image in self.train_set.images}),
             }
         self.net = model_entry(self.config["model"]).builder(num_classes=len(self.class_names), **self.config["kwargs"])
         if self.weights is not None and resumed is None:
@@ -384,6 +386,14 @@ class _Run:
         """Rank 0 decides (time differs per process) and tells the others."""
         stop = self.progress_fraction() >= 1.0 or (self.epochs is not None and self.epoch >= self.epochs)
         return bool(self._broadcast(float(stop)))
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any process, so all stop together instead of the rest hanging."""
+        if self.world == 1:
+            return flag
+        tensor = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item())
 
     def _broadcast(self, value: float) -> float:
         if self.world == 1:
@@ -468,9 +478,9 @@ class _Run:
         with torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext():
             losses = self.ddp_net(images, targets)
             loss = sum(losses.values())
-        if not torch.isfinite(loss):
+        if self._any_rank(not torch.isfinite(loss).item()):
             raise InstasegError(
-                f"the loss became {loss.item()} at iteration {self.iteration + 1}; try a lower --lr",
+                f"the loss became non-finite (NaN or infinite) at iteration {self.iteration + 1}; try a lower --lr",
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -31,3 +31,41 @@ def test_two_processes_train_with_ddp(tmp_path):
     assert sum("val_mask_mAP" in r for r in rows) == 1  # validated once, by rank 0 only
     assert done.stdout.count("best checkpoint:") == 2  # both ranks return the same path
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "curves.png").exists()
+
+
+NAN_ON_RANK_1 = """
+import os
+import sys
+import torch.distributed as dist
+from instaseg import train as training
+from instaseg.data import Dataset
+from instaseg.errors import InstasegError
+
+build = training._Run._build
+
+def build_then_poison_rank_1(self, resumed):
+    build(self, resumed)
+    if dist.get_rank() == 1:
+        self.net.register_forward_hook(lambda module, args, losses: {k: v * float("nan") for k, v in losses.items()})
+
+training._Run._build = build_then_poison_rank_1
+try:
+    training.train(Dataset.load(sys.argv[1]), None, out=sys.argv[2], epochs=1, batch_size=2, preset="small", progress=False)
+except InstasegError as exc:
+    print(f"rank {os.environ['RANK']}: {exc}")
+    sys.exit(2)
+"""
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    train_json, _ = make_synthetic(tmp_path / "data", num_train=8, num_val=2, size=64)
+    script = tmp_path / "poisoned.py"
+    script.write_text(NAN_ON_RANK_1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               str(train_json), str(tmp_path / "run")]
+    # Before the ranks agreed on the check, rank 0 waited forever in the next all-reduce.
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank}: the loss became non-finite" in done.stdout, done.stdout + done.stderr[-2000:]

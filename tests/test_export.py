@@ -77,7 +77,10 @@ def test_onnx_matches_pytorch(predictor, tmp_path):
         keep = got[2] >= threshold
         assert 0 < len(instances) == keep.sum()
         np.testing.assert_allclose(instances.scores, got[2][keep], atol=1e-5)
-        assert (instances.masks == (got[3][keep] > 0.5)).mean() > 0.9999
+        # The predictor pastes masks at sub-pixel box positions, the export as torchvision does (boxes
+        # rounded to whole pixels), and this untrained mask head hovers near 0.5, so edges differ;
+        # test_predict checks the pasting itself against torchvision on clean masks.
+        assert (instances.masks == (got[3][keep] > 0.5)).mean() > 0.99
     assert len(counts) == 2 and min(counts) > 0  # different detection counts, both non-empty
 
 

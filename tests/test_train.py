@@ -14,6 +14,7 @@ from instaseg.data.synth import make_synthetic
 from instaseg.errors import InstasegError
 from instaseg.models import get_model
 from instaseg.predictor import load, read_checkpoint
+from instaseg.review.sources import seen_warning, training_image_digests
 from instaseg.train import _Run, epoch_batches, load_weights, train
 
 # Small enough that one iteration takes well under a second on one core.
@@ -46,6 +47,10 @@ def test_a_few_iterations_give_finite_losses_and_a_loadable_checkpoint(shapes, t
     result = predictor.predict(shapes[1].image_path(shapes[1].images[0]), score_threshold=0.0)
     assert result.masks.shape[1:] == (64, 64)
     assert result.data["class_probs"].shape == (len(result), 4)
+    # The checkpoint names its training images, so a review can tell seen images from unseen ones.
+    assert len(training_image_digests(best)) == len(shapes[0].images)
+    assert seen_warning(shapes[1], training_image_digests(best)) is None
+    assert "trained on 8 of these 8 images" in seen_warning(shapes[0], training_image_digests(best))
     with pytest.raises(InstasegError, match="--overwrite"):
         _train(shapes, tmp_path / "run")
 

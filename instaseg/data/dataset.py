@@ -7,6 +7,7 @@ carries is lost on a load/save round trip, and loading stays as fast as parsing 
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections import defaultdict
 from functools import cached_property
 from pathlib import Path
@@ -118,6 +119,15 @@ class Dataset:
     def image_path(self, image: dict | int) -> Path:
         image = self.image_by_id[image] if isinstance(image, int) else image
         return io.safe_join(self.image_root, image["file_name"], record=f"image id {image['id']}")
+
+    def image_sha1(self, image: dict | int) -> str:
+        """SHA-1 of the image file's bytes: names the image whatever folder or file name it has."""
+        path = self.image_path(image)
+        try:
+            with open(path, "rb") as file:
+                return hashlib.file_digest(file, "sha1").hexdigest()
+        except OSError as exc:
+            raise InstasegError(f"cannot read image file ({exc.strerror})", file=path) from None
 
     def read_image(self, image: dict | int) -> np.ndarray:
         """The image's pixels as (H, W, 3) uint8, checked against the size the JSON declares."""

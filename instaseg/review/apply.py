@@ -78,6 +78,8 @@ def apply_review(
     removed: dict[int, int] = {}  # annotation id -> suggestion id that removed it
     added: list[dict] = []
     next_id = max(by_id, default=0) + 1
+    # Added labels take the style most of the dataset's labels have.
+    polygon_dataset = 2 * sum(isinstance(ann["segmentation"], list) for ann in fixed.annotations) > len(fixed.annotations)
     changes: list[dict] = []
     for s in chosen:
         change = {"suggestion": s["id"], "type": s["type"], "image_id": s["image_id"], "annotation_id": s["annotation_id"]}
@@ -97,14 +99,14 @@ def apply_review(
             target["category_id"] = new_category
         elif s["type"] == "bad_mask":
             image = fixed.image_by_id[target["image_id"]]
-            _set_mask(target, s["suggested_segmentation"], image)
+            _set_mask(target, s["suggested_segmentation"], image, polygons=isinstance(target["segmentation"], list))
             changes.append({**change, "action": "mask replaced"})
         elif s["type"] == "missing_label":
             image = fixed.image_by_id.get(s["image_id"])
             if image is None:
                 raise InstasegError(f"image id {s['image_id']} is not in the dataset", file=dataset.source, record=f"suggestion {s['id']}")
             new = {"id": next_id, "image_id": s["image_id"], "category_id": _category(category_by_name, s), "iscrowd": 0}
-            _set_mask(new, s["suggested_segmentation"], image)
+            _set_mask(new, s["suggested_segmentation"], image, polygons=polygon_dataset)
             added.append(new)
             changes.append({**change, "action": "added", "annotation_id": next_id})
             next_id += 1
@@ -124,10 +126,8 @@ def _category(category_by_name: dict[str, int], suggestion: dict) -> int:
     return category_by_name[name]
 
 
-def _set_mask(ann: dict, segmentation: dict | None, image: dict) -> None:
+def _set_mask(ann: dict, segmentation: dict | None, image: dict, polygons: bool) -> None:
     if not segmentation:
         raise InstasegError("has no suggested mask", record=f"annotation id {ann['id']}")
-    rle = mask_ops.to_rle(segmentation, image["height"], image["width"])
-    ann["segmentation"] = rle
-    ann["area"] = mask_ops.area(rle)
-    ann["bbox"] = mask_ops.bbox(rle)
+    mask = mask_ops.decode(segmentation, image["height"], image["width"])
+    ann.update(mask_ops.annotation_fields(mask, polygons))

@@ -157,12 +157,7 @@ def _mask(ann: dict, image: dict) -> np.ndarray:
 
 def _set_mask(ann: dict, mask: np.ndarray, like: dict | None = None) -> None:
     """Store ``mask`` in the annotation, as polygons if the annotation (or ``like``) used polygons."""
-    reference = (like or ann).get("segmentation")
-    rle = mask_ops.encode(mask)
-    polygons = mask_ops.to_polygons(mask) if isinstance(reference, list) else None
-    ann["segmentation"] = polygons if polygons else rle
-    ann["area"] = mask_ops.area(rle)
-    ann["bbox"] = mask_ops.bbox(rle)
+    ann.update(mask_ops.annotation_fields(mask, polygons=isinstance((like or ann).get("segmentation"), list)))
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -70,24 +70,24 @@ def predict_with_model(dataset: Dataset, model_path: str | Path) -> tuple[dict[i
     import instaseg
 
     predictor = instaseg.load(model_path)
-    warning = seen_warning(dataset, training_file_names(model_path))
+    warning = seen_warning(dataset, training_image_digests(model_path))
     predictions = predictor.predict_dataset(dataset, score_threshold=PREDICT_SCORE_THRESHOLD)
     return predictions, [warning] if warning else []
 
 
-def training_file_names(model_path: str | Path) -> set[str] | None:
-    """Basenames of the checkpoint's training images, when its config records them (``train_images``)."""
+def training_image_digests(model_path: str | Path) -> set[str] | None:
+    """SHA-1s of the checkpoint's training images, when its config records them (``train_image_sha1``)."""
     from instaseg.predictor import read_checkpoint
 
-    names = read_checkpoint(model_path).get("config", {}).get("train_images")
-    return {Path(str(n)).name for n in names} if names else None
+    digests = read_checkpoint(model_path).get("config", {}).get("train_image_sha1")
+    return set(digests) if digests else None
 
 
 def seen_warning(dataset: Dataset, trained_on: set[str] | None) -> str | None:
-    """The warning a review should carry about predictions from a model trained on ``trained_on``."""
+    """The warning a review should carry about predictions from a model trained on images with SHA-1s ``trained_on``."""
     if trained_on is None:
         return UNSEEN_WARNING
-    seen = sum(Path(image["file_name"]).name in trained_on for image in dataset.images)
+    seen = sum(dataset.image_sha1(image) in trained_on for image in dataset.images)
     if seen:
         return (f"the model was trained on {seen} of these {len(dataset.images)} images, so it has learnt their "
                 "labels, errors included; use --folds for an honest review")
