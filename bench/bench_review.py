@@ -16,7 +16,7 @@ Matching an injected error: same annotation id (for ``duplicate``: the same pair
 cleanlab's box-level "overlooked" scores). Pre-existing (natural) label errors count as false
 positives, so the numbers are a lower bound.
 
-Run:  .venv/bin/python bench/bench_review.py --minutes-per-fold 6 --out /tmp/bench_review
+Run:  .venv/bin/python bench/bench_review.py --minutes-per-fold 12 --synthetic-images 600 --out /tmp/bench_review
 """
 
 from __future__ import annotations
@@ -314,8 +314,8 @@ def _table(r: dict, what: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes-per-fold", type=float, default=6.0)
-    parser.add_argument("--synthetic-images", type=int, default=100)
+    parser.add_argument("--minutes-per-fold", type=float, default=12.0)
+    parser.add_argument("--synthetic-images", type=int, default=600)
     parser.add_argument("--datasets", default="synthetic,dsb2018_nuclei")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_review"))
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "out" / "review.md")

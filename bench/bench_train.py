@@ -21,7 +21,7 @@ YOLO reads the same annotations, written in its format by instaseg's converter
 
 Usage (from the repository root, after ``bash bench/yolo_env.sh``)::
 
-    .venv/bin/python bench/bench_train.py --datasets synthetic nuclei balloon --minutes 5
+    .venv/bin/python bench/bench_train.py --datasets synthetic nuclei balloon --minutes 5 15
     .venv/bin/python bench/bench_train.py --report-only   # rebuild bench/out/train.md from saved runs
 """
 
@@ -136,8 +136,9 @@ def ours_child(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     # Validating twice (half-way and at the end) rather than every eighth of the budget keeps most
     # of a short CPU budget for training; the best of the two checkpoints is kept.
-    best = train(train_set, val_set, minutes=args.minutes, out=out, preset=args.preset, seed=0, overwrite=True,
-                 val_every=args.minutes / 2, progress=False)
+    (minutes,) = args.minutes
+    best = train(train_set, val_set, minutes=minutes, out=out, preset=args.preset, seed=0, overwrite=True,
+                 val_every=minutes / 2, progress=False)
     train_seconds = time.perf_counter() - start
     predictor = load(best, device="cpu")
     results = []
@@ -172,7 +173,7 @@ def run_dataset(name: str, minutes: float, out: Path, models: list[str]) -> None
     record_path = out / f"{name}.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     for model in models:
-        run_dir = out / "runs" / f"{name}-{model}"
+        run_dir = out / "runs" / f"{name}-{model}-{minutes:g}min"
         run_dir.mkdir(parents=True, exist_ok=True)
         if model == "instaseg":
             command = [sys.executable, __file__, "--child", "--data", str(folder), "--run-dir", str(run_dir),
@@ -197,7 +198,7 @@ def run_dataset(name: str, minutes: float, out: Path, models: list[str]) -> None
                 )
             result = evaluate(val_set, predictions, errors=False)
         stats = result.stats["segm"]
-        record[model] = {
+        record.setdefault(model, {})[f"{minutes:g}"] = {
             "command": "python bench/bench_train.py " + shlex.join(sys.argv[1:]),
             "minutes": minutes,
             "mask_map": stats[0],
@@ -218,24 +219,27 @@ def write_report(out: Path) -> None:
         if not path.exists():
             continue
         record = json.loads(path.read_text())
-        for model in ("instaseg", "yolov8n-seg"):
-            if model in record:
-                r = record[model]
+        budgets = sorted({m for runs in record.values() for m in runs}, key=float)
+        for minutes in budgets:
+            for model in ("instaseg", "yolov8n-seg"):
+                r = record.get(model, {}).get(minutes)
+                if r is None:
+                    continue
                 commands += [r["command"]] if r["command"] not in commands else []
                 rows.append(
                     f"| {name} | {model} | {r['minutes']:g} | {r['mask_map']:.3f} | {r['mask_ap50']:.3f} | "
                     f"{r['train_seconds']:.0f} | {r['cpu_seconds']:.0f} | {r['latency_ms_512']:.0f} | "
                     f"{r['peak_rss_mb']:.0f} | {r['load_avg_before']:.1f} |"
                 )
-        own = _yolo_own_map(out / "runs" / f"{name}-yolov8n-seg" / "train" / "results.csv")
-        if own is not None:
-            own_vals.append(f"{name} {own:.3f}")
-        if {"instaseg", "yolov8n-seg"} <= set(record):
-            a, b = record["instaseg"], record["yolov8n-seg"]
-            ratios.append(
-                f"| {name} | {_ratio(a['mask_map'], b['mask_map'])} | {_ratio(a['mask_ap50'], b['mask_ap50'])} | "
-                f"{_ratio(a['latency_ms_512'], b['latency_ms_512'])} | {_ratio(a['peak_rss_mb'], b['peak_rss_mb'])} |"
-            )
+            own = _yolo_own_map(out / "runs" / f"{name}-yolov8n-seg-{minutes}min" / "train" / "results.csv")
+            if own is not None:
+                own_vals.append(f"{name} at {minutes} min {own:.3f}")
+            a, b = record.get("instaseg", {}).get(minutes), record.get("yolov8n-seg", {}).get(minutes)
+            if a and b:
+                ratios.append(
+                    f"| {name} | {minutes} | {_ratio(a['mask_map'], b['mask_map'])} | {_ratio(a['mask_ap50'], b['mask_ap50'])} | "
+                    f"{_ratio(a['latency_ms_512'], b['latency_ms_512'])} | {_ratio(a['peak_rss_mb'], b['peak_rss_mb'])} |"
+                )
     text = "\n".join(
         [
             "## Training: mask mAP at equal CPU wall-clock, instaseg Mask R-CNN vs YOLOv8n-seg",
@@ -250,8 +254,8 @@ def write_report(out: Path) -> None:
             "",
             "Ratios (instaseg / YOLOv8n-seg; mAP above 1 means instaseg is better, latency and memory below 1):",
             "",
-            "| dataset | mask mAP | mask AP50 | latency | peak RSS |",
-            "|---|---|---|---|---|",
+            "| dataset | budget (min) | mask mAP | mask AP50 | latency | peak RSS |",
+            "|---|---|---|---|---|---|",
             *ratios,
             "",
             "For reference, Ultralytics' own validator (best epoch, its own matching and interpolation, masks at "
@@ -308,7 +312,7 @@ How it was measured:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--minutes", type=float, default=5.0, help="training budget per run")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[5.0], help="training budgets, one run each")
     parser.add_argument("--models", nargs="+", default=["instaseg", "yolov8n-seg"], choices=["instaseg", "yolov8n-seg"])
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "train"))
     parser.add_argument("--report-only", action="store_true", help="only rebuild bench/out/train.md")
@@ -324,8 +328,9 @@ def main() -> None:
     if not args.report_only:
         if "yolov8n-seg" in args.models and not YOLO_PYTHON.exists():
             raise SystemExit("run `bash bench/yolo_env.sh` first (it makes bench/.env-yolo)")
-        for name in args.datasets:
-            run_dataset(name, args.minutes, out, args.models)
+        for minutes in args.minutes:
+            for name in args.datasets:
+                run_dataset(name, minutes, out, args.models)
     write_report(out)
 
 
