@@ -13,7 +13,8 @@ that scores of different types can be ranked in one list (docs/review.md explain
 - ``wrong_class``: a label whose object the model sees as another class: score = p(that class) -
   p(the label's class), from ``data["class_probs"]`` or, without them, from the best score per
   class among the predictions of the same object.
-- ``bad_mask``: a matched label whose outline the model draws differently: the boundary IoU is
+- ``bad_mask``: a matched label whose outline the model draws differently (mask IoU above
+  ``missing_max_iou``: below it the prediction counts as another object): the boundary IoU is
   compared with the model's typical boundary IoU on this dataset (median and MAD over confident
   matches, which are mostly correct labels); z robust standard deviations below the median gives
   score = confidence x logistic(2 (z - 2)).
@@ -46,7 +47,8 @@ class ReviewSettings:
     Attributes:
         match_min_iou: lowest mask IoU at which a prediction may be matched to a label.
         same_object_iou: IoU at which a prediction fully supports a label (and its class counts).
-        missing_max_iou: a prediction overlapping any label by more than this is not a missing label.
+        missing_max_iou: a prediction overlapping a label by more than this shows the same object:
+            it is no missing label, and it may suggest a redrawn mask (bad_mask) for that label.
         duplicate_min_iou: two labels of one class overlapping at least this much are duplicates.
         min_score: suggestions scoring below this are left out.
         boundary_ratio: width of the boundary band as a fraction of the image diagonal (Boundary IoU).
@@ -208,6 +210,8 @@ def score_image(
                                                      "mask_iou": round(mask_iou, 4)}})
             quality = boundary_iou(labels.masks[g], pred.masks[m], band)
             pairs.append((float(scores[m]), quality))
+            if mask_iou <= settings.missing_max_iou:
+                continue
             suggestions.append({**label, **fix, "type": "bad_mask", "score": None,
                                 "suggested_class": labels.class_names[labels.class_ids[g]],
                                 "evidence": {"mask_iou": round(mask_iou, 4), "boundary_iou": round(quality, 4)}})
