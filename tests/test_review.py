@@ -131,6 +131,17 @@ def test_bad_mask_is_the_label_whose_outline_disagrees():
     assert info["bad_mask_reference"]["median_boundary_iou"] == 1.0
 
 
+def test_a_barely_overlapping_prediction_is_another_object_not_a_redraw():
+    centres = [(12, 12), (12, 40), (40, 12), (40, 40), (26, 26)]
+    good = [disc(cy, cx, 7) for cy, cx in centres]
+    far_off = np.roll(good[4], 8, axis=1)  # mask IoU with the label 0.18: beside it, not on it
+    ds = make_dataset([[(m, "cat") for m in good]])
+    suggestions, _ = review(ds, {1: preds(*[(m, "cat", 0.95) for m in good[:4]], (far_off, "cat", 0.95))})
+    assert 0.1 < (far_off & good[4]).sum() / (far_off | good[4]).sum() < 0.3  # matched, yet too far off
+    assert not of_type(suggestions, "bad_mask")
+    assert [s.annotation_id for s in of_type(suggestions, "extra_label")] == [5]
+
+
 def test_duplicate_needs_no_model_and_only_same_class_pairs_count():
     near_copy = np.roll(A, 1, axis=0)
     ds = make_dataset([[(A, "cat"), (near_copy, "cat"), (B, "cat"), (np.roll(B, 1, axis=1), "dog")]])
