@@ -142,7 +142,7 @@ def ours_child(args: argparse.Namespace) -> None:
     train_seconds = time.perf_counter() - start
     predictor = load(best, device="cpu")
     results = []
-    for image_id, instances in predictor.predict_dataset(val_set, score_threshold=0.05, progress=False).items():
+    for image_id, instances in predictor.iter_dataset(val_set, score_threshold=0.05, progress=False):
         results += instances.to_coco(image_id, val_set.category_ids)
     (out / "results.json").write_text(json.dumps(results))
     image = _latency_image(val_set)

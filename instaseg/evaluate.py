@@ -14,7 +14,7 @@ import gc
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from faster_coco_eval import COCO as _EngineCOCO, COCOeval_faster
@@ -132,7 +132,7 @@ class EvalResult:
 # -- public API -------------------------------------------------------------------------------------
 def evaluate(
     gt: Dataset,
-    predictions: dict[int, Instances],
+    predictions: Mapping[int, Instances] | Iterable[tuple[int, Instances]],
     iou_types: Sequence[str] = ("segm",),
     *,
     score_threshold: float = 0.5,
@@ -142,7 +142,9 @@ def evaluate(
 
     Args:
         gt: the ground truth.
-        predictions: image id -> that image's predicted ``Instances``; masks must have the image's
+        predictions: image id -> that image's predicted ``Instances`` (a dict, or (id, Instances)
+            pairs such as ``Predictor.iter_dataset`` yields, each turned into RLE records as it
+            comes so that full-size masks need not all be in memory); masks must have the image's
             size and ``class_names`` must be names of ``gt`` categories (empty means ``gt``'s order).
             Images left out count as images on which nothing was predicted.
         iou_types: any of ``"segm"`` (mask IoU) and ``"bbox"``.
@@ -154,7 +156,7 @@ def evaluate(
     (``Instances.to_coco``), so evaluating in memory and evaluating ``results.json`` agree exactly.
     """
     results: list[dict] = []
-    for image_id, instances in predictions.items():
+    for image_id, instances in predictions.items() if isinstance(predictions, Mapping) else predictions:
         image = gt.image_by_id.get(image_id)
         if image is None:
             raise InstasegError(

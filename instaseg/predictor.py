@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -170,7 +170,12 @@ class Predictor:
         self, dataset: Dataset, score_threshold: float = 0.05, progress: bool = True
     ) -> dict[int, Instances]:
         """Predict every image of ``dataset``; returns image id -> Instances (input to ``evaluate``)."""
-        results = {}
+        return dict(self.iter_dataset(dataset, score_threshold, progress))
+
+    def iter_dataset(
+        self, dataset: Dataset, score_threshold: float = 0.05, progress: bool = True
+    ) -> Iterator[tuple[int, Instances]]:
+        """``predict_dataset`` one image at a time: ``evaluate`` takes these pairs as they come, so
+        only one image's full-size masks are alive at once (100 at 2048 px are 300 MB per image)."""
         for image in tqdm(dataset.images, desc="predict", unit="img", disable=None if progress else True, leave=False):
-            results[image["id"]] = self.predict(dataset.read_image(image), score_threshold)
-        return results
+            yield image["id"], self.predict(dataset.read_image(image), score_threshold)

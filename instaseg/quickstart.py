@@ -68,7 +68,7 @@ def quickstart(
         val_every=minutes / VALIDATIONS,
     )
     predictor = load(best)
-    result = evaluate(val, predictor.predict_dataset(val), ("segm", "bbox"))
+    result = evaluate(val, predictor.iter_dataset(val), ("segm", "bbox"))
     io.write_json(out / "eval.json", result.to_dict(), overwrite=overwrite, indent=True)
     print(result.summary())
     pictures = [val.image_path(image) for image in val.images[:NUM_PICTURES]]

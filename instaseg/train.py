@@ -510,7 +510,7 @@ class _Run:
             from instaseg.evaluate import evaluate
 
             predictor = Predictor(self.net, self.class_names, device=self.device)
-            predictions = predictor.predict_dataset(self.val_set, score_threshold=0.05, progress=self.progress)
+            predictions = predictor.iter_dataset(self.val_set, score_threshold=0.05, progress=self.progress)
             result = evaluate(self.val_set, predictions, ("segm", "bbox"), errors=False)
             mask_map, box_map = result.stat("AP", "segm"), result.stat("AP", "bbox")
             self._log({"iteration": self.iteration, "epoch": self.epoch, "val_mask_mAP": mask_map,

@@ -244,6 +244,9 @@ def test_in_memory_instances_equal_pycocotools_on_the_same_records():
     records = [rec for image_id, inst in predictions.items() for rec in inst.to_coco(image_id, dataset.category_ids)]
     assert abs(np.asarray(result.stats["segm"]) - pycocotools_eval(gt, records, "segm").stats).max() <= TOLERANCE
     assert result.stat("AP") > 0.05  # not a vacuous all-zero comparison
+    # (id, Instances) pairs as they come, e.g. from Predictor.iter_dataset, give the same numbers.
+    streamed = evaluate(dataset, ((k, v) for k, v in predictions.items()), ("segm",), errors=False)
+    assert streamed.stats["segm"] == result.stats["segm"]
 
 
 def test_empty_predictions_give_zero_ap_where_there_is_ground_truth():
