@@ -215,10 +215,11 @@ def _roi_align(feature_names: list[str], output_size: int) -> MultiScaleRoIAlign
 
 # -- presets ----------------------------------------------------------------------------------------
 # "gpu": the paper's sizes, GroupNorm throughout. "cpu": BatchNorm in the backbone (GroupNorm made a
-# training step 3.7x slower on a CPU), a smaller input, a 128-channel FPN and heads (at 256 channels the
-# stride-4 FPN and RPN convs cost more than the ResNet-18 body: a 2-image step at ~600 px went from 6.1 s
-# to 2.7 s), lighter proposal counts and RoI sampling, an MLP box head and a 2-conv mask head. "small": for images of about 128-256 px
-# (the synthetic shapes): no upscaling, three FPN stages, anchors from 16 px, narrow heads.
+# training step 3.7x slower on a CPU), a smaller input, a 128-channel FPN and heads (at 256 channels
+# the stride-4 FPN and RPN convs cost more than the ResNet-18 body: a 2-image step at ~600 px went
+# from 6.1 s to 2.7 s), lighter proposal counts and RoI sampling, an MLP box head and a 2-conv mask
+# head. "small": for images of about 128-256 px (the synthetic shapes): no upscaling, three FPN
+# stages, anchors from 16 px, narrow heads.
 PRESETS: dict[str, dict] = {
     "gpu": {"train_scales": (0.8, 0.9, 1.0, 1.1, 1.2)},
     "cpu": {
