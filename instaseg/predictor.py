@@ -117,17 +117,7 @@ class Predictor:
             softmax over the K classes (background excluded) of each detection.
         """
         wanted = check_classes(classes, self.class_names)
-        pixels = io.read_image(image) if isinstance(image, (str, Path)) else io.as_rgb(image)
-        height, width = pixels.shape[:2]
-        scale = min(1.0, MAX_INFERENCE_SIDE / max(height, width))
-        if scale < 1.0:
-            warnings.warn(
-                f"image is {width}x{height}; running the model at {MAX_INFERENCE_SIDE} px on the long side "
-                "and scaling the results back",
-                stacklevel=2,
-            )
-            pixels = cv2.resize(pixels, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-        tensor = torch.from_numpy(np.array(pixels)).to(self.device).permute(2, 0, 1).float().div_(255)
+        tensor, scale, (height, width) = self._prepare(image)
         roi_heads = self.model.roi_heads
         floor = roi_heads.score_thresh
         # Dropping low scores inside the model spares computing masks that would be thrown away; the
@@ -152,6 +142,56 @@ class Predictor:
             self.class_names,
             {"class_probs": roi_heads.last_class_probs[0][keep].float().cpu().numpy()},
         )
+
+    @torch.inference_mode()
+    def classify_boxes(self, image: np.ndarray | str | Path, boxes: np.ndarray, mirror: bool = False) -> np.ndarray:
+        """The box head's class probabilities for given boxes, e.g. the labels' own boxes.
+
+        This is the model's second stage judging a region it did not propose itself: the label
+        review asks it "what is in this labelled box?".
+
+        Args:
+            image: as for ``predict``.
+            boxes: (N, 4) xyxy boxes in the image's pixels.
+            mirror: also judge the left-right mirrored image and average (test-time augmentation:
+                the model trained on mirrored images too, and two looks steady a weak model's verdict).
+
+        Returns:
+            (N, 1 + K) softmax over background (column 0) and the K classes.
+        """
+        tensor, scale, _ = self._prepare(image)
+        boxes = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4) * scale, device=self.device)
+        probs = self._classify(tensor, boxes)
+        if mirror:
+            width = tensor.shape[-1]
+            mirrored = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+            probs = (probs + self._classify(tensor.flip(-1), mirrored)) / 2
+        return probs.cpu().numpy()
+
+    def _classify(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Softmax of the box head over background and classes for ``boxes`` in ``image``'s pixels."""
+        model = self.model
+        batch, _ = model.transform([image])
+        features = model.backbone(batch.tensors)
+        regions = [resize_boxes(boxes, image.shape[-2:], batch.image_sizes[0])]
+        pooled = model.roi_heads.box_roi_pool(features, regions, batch.image_sizes)
+        class_logits, _ = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
+        return torch.softmax(class_logits.float(), -1)
+
+    def _prepare(self, image: np.ndarray | str | Path) -> tuple[torch.Tensor, float, tuple[int, int]]:
+        """The model's input tensor, the scale applied to fit ``MAX_INFERENCE_SIDE``, and the original (H, W)."""
+        pixels = io.read_image(image) if isinstance(image, (str, Path)) else io.as_rgb(image)
+        height, width = pixels.shape[:2]
+        scale = min(1.0, MAX_INFERENCE_SIDE / max(height, width))
+        if scale < 1.0:
+            warnings.warn(
+                f"image is {width}x{height}; running the model at {MAX_INFERENCE_SIDE} px on the long side "
+                "and scaling the results back",
+                stacklevel=3,
+            )
+            pixels = cv2.resize(pixels, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        tensor = torch.from_numpy(np.array(pixels)).to(self.device).permute(2, 0, 1).float().div_(255)
+        return tensor, scale, (height, width)
 
     def _detect(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """The model's forward pass on one image, stopping before torchvision pastes the masks.

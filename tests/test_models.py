@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -104,6 +105,41 @@ def test_large_images_are_shrunk_for_inference_and_results_mapped_back(tmp_path,
         result = predictor.predict(image, score_threshold=0.0)
     assert result.masks.shape[1:] == (96, 160)
     assert len(result) and result.boxes[:, 2].max() <= 160.01 and result.boxes[:, 3].max() <= 96.01
+
+
+def test_classify_boxes_gives_background_then_class_probabilities_per_box(tmp_path):
+    predictor = load(_checkpoint(tmp_path), device="cpu")
+    cls_score = predictor.model.roi_heads.box_predictor.cls_score
+    logits = torch.tensor([2.0, 0.0, 1.0, -1.0])  # background, circle, square, triangle
+    with torch.no_grad():
+        cls_score.weight.zero_()
+        cls_score.bias.copy_(logits)
+    image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    probs = predictor.classify_boxes(image, np.array([[0, 0, 10, 10], [5, 5, 70, 40]], np.float32))
+    assert probs.shape == (2, 4)
+    assert np.allclose(probs, torch.softmax(logits, 0).numpy(), atol=1e-6)
+
+
+def test_classify_boxes_on_a_huge_image_judges_the_shrunk_image(tmp_path, monkeypatch):
+    predictor = load(_checkpoint(tmp_path), device="cpu")
+    image = np.random.default_rng(2).integers(0, 255, (96, 160, 3), dtype=np.uint8)
+    boxes = np.array([[10, 10, 100, 80], [0, 0, 160, 96]], np.float32)
+    monkeypatch.setattr(predictor_module, "MAX_INFERENCE_SIDE", 64)
+    with pytest.warns(UserWarning, match="160x96"):
+        judged = predictor.classify_boxes(image, boxes)
+    monkeypatch.setattr(predictor_module, "MAX_INFERENCE_SIDE", 4096)
+    shrunk = cv2.resize(image, (64, 38), interpolation=cv2.INTER_AREA)  # scale 64 / 160 = 0.4
+    assert np.allclose(judged, predictor.classify_boxes(shrunk, boxes * 0.4), atol=1e-5)
+
+
+def test_classify_boxes_with_mirror_averages_the_mirrored_verdict(tmp_path):
+    predictor = load(_checkpoint(tmp_path), device="cpu")
+    image = np.random.default_rng(3).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    boxes = np.array([[4, 6, 30, 40], [50, 0, 80, 20]], np.float32)
+    mirrored_boxes = np.stack([80 - boxes[:, 2], boxes[:, 1], 80 - boxes[:, 0], boxes[:, 3]], 1)
+    mirrored = predictor.classify_boxes(np.ascontiguousarray(image[:, ::-1]), mirrored_boxes)
+    expected = (predictor.classify_boxes(image, boxes) + mirrored) / 2
+    assert np.allclose(predictor.classify_boxes(image, boxes, mirror=True), expected, atol=1e-5)
 
 
 def test_checkpoint_write_is_atomic_when_killed(tmp_path, monkeypatch):

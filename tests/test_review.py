@@ -87,6 +87,17 @@ def test_extra_label_is_the_label_no_prediction_supports():
     assert suggestions[0].score == pytest.approx(0.95, abs=1e-3)
 
 
+def test_extra_label_uses_the_models_verdict_on_the_labels_box():
+    # Neither label has a detection; the model calls the first box background and the second a cat
+    # (e.g. an object it did not detect), so only the first is an extra label.
+    ds = make_dataset([[(A, "cat"), (C, "cat"), (B, "dog")]])
+    label_probs = {1: np.array([0.9, 0.05, 0.05]), 2: np.array([0.2, 0.7, 0.1]), 3: np.array([0.0, 0.0, 1.0])}
+    suggestions, _ = review(ds, {1: preds((B, "dog", 0.95))}, label_probs=label_probs)
+    extra = of_type(suggestions, "extra_label")
+    assert [(s.annotation_id, s.score) for s in extra] == [(1, pytest.approx(0.9, abs=1e-3)), (2, pytest.approx(0.2, abs=1e-3))]
+    assert extra[0].evidence == {"support": 0.0, "p_background": 0.9}
+
+
 def test_no_extra_label_when_the_model_sees_nothing_in_the_image():
     ds = make_dataset([[(A, "cat")]])
     suggestions, _ = review(ds, {1: preds()})
@@ -99,6 +110,18 @@ def test_wrong_class_from_class_probabilities():
     suggestions, _ = review(ds, {1: predicted})
     assert [(s.type, s.annotation_id, s.suggested_class) for s in suggestions] == [("wrong_class", 1, "dog")]
     assert suggestions[0].score == pytest.approx(0.8, abs=1e-3)
+
+
+def test_wrong_class_needs_the_labels_box_to_agree_with_the_detection():
+    ds = make_dataset([[(A, "cat"), (B, "cat")]])
+    predicted = preds((A, "dog", 0.9), (B, "dog", 0.9), probs=[[0.1, 0.9], [0.1, 0.9]])
+    # The box head, asked about each label's box: A looks like a dog too, B like the cat it is labelled.
+    label_probs = {1: np.array([0.1, 0.2, 0.7]), 2: np.array([0.1, 0.8, 0.1])}
+    suggestions, _ = review(ds, {1: predicted}, label_probs=label_probs)
+    wrong = of_type(suggestions, "wrong_class")
+    assert [(s.annotation_id, s.suggested_class) for s in wrong] == [(1, "dog")]
+    assert wrong[0].score == pytest.approx(0.5, abs=1e-3)  # min(0.9 - 0.1, 0.7 - 0.2)
+    assert wrong[0].evidence["box_p_suggested_class"] == 0.7
 
 
 def test_wrong_class_without_probabilities_uses_per_class_detections_of_the_object():
@@ -273,7 +296,9 @@ def test_fold_assignment_is_balanced_deterministic_and_complete():
 
 
 def test_out_of_fold_models_never_judge_images_they_trained_on(monkeypatch, tmp_path):
-    ds = make_dataset([[(A, "cat")] for _ in range(6)])
+    ds = make_dataset([[(A, "cat"), (B, "dog")] for _ in range(6)], root=tmp_path)
+    for image in ds.images:  # each image's pixels carry its id, so the fake model knows what it judges
+        io.write_image(ds.image_path(image), np.full((H, W, 3), image["id"], np.uint8))
     trained_on = {}
 
     def fake_train(train, val=None, *, out, **options):
@@ -281,18 +306,27 @@ def test_out_of_fold_models_never_judge_images_they_trained_on(monkeypatch, tmp_
         return out / "best.pt"
 
     class FakePredictor:
+        class_names = ("dog", "cat", "bird")  # another order, and a class the dataset lacks
+
         def __init__(self, path):
             self.seen = trained_on[str(path.parent)]
 
-        def predict_dataset(self, dataset, score_threshold=0.05):
-            assert not self.seen & {img["id"] for img in dataset.images}
-            return {img["id"]: preds((A, "cat", 0.9)) for img in dataset.images}
+        def predict(self, pixels, score_threshold):
+            assert int(pixels[0, 0, 0]) not in self.seen
+            return preds((A, "cat", 0.9))
+
+        def classify_boxes(self, pixels, boxes, mirror=False):
+            assert int(pixels[0, 0, 0]) not in self.seen
+            return np.tile([[0.1, 0.2, 0.3, 0.4]], (len(boxes), 1))  # background, dog, cat, bird
 
     monkeypatch.setitem(sys.modules, "instaseg.train", types.SimpleNamespace(train=fake_train))
     monkeypatch.setattr(instaseg, "load", FakePredictor, raising=False)
-    predictions, info = out_of_fold_predictions(ds, 2, out=tmp_path, minutes_per_fold=1)
+    predictions, label_probs, info = out_of_fold_predictions(ds, 2, out=tmp_path, minutes_per_fold=1)
     assert sorted(predictions) == [img["id"] for img in ds.images]
     assert len(trained_on) == 2 and all(len(ids) == 3 for ids in trained_on.values())
+    # every label judged, columns reordered to (background, cat, dog)
+    assert sorted(label_probs) == [ann["id"] for ann in ds.annotations]
+    assert all(np.allclose(p, [0.1, 0.3, 0.2]) for p in label_probs.values())
 
 
 def test_seen_warning(tmp_path):
@@ -366,9 +400,13 @@ def test_cli_review_with_a_model_warns_when_it_trained_on_these_images(cli, revi
 
     class FakePredictor:
         class_names = CLASSES
+        judged = iter(predictions[image["id"]] for image in ds.images)  # judge() goes image by image
 
-        def predict_dataset(self, dataset, score_threshold=0.05):
-            return predictions
+        def predict(self, pixels, score_threshold):
+            return next(self.judged)
+
+        def classify_boxes(self, pixels, boxes, mirror=False):
+            return np.tile([[0.0, 1.0, 0.0]], (len(boxes), 1))
 
     monkeypatch.setattr(instaseg, "load", lambda path: FakePredictor(), raising=False)
     second = Dataset.load(root / "labels.json")

@@ -99,7 +99,7 @@ def run_review(
     with io.atomic_path(out, overwrite) as folder:
         folder.mkdir()
         if folds is not None:
-            predictions, fold_info = out_of_fold_predictions(
+            predictions, label_probs, fold_info = out_of_fold_predictions(
                 dataset, folds, out=folder / "folds", model=architecture, minutes_per_fold=minutes_per_fold,
                 epochs_per_fold=epochs_per_fold, seed=seed, train_options={"preset": preset} if preset else None)
             warnings: list[str] = []
@@ -107,13 +107,13 @@ def run_review(
                                       "epochs_per_fold": epochs_per_fold, **fold_info}
             source["checkpoints"] = [str(out / Path(c).relative_to(folder)) for c in source["checkpoints"]]
         elif model is not None:
-            predictions, warnings = predict_with_model(dataset, model)
+            predictions, label_probs, warnings = predict_with_model(dataset, model)
             source = {"kind": "model", "path": str(Path(model).resolve())}
         else:
-            predictions, warnings = load_prediction_file(dataset, pred)
+            predictions, label_probs, warnings = load_prediction_file(dataset, pred)
             source = {"kind": "pred", "path": str(Path(pred).resolve())}
 
-        suggestions, info = review(dataset, predictions, settings)
+        suggestions, info = review(dataset, predictions, settings, label_probs)
         document = review_document(dataset, suggestions, source=source, warnings=warnings + info["warnings"],
                                    settings=settings, extra={"bad_mask_reference": info["bad_mask_reference"]})
         if document["dataset"] is None:  # not a COCO file: keep the dataset reviewed beside the review

@@ -7,12 +7,14 @@ that scores of different types can be ranked in one list (docs/review.md explain
 
 - ``missing_label``: a confident prediction that no label overlaps: score = confidence x (1 - IoU
   with the nearest label).
-- ``extra_label``: a label no prediction supports: score = (1 - support) x the model's highest
-  confidence in the image (the model is awake there), with support = max over predictions of
-  min(1, confidence / 0.5) x min(1, IoU / 0.5).
-- ``wrong_class``: a label whose object the model sees as another class: score = p(that class) -
-  p(the label's class), from ``data["class_probs"]`` or, without them, from the best score per
-  class among the predictions of the same object.
+- ``extra_label``: a label no prediction supports: score = (1 - support) x p(background), with
+  support = max over predictions of min(1, confidence / 0.5) x min(1, IoU / 0.5) and p(background)
+  the model's own verdict on the label's box (``label_probs``). Given only predictions (a file),
+  the model's highest confidence in the image stands in for p(background): the model is awake there.
+- ``wrong_class``: a label whose object the model sees as another class. Two views must agree: the
+  detection of the same object (its ``data["class_probs"]`` or, without them, the best score per
+  class among the predictions of that object) and, when there are ``label_probs``, the box head's
+  verdict on the label's own box. Score = min over the views of p(that class) - p(the label's class).
 - ``bad_mask``: a matched label whose outline the model draws differently (mask IoU above
   ``missing_max_iou``: below it the prediction counts as another object): the boundary IoU is
   compared with the model's typical boundary IoU on this dataset (median and MAD over confident
@@ -147,13 +149,15 @@ def score_image(
     gt: Instances,
     pred: Instances | None,
     settings: ReviewSettings,
+    label_probs: dict[int, np.ndarray] | None = None,
 ) -> tuple[list[dict], list[tuple[float, float]]]:
     """Raw suggestions for one image, and the (confidence, boundary IoU) of every matched pair.
 
     ``pred`` must use the dataset's classes (see ``align_classes``); None means no model, so only
-    duplicates are looked for. Suggestions come back as dicts without ``id``; ``bad_mask``
-    candidates carry their evidence but a score of None, set by ``review`` once the dataset-wide
-    reference agreement is known.
+    duplicates are looked for. ``label_probs`` maps annotation ids to the model's (1 + K) class
+    probabilities for the label's box (background first). Suggestions come back as dicts without
+    ``id``; ``bad_mask`` candidates carry their evidence but a score of None, set by ``review`` once
+    the dataset-wide reference agreement is known.
     """
     height, width = image["height"], image["width"]
     band = band_width(height, width, settings.boundary_ratio)
@@ -186,28 +190,36 @@ def score_image(
             agreement = (ious * scores[None, :]).max(1)
         for g in range(len(labels)):
             label = {**base, "annotation_id": ann_ids[g], "class_name": labels.class_names[labels.class_ids[g]]}
+            box_p = label_probs.get(ann_ids[g]) if label_probs is not None else None
             m = match.get(g)
-            extra_score = (1.0 - support[g]) * confident_in_image
+            extra_evidence = {"support": round(float(support[g]), 4)}
+            if box_p is not None:
+                extra_evidence["p_background"] = round(float(box_p[0]), 4)
+            extra_score = (1.0 - support[g]) * (float(box_p[0]) if box_p is not None else confident_in_image)
             if extra_score >= settings.min_score:
                 suggestions.append({**label, "type": "extra_label", "score": extra_score, "suggested_class": None,
-                                    "evidence": {"support": round(float(support[g]), 4)}})
+                                    "evidence": extra_evidence})
             if m is None:
                 continue
             mask_iou = float(ious[g, m])
             fix = {"suggested_segmentation": pred_rles[m], "confidence": round(float(scores[m]), 4)}
             if mask_iou >= settings.same_object_iou and len(labels.class_names) > 1:
-                class_p = _class_evidence(m, pred, pred_ious, probs, settings.same_object_iou)
                 own = int(labels.class_ids[g])
-                others = class_p.copy()
-                others[own] = -1.0
-                best = int(others.argmax())
-                wrong_score = float(class_p[best] - class_p[own])
-                if wrong_score >= settings.min_score:
-                    suggestions.append({**label, **fix, "type": "wrong_class", "score": wrong_score,
-                                        "suggested_class": labels.class_names[best],
-                                        "evidence": {"p_label_class": round(float(class_p[own]), 4),
-                                                     "p_suggested_class": round(float(class_p[best]), 4),
-                                                     "mask_iou": round(mask_iou, 4)}})
+                views = [_class_evidence(m, pred, pred_ious, probs, settings.same_object_iou)]
+                if box_p is not None:
+                    views.append(np.asarray(box_p[1:], float))
+                # How much more each view believes class c than the label's class; the weaker view decides.
+                margin = np.min([view - view[own] for view in views], axis=0)
+                margin[own] = -np.inf
+                best = int(margin.argmax())
+                if margin[best] >= settings.min_score:
+                    evidence = {"p_label_class": round(float(views[0][own]), 4),
+                                "p_suggested_class": round(float(views[0][best]), 4), "mask_iou": round(mask_iou, 4)}
+                    if box_p is not None:
+                        evidence |= {"box_p_label_class": round(float(views[1][own]), 4),
+                                     "box_p_suggested_class": round(float(views[1][best]), 4)}
+                    suggestions.append({**label, **fix, "type": "wrong_class", "score": float(margin[best]),
+                                        "suggested_class": labels.class_names[best], "evidence": evidence})
             quality = boundary_iou(labels.masks[g], pred.masks[m], band)
             pairs.append((float(scores[m]), quality))
             if mask_iou <= settings.missing_max_iou:
@@ -309,6 +321,7 @@ def review(
     dataset: Dataset,
     predictions: dict[int, Instances] | None,
     settings: ReviewSettings | None = None,
+    label_probs: dict[int, np.ndarray] | None = None,
 ) -> tuple[list[Suggestion], dict]:
     """Rank suspected label errors in ``dataset`` from out-of-sample ``predictions``.
 
@@ -318,6 +331,9 @@ def review(
             images' labels (an image missing from the dict counts as "the model found nothing").
             None reviews without a model: only duplicates are found.
         settings: rule thresholds; the defaults suit most datasets.
+        label_probs: annotation id -> the same model's (1 + K) class probabilities for the label's
+            box, background first and then the dataset's classes (``sources.judge``); they sharpen
+            the extra-label and wrong-class scores. A label missing from the dict is judged without.
 
     Returns:
         ``(suggestions, info)``: suggestions sorted worst first with ``id`` 1, 2, ...; ``info``
@@ -333,7 +349,7 @@ def review(
             pred = predictions.get(image["id"]) or Instances.empty(image["height"], image["width"], dataset.class_names)
             pred, dropped = align_classes(pred, dataset.class_names)
             unknown |= dropped
-        found, matched = score_image(image, dataset.ground_truth(image), pred, settings)
+        found, matched = score_image(image, dataset.ground_truth(image), pred, settings, label_probs)
         raw += found
         pairs += matched
 

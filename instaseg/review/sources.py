@@ -9,16 +9,22 @@ about its training data, and warns otherwise.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from tqdm import tqdm
 
 from instaseg import masks as mask_ops
 from instaseg.data.dataset import Dataset
 from instaseg.errors import InstasegError
 from instaseg.structures import Instances
 
+if TYPE_CHECKING:
+    from instaseg.predictor import Predictor
+
 PREDICT_SCORE_THRESHOLD = 0.05
+# annotation id -> (1 + K) class probabilities of the label's box, background first; None without a model.
+LabelProbs = dict[int, np.ndarray] | None
 UNSEEN_WARNING = (
     "the predictions must come from a model that was not trained on these images; "
     "otherwise it has learnt their label errors and the review misses them (use --folds to be sure)"
@@ -58,21 +64,47 @@ def predictions_from_results(dataset: Dataset, results: list[dict]) -> dict[int,
     return predictions
 
 
-def load_prediction_file(dataset: Dataset, path: str | Path) -> tuple[dict[int, Instances], list[str]]:
-    """Predictions from an ``instaseg predict`` folder or a COCO results JSON, and the review's warnings."""
+def load_prediction_file(dataset: Dataset, path: str | Path) -> tuple[dict[int, Instances], None, list[str]]:
+    """Predictions from an ``instaseg predict`` folder or a COCO results JSON, and the review's warnings.
+
+    A file cannot say what the model thinks of the labels' boxes, so the label probabilities are None.
+    """
     from instaseg.evaluate import load_predictions  # matches images by file name and classes by name
 
-    return predictions_from_results(dataset, load_predictions(dataset, path)), [UNSEEN_WARNING]
+    return predictions_from_results(dataset, load_predictions(dataset, path)), None, [UNSEEN_WARNING]
 
 
-def predict_with_model(dataset: Dataset, model_path: str | Path) -> tuple[dict[int, Instances], list[str]]:
-    """Predict every image with a checkpoint, and warn unless it provably never trained on them."""
+def predict_with_model(dataset: Dataset, model_path: str | Path) -> tuple[dict[int, Instances], LabelProbs, list[str]]:
+    """Judge every image with a checkpoint (see ``judge``), and warn unless it provably never trained on them."""
     import instaseg
 
     predictor = instaseg.load(model_path)
     warning = seen_warning(dataset, training_image_digests(model_path))
-    predictions = predictor.predict_dataset(dataset, score_threshold=PREDICT_SCORE_THRESHOLD)
-    return predictions, [warning] if warning else []
+    predictions, label_probs = judge(predictor, dataset)
+    return predictions, label_probs, [warning] if warning else []
+
+
+def judge(predictor: "Predictor", dataset: Dataset) -> tuple[dict[int, Instances], LabelProbs]:
+    """What a model sees in every image: its predictions, and its class probabilities for each label's box.
+
+    The second are the box head's answer to "what is in this labelled box?" (``classify_boxes``,
+    averaged with the mirrored image), with column 0 for background and then the dataset's classes
+    in order. They are left out (None)
+    when the model does not know every class of the dataset.
+    """
+    position = {name: k + 1 for k, name in enumerate(predictor.class_names)}
+    columns = [0] + [position.get(name, -1) for name in dataset.class_names]
+    judged = -1 not in columns
+    predictions: dict[int, Instances] = {}
+    label_probs: LabelProbs = {}
+    for image in tqdm(dataset.images, desc="predict", unit="img", disable=None, leave=False):
+        pixels = dataset.read_image(image)
+        predictions[image["id"]] = predictor.predict(pixels, PREDICT_SCORE_THRESHOLD)
+        labels = dataset.ground_truth(image)
+        if judged and len(labels):
+            probs = predictor.classify_boxes(pixels, labels.boxes, mirror=True)[:, columns]
+            label_probs.update(zip(labels.data["annotation_id"].tolist(), probs))
+    return predictions, label_probs if judged else None
 
 
 def training_image_digests(model_path: str | Path) -> set[str] | None:
@@ -127,14 +159,16 @@ def out_of_fold_predictions(
         train_options: further keyword arguments for ``instaseg.train.train``.
 
     Returns:
-        ``(predictions, info)``: image id -> Instances for every image, and ``info`` with the
-        fold of each image and the checkpoint of each fold.
+        ``(predictions, label_probs, info)``: image id -> Instances for every image, annotation id
+        -> the held-out model's class probabilities for that label's box (see ``judge``), and
+        ``info`` with the fold of each image and the checkpoint of each fold.
     """
     import instaseg
     from instaseg.train import train
 
     folds = assign_folds(dataset, k, seed)
     predictions: dict[int, Instances] = {}
+    label_probs: dict[int, np.ndarray] = {}
     checkpoints = []
     options = dict(train_options or {})
     if model is not None:
@@ -147,6 +181,7 @@ def out_of_fold_predictions(
         best = train(training, None, epochs=epochs_per_fold, minutes=minutes_per_fold,
                      out=Path(out) / f"fold-{fold + 1}", seed=seed, **options)
         checkpoints.append(str(best))
-        predictor = instaseg.load(best)
-        predictions.update(predictor.predict_dataset(dataset.subset(held_out), score_threshold=PREDICT_SCORE_THRESHOLD))
-    return predictions, {"folds": {str(i): f + 1 for i, f in folds.items()}, "checkpoints": checkpoints}
+        fold_predictions, fold_probs = judge(instaseg.load(best), dataset.subset(held_out))
+        predictions.update(fold_predictions)
+        label_probs.update(fold_probs)
+    return predictions, label_probs, {"folds": {str(i): f + 1 for i, f in folds.items()}, "checkpoints": checkpoints}
