@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import sys
 import types
@@ -363,8 +364,11 @@ def test_cli_review_writes_report_and_apply_fixes(cli, reviewed_files):
     document = json.loads((root / "rev" / "review.json").read_text())
     counts = document["counts"]
     assert all(counts[t] >= 1 for t in ("missing_label", "extra_label", "bad_mask", "duplicate")), counts
-    rows = (root / "rev" / "review.csv").read_text().splitlines()
-    assert len(rows) == len(document["suggestions"]) + 1
+    rows = list(csv.DictReader((root / "rev" / "review.csv").open()))
+    assert [int(row["id"]) for row in rows] == [s["id"] for s in document["suggestions"]]
+    for row, s in zip(rows, document["suggestions"]):  # every evidence number has its column
+        assert all(float(row[key]) == value for key, value in s["evidence"].items())
+    assert {"support", "boundary_iou", "mask_iou"} <= rows[0].keys()
     page = (root / "rev" / "report.html").read_text()
     assert page.count('class="card"') == len(document["suggestions"]) and "<script>" in page
     for s in document["suggestions"]:

@@ -28,7 +28,7 @@ from instaseg.structures import Instances
 PANEL_SIZE = 256  # long side of each half of a picture, in pixels
 _HEADER = 22
 _CSV_FIELDS = ("id", "type", "score", "image_id", "file_name", "annotation_id", "class_name", "suggested_class",
-               "confidence", "other_annotation_id", "mask_iou", "boundary_iou", "picture")
+               "confidence", "other_annotation_id")
 _FIX_TEXT = {"missing_label": "add", "extra_label": "remove", "wrong_class": "relabel",
              "bad_mask": "redraw mask", "duplicate": "remove copy"}
 
@@ -55,14 +55,13 @@ def write_outputs(folder: Path, document: dict, dataset: Dataset, max_pictures: 
 
 
 def review_csv(suggestions: list[dict], pictures: dict[int, str]) -> str:
-    """One row per suggestion, worst first (the evidence numbers flattened into columns)."""
+    """One row per suggestion, worst first (every evidence number in a column of its own)."""
+    evidence = sorted({key for s in suggestions for key in s["evidence"]})
     buffer = text_io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_CSV_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[*_CSV_FIELDS, *evidence, "picture"], lineterminator="\n")
     writer.writeheader()
     for s in suggestions:
-        row = {key: s.get(key) for key in _CSV_FIELDS}
-        row["mask_iou"] = s["evidence"].get("mask_iou")
-        row["boundary_iou"] = s["evidence"].get("boundary_iou")
+        row = {key: s.get(key) for key in _CSV_FIELDS} | {key: s["evidence"].get(key) for key in evidence}
         row["picture"] = pictures.get(s["id"], "")
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return buffer.getvalue()
