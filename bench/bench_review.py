@@ -240,6 +240,8 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     result = {"name": name, "images": len(noisy.images), "labels": len(noisy.annotations), "injected": len(injected),
               "mask_ap": mask_ap, "train_s": trained, "review_s": reviewed, "reference": info["bad_mask_reference"],
               **compare(noisy, suggestions, predictions, injected)}
+    # What the model's verdicts on the labels' own boxes add: the same predictions scored without them.
+    result["predictions_only"] = score_ours(noisy, review(noisy, predictions, ReviewSettings(min_score=0.0))[0], injected)
     # The ceiling of the scoring rules, apart from model quality: the clean labels as predictions.
     oracle = {}
     for image in clean.images:
@@ -316,6 +318,10 @@ def markdown(results: list[dict], args, command: str) -> str:
             "",
         ]
         lines += _table(r, "out-of-fold models")
+        alone = r["predictions_only"]
+        lines += ["Without the model's verdicts on the labels' own boxes (`classify_boxes`; what `--pred` gets), "
+                  "the same predictions give AP " + ", ".join(
+                      f"{kind} {alone[kind]['ap']:.2f}" for kind in TYPES if alone[kind]["n"]) + ".", ""]
         lines += ["", "Ceiling of the scoring rules, apart from model quality (the clean labels given as predictions, "
                   "confidence 0.99, no class probabilities):", ""]
         lines += _table(r["oracle"], "perfect predictions")

@@ -144,7 +144,7 @@ class Predictor:
         )
 
     @torch.inference_mode()
-    def classify_boxes(self, image: np.ndarray | str | Path, boxes: np.ndarray, mirror: bool = False) -> np.ndarray:
+    def classify_boxes(self, image: np.ndarray | str | Path, boxes: np.ndarray, augment: bool = False) -> np.ndarray:
         """The box head's class probabilities for given boxes, e.g. the labels' own boxes.
 
         This is the model's second stage judging a region it did not propose itself: the label
@@ -153,20 +153,29 @@ class Predictor:
         Args:
             image: as for ``predict``.
             boxes: (N, 4) xyxy boxes in the image's pixels.
-            mirror: also judge the left-right mirrored image and average (test-time augmentation:
-                the model trained on mirrored images too, and two looks steady a weak model's verdict).
+            augment: average over every input size the model trained at and the mirrored image
+                (test-time augmentation: a small object is classified better at the larger sizes,
+                and the average steadies a weak model's verdict), at one forward pass per view.
 
         Returns:
             (N, 1 + K) softmax over background (column 0) and the K classes.
         """
         tensor, scale, _ = self._prepare(image)
         boxes = torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4) * scale, device=self.device)
-        probs = self._classify(tensor, boxes)
-        if mirror:
-            width = tensor.shape[-1]
-            mirrored = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
-            probs = (probs + self._classify(tensor.flip(-1), mirrored)) / 2
-        return probs.cpu().numpy()
+        if not augment:
+            return self._classify(tensor, boxes).cpu().numpy()
+        width = tensor.shape[-1]
+        mirrored = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+        transform = self.model.transform
+        sizes = transform.min_size  # at inference torchvision resizes to the last one only
+        views = []
+        try:
+            for size in sizes:
+                transform.min_size = (size,)
+                views += [self._classify(tensor, boxes), self._classify(tensor.flip(-1), mirrored)]
+        finally:
+            transform.min_size = sizes
+        return torch.stack(views).mean(0).cpu().numpy()
 
     def _classify(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Softmax of the box head over background and classes for ``boxes`` in ``image``'s pixels."""

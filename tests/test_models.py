@@ -132,14 +132,28 @@ def test_classify_boxes_on_a_huge_image_judges_the_shrunk_image(tmp_path, monkey
     assert np.allclose(judged, predictor.classify_boxes(shrunk, boxes * 0.4), atol=1e-5)
 
 
-def test_classify_boxes_with_mirror_averages_the_mirrored_verdict(tmp_path):
-    predictor = load(_checkpoint(tmp_path), device="cpu")
-    image = np.random.default_rng(3).integers(0, 255, (48, 80, 3), dtype=np.uint8)
-    boxes = np.array([[4, 6, 30, 40], [50, 0, 80, 20]], np.float32)
-    mirrored_boxes = np.stack([80 - boxes[:, 2], boxes[:, 1], 80 - boxes[:, 0], boxes[:, 3]], 1)
-    mirrored = predictor.classify_boxes(np.ascontiguousarray(image[:, ::-1]), mirrored_boxes)
-    expected = (predictor.classify_boxes(image, boxes) + mirrored) / 2
-    assert np.allclose(predictor.classify_boxes(image, boxes, mirror=True), expected, atol=1e-5)
+def test_classify_boxes_augmented_averages_every_training_size_and_its_mirror(tmp_path):
+    torch.manual_seed(0)
+    jittered = {**PRESETS["small"], **TINY, "train_scales": (0.75, 1.0)}  # trained at 48 and 64 px
+    state = MODELS["maskrcnn_resnet18_fpn"].builder(num_classes=len(CLASSES), **jittered).state_dict()
+
+    def predictor_with(kwargs, name):
+        path = tmp_path / name
+        save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "version": 1, "model": state, "config": {
+            "model": "maskrcnn_resnet18_fpn", "preset": "small", "kwargs": kwargs, "class_names": CLASSES}})
+        return load(path, device="cpu")
+
+    image = np.random.default_rng(3).integers(0, 255, (48, 56, 3), dtype=np.uint8)  # max_size 64 leaves room
+    boxes = np.array([[4, 6, 30, 40], [34, 0, 56, 20]], np.float32)
+    mirrored_image = np.ascontiguousarray(image[:, ::-1])
+    mirrored_boxes = np.stack([56 - boxes[:, 2], boxes[:, 1], 56 - boxes[:, 0], boxes[:, 3]], 1)
+    views = []
+    for size in (48, 64):  # the same weights, run at one size each
+        single = predictor_with({**jittered, "min_size": size, "train_scales": (1.0,)}, f"{size}.pt")
+        views += [single.classify_boxes(image, boxes), single.classify_boxes(mirrored_image, mirrored_boxes)]
+    augmented = predictor_with(jittered, "jittered.pt").classify_boxes(image, boxes, augment=True)
+    assert np.allclose(augmented, np.mean(views, 0), atol=1e-5)
+    assert not np.allclose(views[0], views[2], atol=1e-3)  # the sizes do differ
 
 
 def test_checkpoint_write_is_atomic_when_killed(tmp_path, monkeypatch):

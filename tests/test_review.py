@@ -113,16 +113,17 @@ def test_wrong_class_from_class_probabilities():
     assert suggestions[0].score == pytest.approx(0.8, abs=1e-3)
 
 
-def test_wrong_class_needs_the_labels_box_to_agree_with_the_detection():
+def test_wrong_class_is_decided_by_the_verdict_on_the_labels_own_box():
     ds = make_dataset([[(A, "cat"), (B, "cat")]])
-    predicted = preds((A, "dog", 0.9), (B, "dog", 0.9), probs=[[0.1, 0.9], [0.1, 0.9]])
-    # The box head, asked about each label's box: A looks like a dog too, B like the cat it is labelled.
-    label_probs = {1: np.array([0.1, 0.2, 0.7]), 2: np.array([0.1, 0.8, 0.1])}
+    # The detections call A a dog and B a cat; asked about each label's box, the model says the opposite.
+    predicted = preds((A, "dog", 0.9), (B, "cat", 0.9), probs=[[0.1, 0.9], [0.6, 0.4]])
+    label_probs = {1: np.array([0.1, 0.8, 0.1]), 2: np.array([0.1, 0.2, 0.7])}
     suggestions, _ = review(ds, {1: predicted}, label_probs=label_probs)
     wrong = of_type(suggestions, "wrong_class")
-    assert [(s.annotation_id, s.suggested_class) for s in wrong] == [(1, "dog")]
-    assert wrong[0].score == pytest.approx(0.5, abs=1e-3)  # min(0.9 - 0.1, 0.7 - 0.2)
-    assert wrong[0].evidence["box_p_suggested_class"] == 0.7
+    assert [(s.annotation_id, s.suggested_class) for s in wrong] == [(2, "dog")]
+    assert wrong[0].score == pytest.approx(0.5, abs=1e-3)  # 0.7 - 0.2
+    assert wrong[0].evidence == {"p_label_class": 0.6, "p_suggested_class": 0.4, "mask_iou": 1.0,
+                                 "box_p_label_class": 0.2, "box_p_suggested_class": 0.7}
 
 
 def test_wrong_class_without_probabilities_uses_per_class_detections_of_the_object():
@@ -316,7 +317,7 @@ def test_out_of_fold_models_never_judge_images_they_trained_on(monkeypatch, tmp_
             assert int(pixels[0, 0, 0]) not in self.seen
             return preds((A, "cat", 0.9))
 
-        def classify_boxes(self, pixels, boxes, mirror=False):
+        def classify_boxes(self, pixels, boxes, augment=False):
             assert int(pixels[0, 0, 0]) not in self.seen
             return np.tile([[0.1, 0.2, 0.3, 0.4]], (len(boxes), 1))  # background, dog, cat, bird
 
@@ -409,7 +410,7 @@ def test_cli_review_with_a_model_warns_when_it_trained_on_these_images(cli, revi
         def predict(self, pixels, score_threshold):
             return next(self.judged)
 
-        def classify_boxes(self, pixels, boxes, mirror=False):
+        def classify_boxes(self, pixels, boxes, augment=False):
             return np.tile([[0.0, 1.0, 0.0]], (len(boxes), 1))
 
     monkeypatch.setattr(instaseg, "load", lambda path: FakePredictor(), raising=False)

@@ -11,10 +11,11 @@ that scores of different types can be ranked in one list (docs/review.md explain
   support = max over predictions of min(1, confidence / 0.5) x min(1, IoU / 0.5) and p(background)
   the model's own verdict on the label's box (``label_probs``). Given only predictions (a file),
   the model's highest confidence in the image stands in for p(background): the model is awake there.
-- ``wrong_class``: a label whose object the model sees as another class. Two views must agree: the
-  detection of the same object (its ``data["class_probs"]`` or, without them, the best score per
-  class among the predictions of that object) and, when there are ``label_probs``, the box head's
-  verdict on the label's own box. Score = min over the views of p(that class) - p(the label's class).
+- ``wrong_class``: a label matched by a detection of the same object (IoU >= 0.5) that the model
+  sees as another class: score = p(that class) - p(the label's class), from ``label_probs`` (the
+  box head's verdict on the label's own box) when given, else from the detection (its
+  ``data["class_probs"]`` or, without them, the best score per class among the predictions of
+  that object).
 - ``bad_mask``: a matched label whose outline the model draws differently (mask IoU above
   ``missing_max_iou``: below it the prediction counts as another object): the boundary IoU is
   compared with the model's typical boundary IoU on this dataset (median and MAD over confident
@@ -205,19 +206,18 @@ def score_image(
             fix = {"suggested_segmentation": pred_rles[m], "confidence": round(float(scores[m]), 4)}
             if mask_iou >= settings.same_object_iou and len(labels.class_names) > 1:
                 own = int(labels.class_ids[g])
-                views = [_class_evidence(m, pred, pred_ious, probs, settings.same_object_iou)]
-                if box_p is not None:
-                    views.append(np.asarray(box_p[1:], float))
-                # How much more each view believes class c than the label's class; the weaker view decides.
-                margin = np.min([view - view[own] for view in views], axis=0)
+                detected_p = _class_evidence(m, pred, pred_ious, probs, settings.same_object_iou)
+                # The verdict on the label's own box, when there is one, answers the question asked.
+                class_p = np.asarray(box_p[1:], float) if box_p is not None else detected_p
+                margin = class_p - class_p[own]
                 margin[own] = -np.inf
                 best = int(margin.argmax())
                 if margin[best] >= settings.min_score:
-                    evidence = {"p_label_class": round(float(views[0][own]), 4),
-                                "p_suggested_class": round(float(views[0][best]), 4), "mask_iou": round(mask_iou, 4)}
+                    evidence = {"p_label_class": round(float(detected_p[own]), 4),
+                                "p_suggested_class": round(float(detected_p[best]), 4), "mask_iou": round(mask_iou, 4)}
                     if box_p is not None:
-                        evidence |= {"box_p_label_class": round(float(views[1][own]), 4),
-                                     "box_p_suggested_class": round(float(views[1][best]), 4)}
+                        evidence |= {"box_p_label_class": round(float(class_p[own]), 4),
+                                     "box_p_suggested_class": round(float(class_p[best]), 4)}
                     suggestions.append({**label, **fix, "type": "wrong_class", "score": float(margin[best]),
                                         "suggested_class": labels.class_names[best], "evidence": evidence})
             quality = boundary_iou(labels.masks[g], pred.masks[m], band)

@@ -88,8 +88,8 @@ def judge(predictor: "Predictor", dataset: Dataset) -> tuple[dict[int, Instances
     """What a model sees in every image: its predictions, and its class probabilities for each label's box.
 
     The second are the box head's answer to "what is in this labelled box?" (``classify_boxes``,
-    averaged with the mirrored image), with column 0 for background and then the dataset's classes
-    in order. They are left out (None)
+    averaged over the model's training sizes and their mirror images), with column 0 for background
+    and then the dataset's classes in order. They are left out (None)
     when the model does not know every class of the dataset.
     """
     position = {name: k + 1 for k, name in enumerate(predictor.class_names)}
@@ -102,7 +102,7 @@ def judge(predictor: "Predictor", dataset: Dataset) -> tuple[dict[int, Instances
         predictions[image["id"]] = predictor.predict(pixels, PREDICT_SCORE_THRESHOLD)
         labels = dataset.ground_truth(image)
         if judged and len(labels):
-            probs = predictor.classify_boxes(pixels, labels.boxes, mirror=True)[:, columns]
+            probs = predictor.classify_boxes(pixels, labels.boxes, augment=True)[:, columns]
             label_probs.update(zip(labels.data["annotation_id"].tolist(), probs))
     return predictions, label_probs if judged else None
 
