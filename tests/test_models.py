@@ -132,9 +132,9 @@ def test_classify_boxes_on_a_huge_image_judges_the_shrunk_image(tmp_path, monkey
     assert np.allclose(judged, predictor.classify_boxes(shrunk, boxes * 0.4), atol=1e-5)
 
 
-def test_classify_boxes_augmented_averages_every_training_size_and_its_mirror(tmp_path):
+def test_classify_boxes_augmented_averages_own_and_largest_training_size_and_mirrors(tmp_path):
     torch.manual_seed(0)
-    jittered = {**PRESETS["small"], **TINY, "train_scales": (0.75, 1.0)}  # trained at 48 and 64 px
+    jittered = {**PRESETS["small"], **TINY, "min_size": 48, "train_scales": (0.75, 1.0, 4 / 3)}  # 36, 48, 64 px
     state = MODELS["maskrcnn_resnet18_fpn"].builder(num_classes=len(CLASSES), **jittered).state_dict()
 
     def predictor_with(kwargs, name):
@@ -148,8 +148,9 @@ def test_classify_boxes_augmented_averages_every_training_size_and_its_mirror(tm
     mirrored_image = np.ascontiguousarray(image[:, ::-1])
     mirrored_boxes = np.stack([56 - boxes[:, 2], boxes[:, 1], 56 - boxes[:, 0], boxes[:, 3]], 1)
     views = []
-    for size in (48, 64):  # the same weights, run at one size each
-        single = predictor_with({**jittered, "min_size": size, "train_scales": (1.0,)}, f"{size}.pt")
+    for size in (48, 64):  # the same weights, run at one size each; the smallest size is left out
+        # (the jittered model's max_size grows with its largest scale: 64 x 4/3 = 85)
+        single = predictor_with({**jittered, "min_size": size, "max_size": 85, "train_scales": (1.0,)}, f"{size}.pt")
         views += [single.classify_boxes(image, boxes), single.classify_boxes(mirrored_image, mirrored_boxes)]
     augmented = predictor_with(jittered, "jittered.pt").classify_boxes(image, boxes, augment=True)
     assert np.allclose(augmented, np.mean(views, 0), atol=1e-5)

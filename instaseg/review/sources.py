@@ -88,7 +88,7 @@ def judge(predictor: "Predictor", dataset: Dataset) -> tuple[dict[int, Instances
     """What a model sees in every image: its predictions, and its class probabilities for each label's box.
 
     The second are the box head's answer to "what is in this labelled box?" (``classify_boxes``,
-    averaged over the model's training sizes and their mirror images), with column 0 for background
+    averaged over the model's own input size and its largest training size, each also mirrored), with column 0 for background
     and then the dataset's classes in order. They are left out (None)
     when the model does not know every class of the dataset.
     """
