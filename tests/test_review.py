@@ -95,7 +95,9 @@ def test_extra_label_uses_the_models_verdict_on_the_labels_box():
     label_probs = {1: np.array([0.9, 0.05, 0.05]), 2: np.array([0.2, 0.7, 0.1]), 3: np.array([0.0, 0.0, 1.0])}
     suggestions, _ = review(ds, {1: preds((B, "dog", 0.95))}, label_probs=label_probs)
     extra = of_type(suggestions, "extra_label")
-    assert [(s.annotation_id, s.score) for s in extra] == [(1, pytest.approx(0.9, abs=1e-3)), (2, pytest.approx(0.2, abs=1e-3))]
+    # (1 - support) x the image's top confidence x p(background)
+    assert [(s.annotation_id, s.score) for s in extra] == [(1, pytest.approx(0.855, abs=1e-3)),
+                                                           (2, pytest.approx(0.19, abs=1e-3))]
     assert extra[0].evidence == {"support": 0.0, "p_background": 0.9}
 
 

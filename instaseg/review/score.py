@@ -7,10 +7,10 @@ that scores of different types can be ranked in one list (docs/review.md explain
 
 - ``missing_label``: a confident prediction that no label overlaps: score = confidence x (1 - IoU
   with the nearest label).
-- ``extra_label``: a label no prediction supports: score = (1 - support) x p(background), with
-  support = max over predictions of min(1, confidence / 0.5) x min(1, IoU / 0.5) and p(background)
-  the model's own verdict on the label's box (``label_probs``). Given only predictions (a file),
-  the model's highest confidence in the image stands in for p(background): the model is awake there.
+- ``extra_label``: a label no prediction supports, in an image where the model is awake, whose box
+  the model calls background: score = (1 - support) x the highest confidence in the image x
+  p(background), with support = max over predictions of min(1, confidence / 0.5) x min(1, IoU / 0.5)
+  and p(background) the model's own verdict on the label's box (``label_probs``; 1 without them).
 - ``wrong_class``: a label matched by a detection of the same object (IoU >= 0.5) that the model
   sees as another class: score = p(that class) - p(the label's class), from ``label_probs`` (the
   box head's verdict on the label's own box) when given, else from the detection (its
@@ -196,7 +196,7 @@ def score_image(
             extra_evidence = {"support": round(float(support[g]), 4)}
             if box_p is not None:
                 extra_evidence["p_background"] = round(float(box_p[0]), 4)
-            extra_score = (1.0 - support[g]) * (float(box_p[0]) if box_p is not None else confident_in_image)
+            extra_score = (1.0 - support[g]) * confident_in_image * (float(box_p[0]) if box_p is not None else 1.0)
             if extra_score >= settings.min_score:
                 suggestions.append({**label, "type": "extra_label", "score": extra_score, "suggested_class": None,
                                     "evidence": extra_evidence})
