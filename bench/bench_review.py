@@ -39,7 +39,7 @@ from instaseg.data.synth import make_synthetic
 from instaseg.review import inject_noise, review, review_document, save_dataset
 from instaseg.review.report import write_outputs
 from instaseg.review.score import ReviewSettings
-from instaseg.review.sources import assign_folds, judge, out_of_fold_predictions
+from instaseg.review.sources import assign_folds, judge_held_out, out_of_fold_predictions
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TYPES = ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
@@ -254,19 +254,11 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
 
 def judge_with_fold_checkpoints(noisy: Dataset, folder: Path) -> tuple[dict, dict]:
     """What ``out_of_fold_predictions`` returns, from the fold checkpoints an earlier run left in ``folder``."""
-    import instaseg
-
-    folds = assign_folds(noisy, 2, seed=0)
-    predictions, label_probs = {}, {}
-    for fold in range(2):
-        checkpoint = folder / f"fold-{fold + 1}" / "best.pt"
+    checkpoints = [folder / f"fold-{fold + 1}" / "best.pt" for fold in range(2)]
+    for checkpoint in checkpoints:
         if not checkpoint.exists():
             sys.exit(f"--reuse-folds: {checkpoint} is missing; run once without --reuse-folds")
-        held_out = noisy.subset(image_id for image_id, f in folds.items() if f == fold)
-        fold_predictions, fold_probs = judge(instaseg.load(checkpoint), held_out)
-        predictions.update(fold_predictions)
-        label_probs.update(fold_probs)
-    return predictions, label_probs
+    return judge_held_out(noisy, assign_folds(noisy, 2, seed=0), checkpoints)
 
 
 def compare(noisy: Dataset, suggestions: list, predictions: dict, injected: list[dict]) -> dict:

@@ -165,6 +165,7 @@ class Predictor:
         if not augment:
             return self._classify(tensor, boxes).cpu().numpy()
         width = tensor.shape[-1]
+        flipped = tensor.flip(-1)
         mirrored = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
         transform = self.model.transform
         sizes = transform.min_size  # the training sizes; inference uses the last one only
@@ -172,7 +173,7 @@ class Predictor:
         try:
             for size in sorted({sizes[-1], max(sizes)}):
                 transform.min_size = (size,)
-                views += [self._classify(tensor, boxes), self._classify(tensor.flip(-1), mirrored)]
+                views += [self._classify(tensor, boxes), self._classify(flipped, mirrored)]
         finally:
             transform.min_size = sizes
         return torch.stack(views).mean(0).cpu().numpy()

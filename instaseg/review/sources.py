@@ -88,8 +88,8 @@ def judge(predictor: "Predictor", dataset: Dataset) -> tuple[dict[int, Instances
     """What a model sees in every image: its predictions, and its class probabilities for each label's box.
 
     The second are the box head's answer to "what is in this labelled box?" (``classify_boxes``,
-    averaged over the model's own input size and its largest training size, each also mirrored), with column 0 for background
-    and then the dataset's classes in order. They are left out (None)
+    averaged over the model's own input size and its largest training size, each also mirrored),
+    with column 0 for background and then the dataset's classes in order. They are left out (None)
     when the model does not know every class of the dataset.
     """
     position = {name: k + 1 for k, name in enumerate(predictor.class_names)}
@@ -146,8 +146,8 @@ def out_of_fold_predictions(
     epochs_per_fold: int | None = None,
     seed: int = 0,
     train_options: dict[str, Any] | None = None,
-) -> tuple[dict[int, Instances], dict[str, Any]]:
-    """Train ``k`` models, each on all folds but one, and predict the fold it never saw.
+) -> tuple[dict[int, Instances], LabelProbs, dict[str, Any]]:
+    """Train ``k`` models, each on all folds but one, and judge the fold it never saw.
 
     Args:
         dataset: the labels under review (the training labels too, errors included).
@@ -163,25 +163,36 @@ def out_of_fold_predictions(
         -> the held-out model's class probabilities for that label's box (see ``judge``), and
         ``info`` with the fold of each image and the checkpoint of each fold.
     """
-    import instaseg
     from instaseg.train import train
 
     folds = assign_folds(dataset, k, seed)
-    predictions: dict[int, Instances] = {}
-    label_probs: dict[int, np.ndarray] = {}
     checkpoints = []
     options = dict(train_options or {})
     if model is not None:
         options["model"] = model
     for fold in range(k):
-        held_out = [image_id for image_id, f in folds.items() if f == fold]
         training = dataset.subset(image_id for image_id, f in folds.items() if f != fold)
         if not training.annotations:
             raise InstasegError(f"fold {fold + 1} has no training labels; use fewer folds", file=dataset.source)
         best = train(training, None, epochs=epochs_per_fold, minutes=minutes_per_fold,
                      out=Path(out) / f"fold-{fold + 1}", seed=seed, **options)
-        checkpoints.append(str(best))
-        fold_predictions, fold_probs = judge(instaseg.load(best), dataset.subset(held_out))
+        checkpoints.append(best)
+    predictions, label_probs = judge_held_out(dataset, folds, checkpoints)
+    return predictions, label_probs, {"folds": {str(i): f + 1 for i, f in folds.items()},
+                                      "checkpoints": [str(c) for c in checkpoints]}
+
+
+def judge_held_out(
+    dataset: Dataset, folds: dict[int, int], checkpoints: list[str | Path]
+) -> tuple[dict[int, Instances], dict[int, np.ndarray]]:
+    """Judge (see ``judge``) each fold's images with ``checkpoints[fold]``, the model trained without them."""
+    import instaseg
+
+    predictions: dict[int, Instances] = {}
+    label_probs: dict[int, np.ndarray] = {}
+    for fold, checkpoint in enumerate(checkpoints):
+        held_out = dataset.subset(image_id for image_id, f in folds.items() if f == fold)
+        fold_predictions, fold_probs = judge(instaseg.load(checkpoint), held_out)
         predictions.update(fold_predictions)
-        label_probs.update(fold_probs)
-    return predictions, label_probs, {"folds": {str(i): f + 1 for i, f in folds.items()}, "checkpoints": checkpoints}
+        label_probs.update(fold_probs or {})
+    return predictions, label_probs
