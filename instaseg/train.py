@@ -10,7 +10,9 @@ position and the RNG state, so ``resume=True`` continues exactly where ``last.pt
 
 The learning rate follows a linear warmup then a cosine decay over the run; with a time budget
 (``minutes``) the decay follows the elapsed fraction of the budget, so a run always ends at a low
-learning rate, whatever the machine's speed.
+learning rate, whatever the machine's speed. The warmup lasts ``WARMUP_ITERS`` iterations, or a
+tenth of the run when an epoch budget makes it shorter than ten times that (warming up for
+longer than the decay takes would never reach the peak).
 """
 
 from __future__ import annotations
@@ -380,7 +382,10 @@ class _Run:
         return min(1.0, max(fractions))
 
     def learning_rate(self) -> float:
-        warmup = min(1.0, (self.iteration + 1) / WARMUP_ITERS)
+        warmup_iters = WARMUP_ITERS
+        if self.epochs is not None:
+            warmup_iters = max(1, min(WARMUP_ITERS, self.epochs * self.batches_per_epoch // 10))
+        warmup = min(1.0, (self.iteration + 1) / warmup_iters)
         return self.lr * warmup * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * self.progress_fraction())))
 
     def should_stop(self) -> bool:

@@ -15,7 +15,7 @@ from instaseg.errors import InstasegError
 from instaseg.models import get_model
 from instaseg.predictor import load, read_checkpoint
 from instaseg.review.sources import seen_warning, training_image_digests
-from instaseg.train import _Run, epoch_batches, load_weights, train
+from instaseg.train import WARMUP_ITERS, _Run, epoch_batches, load_weights, train
 
 # Small enough that one iteration takes well under a second on one core.
 TINY = {"min_size": 64, "max_size": 64, "train_scales": (1.0,), "box_detections_per_img": 10,
@@ -168,3 +168,19 @@ def test_quickstart_runs_every_step(tmp_path):
     assert len(list(summary["overlays"].glob("*.png"))) == 2
     with pytest.raises(InstasegError, match="--overwrite"):
         quickstart(tmp_path / "qs", minutes=0.05, num_train=8, num_val=2)
+
+
+def test_short_epoch_budgets_warm_up_for_a_tenth_of_the_run():
+    def schedule(epochs: int, batches_per_epoch: int) -> list[float]:
+        run = _Run.__new__(_Run)  # only the schedule's inputs are needed
+        run.lr, run.epochs, run.minutes, run.batches_per_epoch = 1e-3, epochs, None, batches_per_epoch
+        rates = []
+        for run.iteration in range(epochs * batches_per_epoch):
+            rates.append(run.learning_rate())
+        return rates
+
+    short = schedule(epochs=24, batches_per_epoch=6)  # 144 iterations: warmup 14, not WARMUP_ITERS
+    assert int(np.argmax(short)) == 13 and max(short) > 0.97e-3
+    long = schedule(epochs=50, batches_per_epoch=40)  # 2000 iterations: the full warmup
+    assert int(np.argmax(long)) == WARMUP_ITERS - 1
+    assert long[WARMUP_ITERS // 2 - 1] < 0.51e-3
