@@ -10,9 +10,9 @@ position and the RNG state, so ``resume=True`` continues exactly where ``last.pt
 
 The learning rate follows a linear warmup then a cosine decay over the run; with a time budget
 (``minutes``) the decay follows the elapsed fraction of the budget, so a run always ends at a low
-learning rate, whatever the machine's speed. The warmup lasts ``WARMUP_ITERS`` iterations, or a
-tenth of the run when an epoch budget makes it shorter than ten times that (warming up for
-longer than the decay takes would never reach the peak).
+learning rate, whatever the machine's speed. The warmup ends after ``WARMUP_ITERS`` iterations or
+a tenth of the run, whichever comes first: a short run (a few epochs, or minutes on a CPU) that
+warmed up for longer would decay before ever reaching the peak.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from instaseg.structures import Instances
 
 OUTPUT_FILES = ("best.pt", "last.pt", "metrics.jsonl", "curves.png")
 WARMUP_ITERS = 100
+WARMUP_FRACTION = 0.1
 
 
 def train(
@@ -382,10 +383,7 @@ class _Run:
         return min(1.0, max(fractions))
 
     def learning_rate(self) -> float:
-        warmup_iters = WARMUP_ITERS
-        if self.epochs is not None:
-            warmup_iters = max(1, min(WARMUP_ITERS, self.epochs * self.batches_per_epoch // 10))
-        warmup = min(1.0, (self.iteration + 1) / warmup_iters)
+        warmup = min(1.0, max((self.iteration + 1) / WARMUP_ITERS, self.progress_fraction() / WARMUP_FRACTION))
         return self.lr * warmup * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * self.progress_fraction())))
 
     def should_stop(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -170,17 +171,21 @@ def test_quickstart_runs_every_step(tmp_path):
         quickstart(tmp_path / "qs", minutes=0.05, num_train=8, num_val=2)
 
 
-def test_short_epoch_budgets_warm_up_for_a_tenth_of_the_run():
-    def schedule(epochs: int, batches_per_epoch: int) -> list[float]:
+def test_short_runs_warm_up_for_a_tenth_of_the_run(monkeypatch):
+    def schedule(epochs: int | None, batches_per_epoch: int, minutes: float | None = None) -> list[float]:
         run = _Run.__new__(_Run)  # only the schedule's inputs are needed
-        run.lr, run.epochs, run.minutes, run.batches_per_epoch = 1e-3, epochs, None, batches_per_epoch
+        run.lr, run.epochs, run.minutes, run.batches_per_epoch = 1e-3, epochs, minutes, batches_per_epoch
+        run.elapsed_before, run.started, run.val_seconds = 0.0, 0.0, 0.0
         rates = []
-        for run.iteration in range(epochs * batches_per_epoch):
+        for run.iteration in range(epochs * batches_per_epoch if epochs else batches_per_epoch):
+            monkeypatch.setattr(time, "monotonic", lambda: 6.0 * run.iteration)  # 6 s per step
             rates.append(run.learning_rate())
         return rates
 
-    short = schedule(epochs=24, batches_per_epoch=6)  # 144 iterations: warmup 14, not WARMUP_ITERS
-    assert int(np.argmax(short)) == 13 and max(short) > 0.97e-3
+    short = schedule(epochs=24, batches_per_epoch=6)  # 144 iterations: warmup 15, not WARMUP_ITERS
+    assert int(np.argmax(short)) == 15 and max(short) > 0.97e-3
+    timed = schedule(epochs=None, batches_per_epoch=50, minutes=5)  # 50 steps of 6 s: warmup 5
+    assert int(np.argmax(timed)) == 5 and max(timed) > 0.97e-3
     long = schedule(epochs=50, batches_per_epoch=40)  # 2000 iterations: the full warmup
     assert int(np.argmax(long)) == WARMUP_ITERS - 1
     assert long[WARMUP_ITERS // 2 - 1] < 0.51e-3
