@@ -18,7 +18,7 @@ cleanlab's box-level "overlooked" scores). Pre-existing (natural) label errors c
 positives, so the numbers are a lower bound.
 
 Run:  .venv/bin/python bench/bench_review.py --datasets synthetic --epochs-per-fold 30 --out /tmp/bench_review
-      .venv/bin/python bench/bench_review.py --datasets dsb2018_nuclei --epochs-per-fold 24 --out /tmp/bench_review
+      .venv/bin/python bench/bench_review.py --datasets dsb2018_nuclei --epochs-per-fold 60 --out /tmp/bench_review
 """
 
 from __future__ import annotations
