@@ -28,6 +28,7 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -241,7 +242,11 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
               "mask_ap": mask_ap, "train_s": trained, "review_s": reviewed, "reference": info["bad_mask_reference"],
               **compare(noisy, suggestions, predictions, injected)}
     # What the model's verdicts on the labels' own boxes add: the same predictions scored without them.
-    result["predictions_only"] = score_ours(noisy, review(noisy, predictions, ReviewSettings(min_score=0.0))[0], injected)
+    # A predictions file carries neither: no label probabilities and no second look at the predicted boxes.
+    as_from_a_file = {image_id: replace(found, data={k: v for k, v in found.data.items() if k != "box_score"})
+                      for image_id, found in predictions.items()}
+    result["predictions_only"] = score_ours(noisy, review(noisy, as_from_a_file, ReviewSettings(min_score=0.0))[0],
+                                            injected)
     # The ceiling of the scoring rules, apart from model quality: the clean labels as predictions.
     oracle = {}
     for image in clean.images:
@@ -311,7 +316,7 @@ def markdown(results: list[dict], args, command: str) -> str:
         ]
         lines += _table(r, "out-of-fold models")
         alone = r["predictions_only"]
-        lines += ["Without the model's verdicts on the labels' own boxes (`classify_boxes`; what `--pred` gets), "
+        lines += ["Without the model's verdicts on the labels' and predictions' own boxes (`classify_boxes`; what `--pred` gets), "
                   "the same predictions give AP " + ", ".join(
                       f"{kind} {alone[kind]['ap']:.2f}" for kind in TYPES if alone[kind]["n"]) + ".", ""]
         lines += ["", "Ceiling of the scoring rules, apart from model quality (the clean labels given as predictions, "

@@ -68,6 +68,17 @@ def test_missing_label_is_the_confident_unlabelled_prediction():
     assert (mask_ops.decode(missing.suggested_segmentation, H, W) == B).all()
 
 
+def test_the_models_second_look_at_a_predicted_box_scales_its_missing_score():
+    ds = make_dataset([[(A, "cat")]])
+    predicted = preds((A, "cat", 0.95), (B, "dog", 0.9), (C, "dog", 0.8))
+    predicted.data["box_score"] = np.array([0.9, 0.2, 0.95], np.float32)  # a second look doubts B
+    suggestions, _ = review(ds, {1: predicted})
+    missing = of_type(suggestions, "missing_label")
+    assert [round(s.score, 3) for s in missing] == [round(0.8 * 0.95, 3), round(0.9 * 0.2, 3)]
+    assert (mask_ops.decode(missing[0].suggested_segmentation, H, W) == C).all()
+    assert missing[1].evidence["box_score"] == pytest.approx(0.2)
+
+
 def test_one_missing_object_predicted_twice_with_two_classes_is_one_suggestion():
     ds = make_dataset([[(A, "cat")]])
     suggestions, _ = review(ds, {1: preds((A, "cat", 0.95), (B, "dog", 0.9), (B, "cat", 0.2))})
@@ -317,7 +328,7 @@ def test_out_of_fold_models_never_judge_images_they_trained_on(monkeypatch, tmp_
 
         def predict(self, pixels, score_threshold):
             assert int(pixels[0, 0, 0]) not in self.seen
-            return preds((A, "cat", 0.9))
+            return preds((A, "cat", 0.9), class_names=self.class_names)
 
         def classify_boxes(self, pixels, boxes, augment=False):
             assert int(pixels[0, 0, 0]) not in self.seen
@@ -331,6 +342,8 @@ def test_out_of_fold_models_never_judge_images_they_trained_on(monkeypatch, tmp_
     # every label judged, columns reordered to (background, cat, dog)
     assert sorted(label_probs) == [ann["id"] for ann in ds.annotations]
     assert all(np.allclose(p, [0.1, 0.3, 0.2]) for p in label_probs.values())
+    # each prediction's own box judged too: the probability of its class (cat)
+    assert all(np.allclose(p.data["box_score"], [0.3]) for p in predictions.values())
 
 
 def test_seen_warning(tmp_path):

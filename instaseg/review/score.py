@@ -6,7 +6,9 @@ becomes a suggestion whose score estimates the probability that the label is rea
 that scores of different types can be ranked in one list (docs/review.md explains each mapping):
 
 - ``missing_label``: a confident prediction that no label overlaps: score = confidence x (1 - IoU
-  with the nearest label).
+  with the nearest label), times the model's second look at the prediction's box when there is
+  one (``data["box_score"]``, from ``sources.judge``: the predicted class's probability averaged
+  over four views).
 - ``extra_label``: a label no prediction supports, in an image where the model is awake, whose box
   the model calls background: score = (1 - support) x the highest confidence in the image x
   p(background), with support = max over predictions of min(1, confidence / 0.5) x min(1, IoU / 0.5)
@@ -258,6 +260,7 @@ def _missing(base: dict, pred: Instances, pred_rles: list[dict], ious: np.ndarra
     if len(crowd) and len(pred):
         # COCO's crowd rule: IoU with a crowd region is intersection over the prediction's area.
         in_crowd = mask_ops.iou(pred_rles, crowd.rles(), [True] * len(crowd)).max(1) >= 0.5
+    second_look = pred.data.get("box_score", np.ones(len(pred)))
     found: list[int] = []
     out = []
     for j in np.argsort(-pred.scores, kind="stable"):
@@ -267,12 +270,15 @@ def _missing(base: dict, pred: Instances, pred_rles: list[dict], ious: np.ndarra
         if found and mask_ops.iou([pred_rles[j]], [pred_rles[k] for k in found]).max() >= settings.same_object_iou:
             continue
         found.append(j)
-        score = float(pred.scores[j]) * (1.0 - float(nearest[j]))
+        score = float(pred.scores[j]) * (1.0 - float(nearest[j])) * float(second_look[j])
         if score >= settings.min_score:
+            evidence = {"iou_with_labels": round(float(nearest[j]), 4)}
+            if "box_score" in pred.data:
+                evidence["box_score"] = round(float(second_look[j]), 4)
             out.append({**base, "type": "missing_label", "score": score, "annotation_id": None, "class_name": None,
                         "suggested_class": pred.class_names[pred.class_ids[j]],
                         "suggested_segmentation": pred_rles[j], "confidence": round(float(pred.scores[j]), 4),
-                        "evidence": {"iou_with_labels": round(float(nearest[j]), 4)}})
+                        "evidence": evidence})
     return out
 
 
