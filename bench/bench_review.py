@@ -241,8 +241,8 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     result = {"name": name, "images": len(noisy.images), "labels": len(noisy.annotations), "injected": len(injected),
               "mask_ap": mask_ap, "train_s": trained, "review_s": reviewed, "reference": info["bad_mask_reference"],
               **compare(noisy, suggestions, predictions, injected)}
-    # What the model's verdicts on the labels' and predictions' own boxes add: the same predictions scored without them.
-    # A predictions file carries neither: no label probabilities and no second look at the predicted boxes.
+    # What the model's verdicts on the labels' and predictions' own boxes add: the same predictions
+    # scored as a predictions file would give them (no label probabilities, no second look at the boxes).
     as_from_a_file = {image_id: replace(found, data={k: v for k, v in found.data.items() if k != "box_score"})
                       for image_id, found in predictions.items()}
     result["predictions_only"] = score_ours(noisy, review(noisy, as_from_a_file, ReviewSettings(min_score=0.0))[0],

@@ -383,8 +383,9 @@ class _Run:
         return min(1.0, max(fractions))
 
     def learning_rate(self) -> float:
-        warmup = min(1.0, max((self.iteration + 1) / WARMUP_ITERS, self.progress_fraction() / WARMUP_FRACTION))
-        return self.lr * warmup * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * self.progress_fraction())))
+        progress = self.progress_fraction()
+        warmup = min(1.0, max((self.iteration + 1) / WARMUP_ITERS, progress / WARMUP_FRACTION))
+        return self.lr * warmup * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def should_stop(self) -> bool:
         """Rank 0 decides (time differs per process) and tells the others."""

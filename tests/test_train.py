@@ -172,19 +172,22 @@ def test_quickstart_runs_every_step(tmp_path):
 
 
 def test_short_runs_warm_up_for_a_tenth_of_the_run(monkeypatch):
+    seconds_per_step = 6.0
+
     def schedule(epochs: int | None, batches_per_epoch: int, minutes: float | None = None) -> list[float]:
         run = _Run.__new__(_Run)  # only the schedule's inputs are needed
         run.lr, run.epochs, run.minutes, run.batches_per_epoch = 1e-3, epochs, minutes, batches_per_epoch
         run.elapsed_before, run.started, run.val_seconds = 0.0, 0.0, 0.0
+        steps = epochs * batches_per_epoch if epochs else round(minutes * 60 / seconds_per_step)
         rates = []
-        for run.iteration in range(epochs * batches_per_epoch if epochs else batches_per_epoch):
-            monkeypatch.setattr(time, "monotonic", lambda: 6.0 * run.iteration)  # 6 s per step
+        for run.iteration in range(steps):
+            monkeypatch.setattr(time, "monotonic", lambda: seconds_per_step * run.iteration)
             rates.append(run.learning_rate())
         return rates
 
     short = schedule(epochs=24, batches_per_epoch=6)  # 144 iterations: warmup 15, not WARMUP_ITERS
     assert int(np.argmax(short)) == 15 and max(short) > 0.97e-3
-    timed = schedule(epochs=None, batches_per_epoch=50, minutes=5)  # 50 steps of 6 s: warmup 5
+    timed = schedule(epochs=None, batches_per_epoch=6, minutes=5)  # 50 steps of 6 s: warmup 5
     assert int(np.argmax(timed)) == 5 and max(timed) > 0.97e-3
     long = schedule(epochs=50, batches_per_epoch=40)  # 2000 iterations: the full warmup
     assert int(np.argmax(long)) == WARMUP_ITERS - 1
