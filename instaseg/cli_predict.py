@@ -26,6 +26,9 @@ def predict(
         Optional[str], typer.Option(help="Comma-separated class names to keep, e.g. 'cat,dog' (default: all).")
     ] = None,
     score: Annotated[float, typer.Option(min=0.0, max=1.0, help="Drop instances scoring below this.")] = 0.5,
+    max_detections: Annotated[
+        Optional[int], typer.Option(min=1, help="Most instances per image (default: the model's own cap, usually 100).")
+    ] = None,
     out: Annotated[
         Optional[Path], typer.Option(help="Predictions folder to write (default: the first free runs/predict, runs/predict2, ...).")
     ] = None,
@@ -47,6 +50,7 @@ def predict(
         images,
         score_threshold=score,
         classes=wanted,
+        max_detections=max_detections,
         out=out if out is not None else _free_folder(DEFAULT_PREDICT_DIR),
         overlays=overlays,
         overwrite=overwrite,
@@ -55,6 +59,10 @@ def predict(
     err = Console(stderr=True, highlight=False)
     for skip in summary["skipped"]:
         err.print(f"warning: skipped {skip['reason']}", markup=False)
+    if summary["capped"]:
+        first = ", ".join(summary["capped"][:3]) + (", ..." if len(summary["capped"]) > 3 else "")
+        err.print(f"warning: {len(summary['capped'])} image(s) reached the cap of {summary['max_detections']} instances "
+                  f"and may hold more ({first}); raise --max-detections to count them all", markup=False)
     table = Table(title=f"{summary['images']} images, score >= {score:g}")
     table.add_column("class")
     table.add_column("instances", justify="right")

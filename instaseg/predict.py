@@ -36,9 +36,14 @@ class Predictor(Protocol):
     """What ``predict_images`` needs from a model (``instaseg.load(path)`` returns one)."""
 
     class_names: Sequence[str]
+    max_detections: int
 
     def predict(
-        self, image: np.ndarray, score_threshold: float = 0.5, classes: Sequence[str] | None = None
+        self,
+        image: np.ndarray,
+        score_threshold: float = 0.5,
+        classes: Sequence[str] | None = None,
+        max_detections: int | None = None,
     ) -> Instances: ...
 
 
@@ -63,6 +68,7 @@ def predict_images(
     *,
     score_threshold: float = 0.5,
     classes: Sequence[str] | None = None,
+    max_detections: int | None = None,
     out: str | Path,
     overlays: bool = True,
     overwrite: bool = False,
@@ -74,13 +80,15 @@ def predict_images(
         images: image files, folders (searched recursively) or glob patterns.
         score_threshold: instances scoring below this are dropped.
         classes: keep only these class names (all classes when None); unknown names are refused.
+        max_detections: most instances per image (the model's own cap, usually 100, when None).
         out: the predictions folder to create.
         overlays: also draw each image's instances into ``out/overlays``.
         overwrite: replace ``out`` if it exists (otherwise an existing ``out`` is an error).
 
     Returns:
         A summary: ``out``, ``images`` (number predicted), ``skipped`` (list of
-        ``{"file", "reason"}`` for unreadable images), ``classes`` (the classes counted),
+        ``{"file", "reason"}`` for unreadable images), ``capped`` (the images whose instance count
+        reached the cap, so that may hold more), ``max_detections`` (the cap), ``classes`` (the classes counted),
         ``counts`` (instances per class over all images) and ``total``.
     """
     class_names = list(predictor.class_names)
@@ -91,11 +99,13 @@ def predict_images(
     names = _relative_names(paths)
     overlay_names = _unique_stems(names)
     category_ids = [k + 1 for k in range(len(class_names))]
+    cap = max_detections if max_detections is not None else predictor.max_detections
 
     coco_images: list[dict] = []
     annotations: list[dict] = []
     per_image: list[dict] = []
     skipped: list[dict] = []
+    capped: list[str] = []
     with io.atomic_path(out, overwrite) as folder:
         folder.mkdir()
         if overlays:
@@ -108,7 +118,9 @@ def predict_images(
             except InstasegError as exc:
                 skipped.append({"file": str(path), "reason": str(exc)})
                 continue
-            instances = predictor.predict(pixels, score_threshold=score_threshold, classes=classes)
+            instances = predictor.predict(pixels, score_threshold=score_threshold, classes=classes, max_detections=cap)
+            if len(instances) >= cap:
+                capped.append(name)
             image_id = len(coco_images) + 1
             height, width = pixels.shape[:2]
             coco_images.append({"id": image_id, "file_name": name, "width": width, "height": height})
@@ -132,10 +144,12 @@ def predict_images(
         io.write_text(folder / "counts.csv", _counts_csv(per_image, totals, counted))
         counts_doc = {
             "score_threshold": score_threshold,
+            "max_detections": cap,
             "classes": counted,
             "images": [{**row, "total": sum(row["counts"].values())} for row in per_image],
             "total": {"counts": totals, "total": sum(totals.values())},
             "skipped": skipped,
+            "capped": capped,
         }
         io.write_json(folder / "counts.json", counts_doc, indent=True)
 
@@ -143,6 +157,8 @@ def predict_images(
         "out": Path(out),
         "images": len(coco_images),
         "skipped": skipped,
+        "capped": capped,
+        "max_detections": cap,
         "classes": counted,
         "counts": totals,
         "total": sum(totals.values()),

@@ -38,12 +38,16 @@ from instaseg.data import Dataset
 from instaseg.errors import InstasegError
 from instaseg.models import DEFAULT_MODEL, model_entry
 from instaseg.models.registry import default_preset, resolve_config
-from instaseg.predictor import CHECKPOINT_FORMAT, Predictor, auto_device, read_checkpoint, save_checkpoint
+from instaseg.data.stats import object_size
+from instaseg.predictor import CHECKPOINT_FORMAT, Predictor, auto_device, input_scale, read_checkpoint, save_checkpoint
 from instaseg.structures import Instances
 
 OUTPUT_FILES = ("best.pt", "last.pt", "metrics.jsonl", "curves.png")
 WARMUP_ITERS = 100
 WARMUP_FRACTION = 0.1
+# The range of object sizes a checkpoint records as known to the model: most of its training images,
+# leaving out the extremes it saw only a few times.
+TYPICAL_OBJECT_PERCENTILES = (10, 90)
 
 
 def train(
@@ -277,6 +281,18 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
     return not_loaded
 
 
+def training_object_sizes(dataset: Dataset, model: torch.nn.Module) -> list[float] | None:
+    """The object sizes the model learns at its input size: the 10th and 90th percentiles over images
+    of each image's median object side, resized as the model resizes that image at inference.
+
+    Stored in the checkpoint, so a caller that knows the objects' size in a new image (the label
+    review does) can run it at a scale the model knows (``Predictor.predict(object_size=)``).
+    """
+    sides = [size * input_scale(model, image["height"], image["width"]) for image in dataset.images
+             if (size := object_size(dataset, image)) is not None]
+    return np.percentile(sides, TYPICAL_OBJECT_PERCENTILES).tolist() if sides else None
+
+
 # -- the run --------------------------------------------------------------------------------------------
 class _Run:
     """The state of one training run (kept in one object so that checkpoints can capture it)."""
@@ -332,6 +348,8 @@ class _Run:
                 "train_image_sha1": sorted({self.train_set.image_sha1(image) for image in self.train_set.images}),
             }
         self.net = model_entry(self.config["model"]).builder(num_classes=len(self.class_names), **self.config["kwargs"])
+        if resumed is None:
+            self.config["object_sizes"] = training_object_sizes(self.train_set, self.net)
         if self.weights is not None and resumed is None:
             not_loaded = load_weights(self.net, self.weights)
             if self.main and not_loaded:

@@ -97,6 +97,44 @@ def test_predict_any_image_mode_gives_instances_with_class_probs(tmp_path):
         predictor.predict(path, classes=["hexagon"])
 
 
+def test_max_detections_raises_the_cap_for_one_call_only(tmp_path):
+    predictor = load(_checkpoint(tmp_path), device="cpu")  # the checkpoint caps detections at 10
+    image = np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    model = predictor.model
+    before = (model.roi_heads.detections_per_img, dict(model.rpn._pre_nms_top_n), dict(model.rpn._post_nms_top_n))
+    assert len(predictor.predict(image, score_threshold=0.0)) == 10
+    crowded = predictor.predict(image, score_threshold=0.0, max_detections=40)
+    assert 10 < len(crowded) <= 40
+    assert len(predictor.predict(image, score_threshold=0.0, max_detections=3)) == 3
+    assert (model.roi_heads.detections_per_img, model.rpn._pre_nms_top_n, model.rpn._post_nms_top_n) == before
+    with pytest.raises(InstasegError, match="max_detections must be at least 1"):
+        predictor.predict(image, max_detections=0)
+
+
+def test_object_size_outside_the_trained_range_rescales_the_image(tmp_path):
+    predictor = load(_checkpoint(tmp_path), device="cpu")  # min_size = max_size = 64: a 48x64 image stays as it is
+    inputs = []
+    predictor.model.transform.register_forward_hook(lambda module, args, output: inputs.append(output[0].image_sizes[0]))
+    image = np.random.default_rng(4).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+
+    def input_after(**kw):
+        inputs.clear()
+        result = predictor.predict(image, score_threshold=0.0, **kw)
+        assert result.masks.shape[1:] == (48, 64) and result.boxes[:, 2:].max(initial=0) <= 64.01
+        return tuple(inputs[0])
+
+    assert input_after(object_size=5.0) == (48, 64)  # the checkpoint records no training object sizes
+    predictor.object_sizes = (15.0, 25.0)
+    assert input_after() == (48, 64)
+    assert input_after(object_size=20.0) == (48, 64)  # a size the model knows: left alone
+    assert input_after(object_size=10.0) == (72, 96)  # brought up to 15
+    assert input_after(object_size=50.0) == (24, 32)  # brought down to 25
+    assert input_after(object_size=0.5) == (192, 256)  # at most 4x the model's own size
+    inputs.clear()
+    predictor.classify_boxes(image, np.array([[2, 2, 20, 20]]), object_size=10.0)
+    assert inputs == [(72, 96)]
+
+
 def test_large_images_are_shrunk_for_inference_and_results_mapped_back(tmp_path, monkeypatch):
     predictor = load(_checkpoint(tmp_path), device="cpu")
     monkeypatch.setattr(predictor_module, "MAX_INFERENCE_SIDE", 64)

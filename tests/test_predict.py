@@ -21,15 +21,16 @@ class FakePredictor:
     """Finds one 'disc' (score 0.9) and one 'box' (score 0.3) at fixed places in any image."""
 
     class_names = ("disc", "box", "never")
+    max_detections = 100
 
-    def predict(self, image, score_threshold=0.5, classes=None):
+    def predict(self, image, score_threshold=0.5, classes=None, max_detections=None):
         height, width = image.shape[:2]
         yy, xx = np.mgrid[:height, :width]
         disc = (yy - height // 2) ** 2 + (xx - width // 2) ** 2 <= 36
         box = np.zeros((height, width), bool)
         box[1:5, 2:9] = True
         found = Instances.from_masks(np.stack([disc, box]), [0, 1], [0.9, 0.3], self.class_names)
-        return found.filter(score_threshold, classes)
+        return found.filter(score_threshold, classes)[: max_detections or self.max_detections]
 
 
 @pytest.fixture
@@ -85,6 +86,21 @@ def test_score_threshold_and_classes_restrict_the_output(tmp_path, image_dir):
     results = json.loads((tmp_path / "p2" / "results.json").read_text())
     assert [r["category_id"] for r in results] == [2]
     assert next(csv.reader((tmp_path / "p2" / "counts.csv").open())) == ["image", "box", "total"]
+
+
+def test_images_that_reach_the_detection_cap_are_named(tmp_path, image_dir, cli, monkeypatch):
+    summary = predict_images(FakePredictor(), [image_dir], score_threshold=0.1, max_detections=1, out=tmp_path / "p",
+                             overlays=False)
+    assert summary["capped"] == ["a.png", "sub/b.jpg"] and summary["total"] == 2
+    counts = json.loads((tmp_path / "p" / "counts.json").read_text())
+    assert counts["max_detections"] == 1 and counts["capped"] == ["a.png", "sub/b.jpg"]
+    assert predict_images(FakePredictor(), [image_dir], score_threshold=0.1, out=tmp_path / "q", overlays=False)["capped"] == []
+
+    monkeypatch.setattr("instaseg.predictor.load", lambda path: FakePredictor())
+    r = cli("predict", "fake.pt", image_dir, "--score", "0.1", "--max-detections", "1", "--out", tmp_path / "r", "--no-overlays")
+    assert r.code == 0 and "2 image(s) reached the cap of 1 instances" in r.stderr and "--max-detections" in r.stderr
+    r = cli("predict", "fake.pt", image_dir, "--max-detections", "0", "--out", tmp_path / "s")
+    assert r.code == 2 and "max-detections" in r.stderr
 
 
 def test_unknown_class_is_refused_with_the_known_names(tmp_path, image_dir):

@@ -15,6 +15,7 @@ from PIL import Image
 import instaseg
 from instaseg import io, masks as mask_ops
 from instaseg.data import Dataset
+from instaseg.data.stats import object_size
 from instaseg.review import apply_review, review
 from instaseg.review.score import ReviewSettings, boundary_band, boundary_iou
 from instaseg.review.sources import assign_folds, out_of_fold_predictions, seen_warning, training_image_digests
@@ -110,6 +111,21 @@ def test_extra_label_uses_the_models_verdict_on_the_labels_box():
     assert [(s.annotation_id, s.score) for s in extra] == [(1, pytest.approx(0.855, abs=1e-3)),
                                                            (2, pytest.approx(0.19, abs=1e-3))]
     assert extra[0].evidence == {"support": 0.0, "p_background": 0.9}
+
+
+def test_extra_label_counts_less_where_the_model_backs_few_of_the_other_labels():
+    # Image 1: the model backs three of four labels, so its doubt about the fourth counts in full.
+    # Image 2: it backs none of four labels and finds an unlabelled object: failing on this image.
+    D = disc(48, 12, 6)
+    ds = make_dataset([[(A, "cat"), (B, "dog"), (C, "cat"), (D, "dog")]] * 2)
+    backed = preds((A, "cat", 0.95), (B, "dog", 0.95), (C, "cat", 0.95))
+    elsewhere = preds((disc(40, 30, 5), "cat", 0.95))
+    extra = of_type(review(ds, {1: backed, 2: elsewhere})[0], "extra_label")
+    assert [(s.image_id, s.annotation_id) for s in extra][0] == (1, 4)
+    assert extra[0].score == pytest.approx(0.95, abs=1e-3)
+    # 0.95 x (others' mean support, the top confidence standing in for its own: 0.95 / 4) / 0.5
+    assert [s.score for s in extra[1:]] == [pytest.approx(0.95 * 0.95 / 4 / 0.5, abs=1e-3)] * 4
+    assert sorted(s.annotation_id for s in extra[1:]) == [5, 6, 7, 8]
 
 
 def test_no_extra_label_when_the_model_sees_nothing_in_the_image():
@@ -320,18 +336,24 @@ def test_out_of_fold_models_never_judge_images_they_trained_on(monkeypatch, tmp_
         trained_on[str(out)] = {img["id"] for img in train.images}
         return out / "best.pt"
 
+    labelled_size = object_size(ds, ds.images[0])  # every image holds the same two labels
+    asked = []
+
     class FakePredictor:
         class_names = ("dog", "cat", "bird")  # another order, and a class the dataset lacks
+        max_detections = 1
 
         def __init__(self, path):
             self.seen = trained_on[str(path.parent)]
 
-        def predict(self, pixels, score_threshold):
+        def predict(self, pixels, score_threshold, max_detections, object_size):
             assert int(pixels[0, 0, 0]) not in self.seen
+            asked.append((max_detections, object_size))
             return preds((A, "cat", 0.9), class_names=self.class_names)
 
-        def classify_boxes(self, pixels, boxes, augment=False):
+        def classify_boxes(self, pixels, boxes, augment, object_size):
             assert int(pixels[0, 0, 0]) not in self.seen
+            asked.append((None, object_size))
             return np.tile([[0.1, 0.2, 0.3, 0.4]], (len(boxes), 1))  # background, dog, cat, bird
 
     monkeypatch.setitem(sys.modules, "instaseg.train", types.SimpleNamespace(train=fake_train))
@@ -344,6 +366,8 @@ def test_out_of_fold_models_never_judge_images_they_trained_on(monkeypatch, tmp_
     assert all(np.allclose(p, [0.1, 0.3, 0.2]) for p in label_probs.values())
     # each prediction's own box judged too: the probability of its class (cat)
     assert all(np.allclose(p.data["box_score"], [0.3]) for p in predictions.values())
+    # room for two detections per label, and the labels' object size, in both questions
+    assert asked == [(4, labelled_size), (None, labelled_size)] * 6 and 10 < labelled_size < 30
 
 
 def test_seen_warning(tmp_path):
@@ -421,11 +445,12 @@ def test_cli_review_with_a_model_warns_when_it_trained_on_these_images(cli, revi
     class FakePredictor:
         class_names = CLASSES
         judged = iter(predictions[image["id"]] for image in ds.images)  # judge() goes image by image
+        max_detections = 100
 
-        def predict(self, pixels, score_threshold):
+        def predict(self, pixels, score_threshold, max_detections, object_size):
             return next(self.judged)
 
-        def classify_boxes(self, pixels, boxes, augment=False):
+        def classify_boxes(self, pixels, boxes, augment, object_size):
             return np.tile([[0.0, 1.0, 0.0]], (len(boxes), 1))
 
     monkeypatch.setattr(instaseg, "load", lambda path: FakePredictor(), raising=False)

@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 
 from instaseg import io
 from instaseg.data import Dataset
-from instaseg.data.stats import dataset_stats
+from instaseg.data.stats import dataset_stats, object_size
 
 
 def _square(x, y, side):
@@ -77,6 +77,15 @@ def test_missing_area_is_measured_from_the_mask():
     assert dataset_stats(Dataset(coco))["sizes"] == {"small": 0, "medium": 0, "large": 1}
     coco["annotations"][0]["category_id"] = 5
     assert dataset_stats(Dataset(coco))["per_class"]["<unknown id 5>"]["instances"] == 1
+
+
+def test_object_size_is_the_median_side_of_an_images_instances(coco_file):
+    dataset = Dataset.load(coco_file)
+    sizes = [object_size(dataset, image) for image in dataset.images]
+    # image 4: the 150 px square is a crowd region, left out; the median of the other six sides
+    assert sizes == [None, 10.0, 40.0, pytest.approx(np.median([5, 31, 33, 95, 97, 60]))]
+    del dataset.annotations[1]["area"]  # measured from the polygon instead
+    assert object_size(dataset, dataset.images[2]) == pytest.approx(40.0)
 
 
 def test_cli_table_json_and_plot(coco_file, tmp_path, cli):

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from instaseg.data import Dataset
+from instaseg.data.stats import object_size
 from instaseg.data.synth import make_synthetic
 from instaseg.errors import InstasegError
 from instaseg.models import get_model
@@ -52,6 +53,9 @@ def test_a_few_iterations_give_finite_losses_and_a_loadable_checkpoint(shapes, t
     assert len(training_image_digests(best)) == len(shapes[0].images)
     assert seen_warning(shapes[1], training_image_digests(best)) is None
     assert "trained on 8 of these 8 images" in seen_warning(shapes[0], training_image_digests(best))
+    # ... and the object sizes it learnt at its input size (64 px images, no resizing)
+    sides = [object_size(shapes[0], image) for image in shapes[0].images]
+    assert predictor.object_sizes == pytest.approx(tuple(np.percentile(sides, (10, 90))))
     with pytest.raises(InstasegError, match="--overwrite"):
         _train(shapes, tmp_path / "run")
 

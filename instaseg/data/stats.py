@@ -69,11 +69,27 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
     }
 
 
+def object_size(dataset: Dataset, image: dict) -> float | None:
+    """The typical side of an image's labelled objects: the median square root of their areas, in pixels.
+
+    None when the image has no instance of positive area. Crowd regions are left out.
+    """
+    size = (image["height"], image["width"])
+    areas = [_area(ann, size, dataset.source) for ann in dataset.annotations_by_image.get(image["id"], [])
+             if not ann.get("iscrowd")]
+    sides = np.sqrt([a for a in areas if a > 0])
+    return float(np.median(sides)) if len(sides) else None
+
+
 def _size_name(ann: dict, image_sizes: dict[int, tuple[int, int]], source: Path | None) -> str:
-    area = ann.get("area")
-    if type(area) not in (int, float):
-        area = _mask_area(ann, *image_sizes.get(ann["image_id"], (0, 0)), source)
+    area = _area(ann, image_sizes.get(ann["image_id"], (0, 0)), source)
     return "small" if area < SMALL_AREA else "medium" if area < MEDIUM_AREA else "large"
+
+
+def _area(ann: dict, image_size: tuple[int, int], source: Path | None) -> float:
+    """The annotation's ``area`` field, or its mask's area when the field is missing or not a number."""
+    area = ann.get("area")
+    return area if type(area) in (int, float) else _mask_area(ann, *image_size, source)
 
 
 def _mask_area(ann: dict, height: int, width: int, source: Path | None) -> float:

@@ -59,6 +59,8 @@ class ReviewSettings:
         boundary_ratio: width of the boundary band as a fraction of the image diagonal (Boundary IoU).
         min_confidence: predictions below this confidence are ignored.
         full_support_confidence: a matching prediction this confident fully backs a label (extra_label).
+        trusted_image_support: the mean support of an image's other labels at which the model's
+            doubt about one label counts in full (extra_label); below it, in proportion.
     """
 
     match_min_iou: float = 0.1
@@ -69,6 +71,7 @@ class ReviewSettings:
     boundary_ratio: float = 0.02
     min_confidence: float = 0.05
     full_support_confidence: float = 0.5
+    trusted_image_support: float = 0.5
 
 
 @dataclass
@@ -198,7 +201,12 @@ def score_image(
             extra_evidence = {"support": round(float(support[g]), 4)}
             if box_p is not None:
                 extra_evidence["p_background"] = round(float(box_p[0]), 4)
-            extra_score = (1.0 - support[g]) * confident_in_image * (float(box_p[0]) if box_p is not None else 1.0)
+            # How far the model is right about the image's other labels (its top confidence standing
+            # in for this one's): a model that backs none of them is failing on this image (say, an
+            # unfamiliar kind of picture), and its doubt is no evidence against a label.
+            others = (support.sum() - support[g] + confident_in_image) / len(labels)
+            trust = confident_in_image * min(1.0, others / settings.trusted_image_support)
+            extra_score = (1.0 - support[g]) * trust * (float(box_p[0]) if box_p is not None else 1.0)
             if extra_score >= settings.min_score:
                 suggestions.append({**label, "type": "extra_label", "score": extra_score, "suggested_class": None,
                                     "evidence": extra_evidence})

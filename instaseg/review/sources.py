@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from instaseg import masks as mask_ops
 from instaseg.data.dataset import Dataset
+from instaseg.data.stats import object_size
 from instaseg.errors import InstasegError
 from instaseg.structures import Instances
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from instaseg.predictor import Predictor
 
 PREDICT_SCORE_THRESHOLD = 0.05
+# Detections allowed per labelled instance, above the model's own cap: a crowded image (hundreds of
+# cells) needs room for every object the labels hold, the ones they miss and the model's doubts.
+ROOM_PER_LABEL = 2
 # annotation id -> (1 + K) class probabilities of the label's box, background first; None without a model.
 LabelProbs = dict[int, np.ndarray] | None
 UNSEEN_WARNING = (
@@ -92,7 +96,10 @@ def judge(predictor: "Predictor", dataset: Dataset) -> tuple[dict[int, Instances
     with column 0 for background and then the dataset's classes in order. They are left out (None)
     when the model does not know every class of the dataset. The same question asked about each
     prediction's own box gives ``data["box_score"]``: the probability of the predicted class, a
-    second opinion on the detection's score (four views instead of one).
+    second opinion on the detection's score (four views instead of one). Each image may hold up to
+    ``ROOM_PER_LABEL`` detections per label when that is more than the model's own cap, and is run
+    (both questions) at a scale where its labelled objects have a size the model learnt (when the
+    checkpoint records those sizes), so that objects smaller or larger than usual are still found.
     """
     position = {name: k + 1 for k, name in enumerate(predictor.class_names)}
     columns = [0] + [position.get(name, -1) for name in dataset.class_names]
@@ -101,11 +108,13 @@ def judge(predictor: "Predictor", dataset: Dataset) -> tuple[dict[int, Instances
     label_probs: LabelProbs = {}
     for image in tqdm(dataset.images, desc="predict", unit="img", disable=None, leave=False):
         pixels = dataset.read_image(image)
-        found = predictor.predict(pixels, PREDICT_SCORE_THRESHOLD)
         labels = dataset.ground_truth(image)
+        size = object_size(dataset, image)
+        room = max(predictor.max_detections, ROOM_PER_LABEL * len(labels))
+        found = predictor.predict(pixels, PREDICT_SCORE_THRESHOLD, max_detections=room, object_size=size)
         # One call judges both sets of boxes, so the backbone runs once per view for all of them.
         boxes = np.concatenate([labels.boxes, found.boxes])
-        probs = (predictor.classify_boxes(pixels, boxes, augment=True) if len(boxes)
+        probs = (predictor.classify_boxes(pixels, boxes, augment=True, object_size=size) if len(boxes)
                  else np.zeros((0, 1 + len(predictor.class_names)), np.float32))
         found.data["box_score"] = probs[len(labels) + np.arange(len(found)), found.class_ids + 1]
         predictions[image["id"]] = found
