@@ -318,7 +318,7 @@ def markdown(results: list[dict], args, command: str) -> str:
         alone = r["predictions_only"]
         lines += ["Without the model's verdicts on the labels' and predictions' own boxes (`classify_boxes`; what `--pred` gets), "
                   "the same predictions give AP " + ", ".join(
-                      f"{kind} {alone[kind]['ap']:.2f}" for kind in TYPES if alone[kind]["n"]) + ".", ""]
+                      f"{kind} {alone[kind]['ap']:.3f}" for kind in TYPES if alone[kind]["n"]) + ".", ""]
         lines += ["", "Ceiling of the scoring rules, apart from model quality (the clean labels given as predictions, "
                   "confidence 0.99, no class probabilities):", ""]
         lines += _table(r["oracle"], "perfect predictions")
@@ -336,8 +336,8 @@ def _table(r: dict, what: str) -> list[str]:
             lines.append(f"| {kind} | 0 | - | - | - | - | - | - | n/a |")
             continue
         target = 0.6 if kind == "bad_mask" else 0.8
-        lines.append(f"| {kind} | {o['n']} | {o['ap']:.2f} | {o['p_at_k']:.2f} | {o['r_at_k']:.2f} | "
-                     f"{c['ap']:.2f} | {c['p_at_k']:.2f} | {c['r_at_k']:.2f} | {'yes' if o['ap'] >= target else '**no**'} |")
+        lines.append(f"| {kind} | {o['n']} | {o['ap']:.3f} | {o['p_at_k']:.2f} | {o['r_at_k']:.2f} | "
+                     f"{c['ap']:.3f} | {c['p_at_k']:.2f} | {c['r_at_k']:.2f} | {'yes' if o['ap'] >= target else '**no**'} |")
     lines += ["", f"Image level (does the image hold an injected error?), AP: instaseg {r['image_ap'][0]:.2f}, "
               f"cleanlab `get_label_quality_scores` {r['image_ap'][1]:.2f}.", ""]
     return lines

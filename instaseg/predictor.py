@@ -30,8 +30,8 @@ CHECKPOINT_FORMAT = "instaseg-checkpoint"
 # Longest image side the model is run at; larger images are shrunk first and the results mapped back,
 # because a 10000 px image would need tens of GB in the backbone.
 MAX_INFERENCE_SIDE = 4096
-# Most an image is rescaled, either way, to give its objects the size the model trained on: a stray
-# label size must not blow the image up to tens of GB or shrink it to nothing.
+# Most an image is rescaled, either way, to give its objects a size the model trained on (and never
+# past MAX_INFERENCE_SIDE): a stray label size must not blow the image up or shrink it to nothing.
 MAX_OBJECT_RESCALE = 4.0
 
 
@@ -228,7 +228,8 @@ class Predictor:
             return own
         at_input = object_size * scale * own
         wanted = float(np.clip(at_input, *self.object_sizes)) / at_input
-        return own * float(np.clip(wanted, 1 / MAX_OBJECT_RESCALE, MAX_OBJECT_RESCALE))
+        factor = own * float(np.clip(wanted, 1 / MAX_OBJECT_RESCALE, MAX_OBJECT_RESCALE))
+        return min(factor, max(own, MAX_INFERENCE_SIDE / max(tensor.shape[-2:])))
 
     @contextmanager
     def _resizing_by(self, tensor: torch.Tensor, factor: float) -> Iterator[None]:

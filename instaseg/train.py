@@ -35,10 +35,10 @@ from tqdm import tqdm
 from instaseg import io
 from instaseg import masks as mask_ops
 from instaseg.data import Dataset
+from instaseg.data.stats import object_size
 from instaseg.errors import InstasegError
 from instaseg.models import DEFAULT_MODEL, model_entry
 from instaseg.models.registry import default_preset, resolve_config
-from instaseg.data.stats import object_size
 from instaseg.predictor import CHECKPOINT_FORMAT, Predictor, auto_device, input_scale, read_checkpoint, save_checkpoint
 from instaseg.structures import Instances
 

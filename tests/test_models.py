@@ -111,7 +111,7 @@ def test_max_detections_raises_the_cap_for_one_call_only(tmp_path):
         predictor.predict(image, max_detections=0)
 
 
-def test_object_size_outside_the_trained_range_rescales_the_image(tmp_path):
+def test_object_size_outside_the_trained_range_rescales_the_image(tmp_path, monkeypatch):
     predictor = load(_checkpoint(tmp_path), device="cpu")  # min_size = max_size = 64: a 48x64 image stays as it is
     inputs = []
     predictor.model.transform.register_forward_hook(lambda module, args, output: inputs.append(output[0].image_sizes[0]))
@@ -130,6 +130,9 @@ def test_object_size_outside_the_trained_range_rescales_the_image(tmp_path):
     assert input_after(object_size=10.0) == (72, 96)  # brought up to 15
     assert input_after(object_size=50.0) == (24, 32)  # brought down to 25
     assert input_after(object_size=0.5) == (192, 256)  # at most 4x the model's own size
+    monkeypatch.setattr(predictor_module, "MAX_INFERENCE_SIDE", 128)
+    assert input_after(object_size=0.5) == (96, 128)  # and never past the largest inference side
+    monkeypatch.undo()
     inputs.clear()
     predictor.classify_boxes(image, np.array([[2, 2, 20, 20]]), object_size=10.0)
     assert inputs == [(72, 96)]
