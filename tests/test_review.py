@@ -110,7 +110,7 @@ def test_extra_label_uses_the_models_verdict_on_the_labels_box():
     # (1 - support) x the image's top confidence x p(background)
     assert [(s.annotation_id, s.score) for s in extra] == [(1, pytest.approx(0.855, abs=1e-3)),
                                                            (2, pytest.approx(0.19, abs=1e-3))]
-    assert extra[0].evidence == {"support": 0.0, "p_background": 0.9}
+    assert extra[0].evidence == {"support": 0.0, "image_trust": 0.95, "p_background": 0.9}
 
 
 def test_extra_label_counts_less_where_the_model_backs_few_of_the_other_labels():
@@ -125,6 +125,7 @@ def test_extra_label_counts_less_where_the_model_backs_few_of_the_other_labels()
     assert extra[0].score == pytest.approx(0.95, abs=1e-3)
     # 0.95 x (others' mean support, the top confidence standing in for its own: 0.95 / 4) / 0.5
     assert [s.score for s in extra[1:]] == [pytest.approx(0.95 * 0.95 / 4 / 0.5, abs=1e-3)] * 4
+    assert extra[1].evidence["image_trust"] == pytest.approx(0.95 * 0.95 / 4 / 0.5, abs=1e-4)
     assert sorted(s.annotation_id for s in extra[1:]) == [5, 6, 7, 8]
 
 

@@ -198,14 +198,14 @@ def score_image(
             label = {**base, "annotation_id": ann_ids[g], "class_name": labels.class_names[labels.class_ids[g]]}
             box_p = label_probs.get(ann_ids[g]) if label_probs is not None else None
             m = match.get(g)
-            extra_evidence = {"support": round(float(support[g]), 4)}
-            if box_p is not None:
-                extra_evidence["p_background"] = round(float(box_p[0]), 4)
             # How far the model is right about the image's other labels (its top confidence standing
             # in for this one's): a model that backs none of them is failing on this image (say, an
             # unfamiliar kind of picture), and its doubt is no evidence against a label.
             others = (support.sum() - support[g] + confident_in_image) / len(labels)
             trust = confident_in_image * min(1.0, others / settings.trusted_image_support)
+            extra_evidence = {"support": round(float(support[g]), 4), "image_trust": round(float(trust), 4)}
+            if box_p is not None:
+                extra_evidence["p_background"] = round(float(box_p[0]), 4)
             extra_score = (1.0 - support[g]) * trust * (float(box_p[0]) if box_p is not None else 1.0)
             if extra_score >= settings.min_score:
                 suggestions.append({**label, "type": "extra_label", "score": extra_score, "suggested_class": None,
