@@ -1,7 +1,8 @@
 """``instaseg quickstart``: the whole loop on synthetic data, on a CPU, in about ten minutes.
 
 Makes the synthetic shapes dataset, trains the default model with the "small" preset for the
-time budget, evaluates it on the val split with the COCO metric and draws its predictions on a
+time budget (on a CPU as two single-thread data-parallel processes, which keep both cores of a
+small machine busy), evaluates it on the val split with the COCO metric and draws its predictions on a
 few val images. Everything lands in one folder::
 
     OUT/data/          train.json, val.json and images (``instaseg synth``)
@@ -12,12 +13,18 @@ few val images. Everything lands in one folder::
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.multiprocessing as mp
 
 from instaseg import io
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
+from instaseg.errors import InstasegError
 from instaseg.evaluate import evaluate
 from instaseg.models import DEFAULT_MODEL
 from instaseg.predict import predict_images
@@ -33,6 +40,9 @@ LEARNING_RATE = 1e-3
 # Each validation of a young model (many low-score detections) costs tens of seconds on a CPU,
 # steps the 10-minute budget needs: one halfway, one at the end.
 VALIDATIONS = 2
+# On a CPU one process keeps only ~1.35 of 2 cores busy at 128 px; two single-thread data-parallel
+# processes, each taking half of every batch, make 1.35x the steps (BENCHMARKS.md, quickstart run 13).
+CPU_PROCESSES = 2
 
 
 def quickstart(
@@ -62,11 +72,12 @@ def quickstart(
         out / "data", num_train=num_train, num_val=num_val, seed=seed, overwrite=overwrite
     )
     val = Dataset.load(val_json)
-    best = train(
-        Dataset.load(train_json), val, model=DEFAULT_MODEL, preset="small", minutes=minutes, out=out / "model",
-        seed=seed, overwrite=overwrite, batch_size=BATCH_SIZE, lr=LEARNING_RATE,
-        val_every=minutes / VALIDATIONS,
-    )
+    options = {"model": DEFAULT_MODEL, "preset": "small", "minutes": minutes, "out": out / "model", "seed": seed,
+               "overwrite": overwrite, "lr": LEARNING_RATE, "val_every": minutes / VALIDATIONS}
+    if torch.cuda.is_available() or (os.cpu_count() or 1) < CPU_PROCESSES:
+        best = train(Dataset.load(train_json), val, batch_size=BATCH_SIZE, **options)
+    else:
+        best = _train_on_cpu_cores(Dataset.load(train_json), val, options)
     predictor = load(best)
     result = evaluate(val, predictor.iter_dataset(val), ("segm", "bbox"))
     io.write_json(out / "eval.json", result.to_dict(), overwrite=overwrite, indent=True)
@@ -80,3 +91,23 @@ def quickstart(
         "eval": out / "eval.json",
         "overlays": out / "predictions" / "overlays",
     }
+
+
+def _train_on_cpu_cores(train_set: Dataset, val: Dataset, options: dict[str, Any]) -> Path:
+    """``train`` as ``CPU_PROCESSES`` single-thread processes (DDP over gloo) sharing each batch."""
+    with socket.socket() as probe:  # a free port for the processes to meet on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        mp.spawn(_train_process, (CPU_PROCESSES, port, train_set, val, options), nprocs=CPU_PROCESSES)
+    except mp.ProcessRaisedException as exc:
+        # The child's traceback ends with "ExceptionType: message"; the message is what to show.
+        raise InstasegError(f"training failed: {str(exc).strip().splitlines()[-1].split(': ', 1)[-1]}") from None
+    return Path(options["out"]) / "best.pt"
+
+
+def _train_process(rank: int, world: int, port: int, train_set: Dataset, val: Dataset, options: dict[str, Any]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    train(train_set, val, batch_size=BATCH_SIZE // world, progress=rank == 0, **options)

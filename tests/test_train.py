@@ -175,6 +175,18 @@ def test_quickstart_runs_every_step(tmp_path):
         quickstart(tmp_path / "qs", minutes=0.05, num_train=8, num_val=2)
 
 
+def test_quickstart_training_processes_report_a_failure_as_one_line(tmp_path):
+    from instaseg.quickstart import _train_on_cpu_cores
+
+    train_json, val_json = make_synthetic(tmp_path / "data", num_train=2, num_val=1, size=64)
+    unlabelled = Dataset.load(train_json)
+    unlabelled.annotations.clear()
+    options = {"preset": "small", "minutes": 0.05, "out": tmp_path / "run", "model_kwargs": TINY}
+    with pytest.raises(InstasegError, match="training failed: .*no \\(non-crowd\\) annotations") as raised:
+        _train_on_cpu_cores(unlabelled, Dataset.load(val_json), options)
+    assert "Error:" not in str(raised.value)
+
+
 def test_short_runs_warm_up_for_a_tenth_of_the_run(monkeypatch):
     seconds_per_step = 6.0
 
