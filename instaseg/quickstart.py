@@ -74,7 +74,9 @@ def quickstart(
     val = Dataset.load(val_json)
     options = {"model": DEFAULT_MODEL, "preset": "small", "minutes": minutes, "out": out / "model", "seed": seed,
                "overwrite": overwrite, "lr": LEARNING_RATE, "val_every": minutes / VALIDATIONS}
-    if torch.cuda.is_available() or (os.cpu_count() or 1) < CPU_PROCESSES:
+    # The cores this process may use (a container's CPU set), not all the machine has.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.cuda.is_available() or cores < CPU_PROCESSES:
         best = train(Dataset.load(train_json), val, batch_size=BATCH_SIZE, **options)
     else:
         best = _train_on_cpu_cores(Dataset.load(train_json), val, options)
