@@ -71,15 +71,15 @@ def quickstart(
     train_json, val_json = make_synthetic(
         out / "data", num_train=num_train, num_val=num_val, seed=seed, overwrite=overwrite
     )
-    val = Dataset.load(val_json)
+    training, val = Dataset.load(train_json), Dataset.load(val_json)
     options = {"model": DEFAULT_MODEL, "preset": "small", "minutes": minutes, "out": out / "model", "seed": seed,
                "overwrite": overwrite, "lr": LEARNING_RATE, "val_every": minutes / VALIDATIONS}
     # The cores this process may use (a container's CPU set), not all the machine has.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if torch.cuda.is_available() or cores < CPU_PROCESSES:
-        best = train(Dataset.load(train_json), val, batch_size=BATCH_SIZE, **options)
+        best = train(training, val, batch_size=BATCH_SIZE, **options)
     else:
-        best = _train_on_cpu_cores(Dataset.load(train_json), val, options)
+        best = _train_on_cpu_cores(training, val, options)
     predictor = load(best)
     result = evaluate(val, predictor.iter_dataset(val), ("segm", "bbox"))
     io.write_json(out / "eval.json", result.to_dict(), overwrite=overwrite, indent=True)

@@ -9,10 +9,11 @@ that scores of different types can be ranked in one list (docs/review.md explain
   with the nearest label), times the model's second look at the prediction's box when there is
   one (``data["box_score"]``, from ``sources.judge``: the predicted class's probability averaged
   over four views).
-- ``extra_label``: a label no prediction supports, in an image where the model is awake, whose box
-  the model calls background: score = (1 - support) x the highest confidence in the image x
-  p(background), with support = max over predictions of min(1, confidence / 0.5) x min(1, IoU / 0.5)
-  and p(background) the model's own verdict on the label's box (``label_probs``; 1 without them).
+- ``extra_label``: a label no prediction supports, in an image where the model backs most other
+  labels, whose box the model calls background: score = (1 - support) x trust in the image x
+  p(background), with support = max over predictions of min(1, confidence / 0.5) x min(1, IoU / 0.5),
+  trust = the highest confidence in the image x min(1, mean support of the other labels / 0.5) and
+  p(background) the model's own verdict on the label's box (``label_probs``; 1 without them).
 - ``wrong_class``: a label matched by a detection of the same object (IoU >= 0.5) that the model
   sees as another class: score = p(that class) - p(the label's class), from ``label_probs`` (the
   box head's verdict on the label's own box) when given, else from the detection (its
