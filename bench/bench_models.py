@@ -58,7 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         train_json, _ = make_synthetic(Path(tmp) / "d", num_train=args.batch_size * (args.steps + 1), num_val=0)
         # Limits at the 128 px image size: the images stay as they are and each model resizes them its own way.
-        images = TrainingImages(Dataset.load(train_json), augment=False, min_size=128, max_size=128)
+        images = TrainingImages(Dataset.load(train_json), augment=False, min_sizes=(128,), max_size=128)
         batches = [
             _collate([images[i] for i in range(k, k + args.batch_size)])
             for k in range(0, len(images), args.batch_size)

@@ -222,7 +222,8 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
         predictions, label_probs, _ = out_of_fold_predictions(
             noisy, 2, out=work / "folds", minutes_per_fold=args.minutes_per_fold, epochs_per_fold=args.epochs_per_fold,
             seed=0,
-            train_options={"overwrite": True, "progress": False, "preset": preset, "model_kwargs": model_kwargs})
+            train_options={"overwrite": True, "progress": False, "preset": preset, "model_kwargs": model_kwargs,
+                           "crop_size": args.crop_size, "processes": args.processes})
     trained = time.perf_counter() - started
     started = time.perf_counter()
     suggestions, info = review(noisy, predictions, ReviewSettings(min_score=0.0), label_probs)
@@ -349,6 +350,8 @@ def main() -> None:
     budgets.add_argument("--epochs-per-fold", type=int, default=None)
     budgets.add_argument("--minutes-per-fold", type=float, default=None)
     parser.add_argument("--synthetic-images", type=int, default=600)
+    parser.add_argument("--crop-size", type=int, default=None, help="fold models train on crops of this size")
+    parser.add_argument("--processes", type=int, default=1, help="training processes per fold model (CPU)")
     parser.add_argument("--reuse-folds", action="store_true",
                         help="judge with the fold checkpoints an earlier run with the same --out left, instead of training")
     parser.add_argument("--datasets", default="synthetic,dsb2018_nuclei")

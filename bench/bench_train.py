@@ -22,7 +22,7 @@ YOLO reads the same annotations, written in its format by instaseg's converter
 Usage (from the repository root, after ``bash bench/yolo_env.sh``)::
 
     .venv/bin/python bench/bench_train.py --datasets synthetic nuclei balloon --minutes 5 15
-    .venv/bin/python bench/bench_train.py --report-only   # rebuild bench/out/train.md from saved runs
+    .venv/bin/python bench/bench_train.py --report-only   # rebuild OUT/train.md from saved runs
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 YOLO_PYTHON = ROOT / "bench" / ".env-yolo" / "bin" / "python"
-RESULTS_MD = ROOT / "bench" / "out" / "train.md"
 THREADS = 2
 # name -> (our preset, YOLO imgsz)
 SETTINGS = {"synthetic": ("small", 128), "nuclei": ("cpu", 512), "balloon": ("cpu", 512)}
@@ -138,7 +137,7 @@ def ours_child(args: argparse.Namespace) -> None:
     # of a short CPU budget for training; the best of the two checkpoints is kept.
     (minutes,) = args.minutes
     best = train(train_set, val_set, minutes=minutes, out=out, preset=args.preset, seed=0, overwrite=True,
-                 val_every=minutes / 2, progress=False)
+                 val_every=minutes / 2, progress=False, crop_size=args.crop_size, processes=args.processes)
     train_seconds = time.perf_counter() - start
     predictor = load(best, device="cpu")
     results = []
@@ -163,7 +162,7 @@ def _latency_image(dataset) -> np.ndarray:
     return np.asarray(Image.fromarray(dataset.read_image(dataset.images[0])).resize((512, 512)))
 
 
-def run_dataset(name: str, minutes: float, out: Path, models: list[str]) -> None:
+def run_dataset(name: str, minutes: float, out: Path, models: list[str], recipe: list[str]) -> None:
     from instaseg.evaluate import evaluate, evaluate_results
     from instaseg.structures import Instances
 
@@ -177,7 +176,7 @@ def run_dataset(name: str, minutes: float, out: Path, models: list[str]) -> None
         run_dir.mkdir(parents=True, exist_ok=True)
         if model == "instaseg":
             command = [sys.executable, __file__, "--child", "--data", str(folder), "--run-dir", str(run_dir),
-                       "--minutes", str(minutes), "--preset", preset]
+                       "--minutes", str(minutes), "--preset", preset, *recipe]
         else:
             val_list = run_dir / "val_images.txt"
             val_list.write_text("".join(f"{val_set.image_path(img).resolve()}\n" for img in val_set.images))
@@ -263,8 +262,7 @@ def write_report(out: Path) -> None:
             "",
         ]
     )
-    RESULTS_MD.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_MD.write_text(text + "\n" + NOTES)
+    (out / "train.md").write_text(text + "\n" + NOTES)
     print(text)
 
 
@@ -315,7 +313,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0], help="training budgets, one run each")
     parser.add_argument("--models", nargs="+", default=["instaseg", "yolov8n-seg"], choices=["instaseg", "yolov8n-seg"])
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "train"))
-    parser.add_argument("--report-only", action="store_true", help="only rebuild bench/out/train.md")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild OUT/train.md")
+    parser.add_argument("--crop-size", type=int, default=None, help="instaseg: train on crops of this size")
+    parser.add_argument("--processes", type=int, default=1, help="instaseg: training processes (CPU)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -330,7 +330,8 @@ def main() -> None:
             raise SystemExit("run `bash bench/yolo_env.sh` first (it makes bench/.env-yolo)")
         for minutes in args.minutes:
             for name in args.datasets:
-                run_dataset(name, minutes, out, args.models)
+                recipe = ["--processes", str(args.processes)] + (["--crop-size", str(args.crop_size)] if args.crop_size else [])
+                run_dataset(name, minutes, out, args.models, recipe)
     write_report(out)
 
 

@@ -49,9 +49,11 @@ def train(
     out: Path = typer.Option(Path("runs/train"), "--out", help="Folder for checkpoints, metrics and curves."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Images per step (per process under torchrun)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per step (per process under torchrun; shared out with --processes)."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Model preset: cpu, gpu or small (default: gpu with CUDA, else cpu)."),
+    crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Train on random square crops of this many pixels at the model's input scale (large images, small objects)."),
+    processes: int = typer.Option(1, "--processes", min=1, help="On a CPU, train as this many data-parallel processes (2 keeps both cores of a 2-core machine busy)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out."),
 ) -> None:
     """Train a model from scratch (or from --weights) and write best.pt, last.pt, metrics.jsonl and curves.png."""
@@ -62,7 +64,8 @@ def train(
         load_dataset(data),
         load_dataset(val) if val is not None else None,
         model=model, epochs=epochs, minutes=minutes, weights=weights, out=out, seed=seed,
-        overwrite=overwrite, resume=resume, batch_size=batch_size, lr=lr, preset=preset,
+        overwrite=overwrite, resume=resume, batch_size=batch_size, lr=lr, preset=preset, crop_size=crop_size,
+        processes=processes,
     )
     typer.echo(f"best checkpoint: {best}")
 

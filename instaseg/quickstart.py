@@ -13,23 +13,19 @@ few val images. Everything lands in one folder::
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.multiprocessing as mp
 
 from instaseg import io
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
-from instaseg.errors import InstasegError
 from instaseg.evaluate import evaluate
 from instaseg.models import DEFAULT_MODEL
 from instaseg.predict import predict_images
 from instaseg.predictor import load
-from instaseg.train import train
+from instaseg.train import train, usable_cores
 
 # Tuned on a 2-core CPU (see BENCHMARKS.md): more distinct images beat more epochs.
 NUM_TRAIN_IMAGES = 1000
@@ -72,14 +68,10 @@ def quickstart(
         out / "data", num_train=num_train, num_val=num_val, seed=seed, overwrite=overwrite
     )
     training, val = Dataset.load(train_json), Dataset.load(val_json)
-    options = {"model": DEFAULT_MODEL, "preset": "small", "minutes": minutes, "out": out / "model", "seed": seed,
-               "overwrite": overwrite, "lr": LEARNING_RATE, "val_every": minutes / VALIDATIONS}
-    # The cores this process may use (a container's CPU set), not all the machine has.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if torch.cuda.is_available() or cores < CPU_PROCESSES:
-        best = train(training, val, batch_size=BATCH_SIZE, **options)
-    else:
-        best = _train_on_cpu_cores(training, val, options)
+    processes = 1 if torch.cuda.is_available() or usable_cores() < CPU_PROCESSES else CPU_PROCESSES
+    best = train(training, val, model=DEFAULT_MODEL, preset="small", minutes=minutes, out=out / "model", seed=seed,
+                 overwrite=overwrite, lr=LEARNING_RATE, val_every=minutes / VALIDATIONS, batch_size=BATCH_SIZE,
+                 processes=processes)
     predictor = load(best)
     result = evaluate(val, predictor.iter_dataset(val), ("segm", "bbox"))
     io.write_json(out / "eval.json", result.to_dict(), overwrite=overwrite, indent=True)
@@ -94,22 +86,3 @@ def quickstart(
         "overlays": out / "predictions" / "overlays",
     }
 
-
-def _train_on_cpu_cores(train_set: Dataset, val: Dataset, options: dict[str, Any]) -> Path:
-    """``train`` as ``CPU_PROCESSES`` single-thread processes (DDP over gloo) sharing each batch."""
-    with socket.socket() as probe:  # a free port for the processes to meet on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    try:
-        mp.spawn(_train_process, (CPU_PROCESSES, port, train_set, val, options), nprocs=CPU_PROCESSES)
-    except mp.ProcessRaisedException as exc:
-        # The child's traceback ends with "ExceptionType: message"; the message is what to show.
-        raise InstasegError(f"training failed: {str(exc).strip().splitlines()[-1].split(': ', 1)[-1]}") from None
-    return Path(options["out"]) / "best.pt"
-
-
-def _train_process(rank: int, world: int, port: int, train_set: Dataset, val: Dataset, options: dict[str, Any]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    train(train_set, val, batch_size=BATCH_SIZE // world, progress=rank == 0, **options)

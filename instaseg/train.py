@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 import warnings
 from contextlib import nullcontext
@@ -29,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
@@ -69,6 +71,8 @@ def train(
     val_every: float | None = None,
     checkpoint_every: int = 500,
     progress: bool = True,
+    crop_size: int | None = None,
+    processes: int = 1,
 ) -> Path:
     """Train an instance segmentation model and return the path of its best checkpoint.
 
@@ -93,22 +97,66 @@ def train(
             many minutes (default an eighth of the budget); always at the end.
         checkpoint_every: also write ``last.pt`` every this many iterations.
         progress: show a progress bar.
+        crop_size: train on random square crops of this many pixels of each image, taken after
+            resizing it as the model would (scale jitter included), instead of whole images: more
+            steps per minute where images are large and objects small (cells, aerial views).
+        processes: on a CPU, train as this many data-parallel processes (DDP over gloo), each
+            with ``batch_size / processes`` images per step and an equal share of the cores: one
+            process keeps only part of a small machine's cores busy (BENCHMARKS.md, quickstart).
     """
     if epochs is None and minutes is None:
         raise InstasegError("give a training length: --epochs N or --minutes M")
     if (epochs is not None and epochs < 1) or (minutes is not None and minutes <= 0):
         raise InstasegError("--epochs must be at least 1 and --minutes positive")
+    if crop_size is not None and crop_size < 32:
+        raise InstasegError("--crop-size must be at least 32 pixels")
+    options = dict(
+        model=model, epochs=epochs, minutes=minutes, weights=weights, out=Path(out), seed=seed, overwrite=overwrite,
+        resume=resume, batch_size=batch_size, lr=lr, preset=preset, model_kwargs=model_kwargs or {},
+        val_every=val_every, checkpoint_every=checkpoint_every, progress=progress, crop_size=crop_size,
+    )
+    if processes != 1:
+        return _train_in_processes(train, val, processes, options)
     rank, world, device = _setup_distributed()
     try:
-        return _Run(
-            train, val, model=model, epochs=epochs, minutes=minutes, weights=weights, out=Path(out), seed=seed,
-            overwrite=overwrite, resume=resume, batch_size=batch_size, lr=lr, preset=preset,
-            model_kwargs=model_kwargs or {}, val_every=val_every, checkpoint_every=checkpoint_every,
-            progress=progress, rank=rank, world=world, device=device,
-        ).run()
+        return _Run(train, val, rank=rank, world=world, device=device, **options).run()
     finally:
         if world > 1:
             dist.destroy_process_group()
+
+
+def usable_cores() -> int:
+    """The cores this process may use (a container's CPU set), not all the machine has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _train_in_processes(train_set: Dataset, val: Dataset | None, processes: int, options: dict[str, Any]) -> Path:
+    """``train`` as ``processes`` CPU processes that meet on a free local port and share each batch."""
+    if processes < 1 or options["batch_size"] % processes:
+        raise InstasegError(f"--batch-size {options['batch_size']} must be a multiple of --processes {processes}")
+    check_training_data(train_set, val)  # here, not once per process
+    if torch.cuda.is_available():
+        raise InstasegError("--processes is for training on a CPU; for several GPUs launch one process each with torchrun")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InstasegError("--processes cannot be combined with torchrun, which starts the processes itself")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options = {**options, "batch_size": options["batch_size"] // processes}
+    try:
+        mp.spawn(_training_process, (processes, port, train_set, val, options), nprocs=processes)
+    except mp.ProcessRaisedException as exc:
+        # The child's traceback ends with "ExceptionType: message"; the message is what to show.
+        raise InstasegError(f"training failed: {str(exc).strip().splitlines()[-1].split(': ', 1)[-1]}") from None
+    return Path(options["out"]) / "best.pt"
+
+
+def _training_process(rank: int, world: int, port: int, train_set: Dataset, val: Dataset | None,
+                      options: dict[str, Any]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(max(1, usable_cores() // world))
+    train(train_set, val, **{**options, "progress": options["progress"] and rank == 0})
 
 
 def _setup_distributed() -> tuple[int, int, torch.device]:
@@ -131,19 +179,23 @@ def _setup_distributed() -> tuple[int, int, torch.device]:
 class TrainingImages(torch.utils.data.Dataset):
     """A ``Dataset``'s images as (image tensor, target dict) pairs for torchvision's detection models.
 
-    Images larger than the model's largest training scale (short side ``min_size``, long side at
-    most ``max_size``: ``model.transform``'s largest ``min_size`` and its ``max_size``) are shrunk
-    to it here, masks included, so the model's own resize never interpolates hundreds of
-    full-resolution masks each iteration; smaller images are left as they are. Crowd regions and
-    empty or one-pixel masks (at the size handed to the model) are left out of the targets. With
-    ``augment``, images are flipped left-right at random and their brightness, contrast and
-    saturation jittered; scale jitter happens in the model (its ``train_scales``).
+    Images larger than the model's largest training scale (short side ``max(min_sizes)``, long side
+    at most ``max_size``: ``model.transform``'s) are shrunk to it here, masks included, so the
+    model's own resize never interpolates hundreds of full-resolution masks each iteration; smaller
+    images are left as they are. With ``crop_size``, each image is instead resized here to one of
+    ``min_sizes`` drawn at random (the model's scale jitter, which must then skip its own resize)
+    and a random ``crop_size`` square of it is returned; only the window is resized, never the whole
+    image. Crowd regions and empty or one-pixel masks (at the size handed to the model) are left
+    out of the targets. With ``augment``, images are flipped left-right at random and their
+    brightness, contrast and saturation jittered.
     """
 
-    def __init__(self, dataset: Dataset, augment: bool, min_size: int, max_size: int, seed: int = 0):
+    def __init__(self, dataset: Dataset, augment: bool, min_sizes: tuple[int, ...], max_size: int, seed: int = 0,
+                 crop_size: int | None = None):
         self.dataset = dataset
         self.augment = augment
-        self.min_size, self.max_size = min_size, max_size
+        self.min_sizes, self.max_size = tuple(min_sizes), max_size
+        self.crop_size = crop_size
         self.seed = seed
         self.epoch = 0
 
@@ -155,11 +207,25 @@ class TrainingImages(torch.utils.data.Dataset):
         pixels = self.dataset.read_image(image)
         gt = self.dataset.ground_truth(image)
         gt = gt[~gt.data["iscrowd"]]
+        # Seeded by (seed, epoch, image): the same whatever the worker, process or resume point.
+        rng = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + index)
         height, width = pixels.shape[:2]
-        scale = min(1.0, self.min_size / min(height, width), self.max_size / max(height, width))
-        if scale < 1.0:
-            size = (round(height * scale), round(width * scale))
-            pixels = cv2.resize(pixels, size[::-1], interpolation=cv2.INTER_AREA)
+        if self.crop_size is None:
+            scale = min(1.0, max(self.min_sizes) / min(height, width), self.max_size / max(height, width))
+            left, top, right, bottom = 0, 0, width, height
+        else:
+            short = self.min_sizes[int(torch.randint(len(self.min_sizes), (), generator=rng))]
+            scale = min(short / min(height, width), self.max_size / max(height, width))
+            crop_w, crop_h = (min(side, math.ceil(self.crop_size / scale)) for side in (width, height))
+            left = int(torch.randint(width - crop_w + 1, (), generator=rng))
+            top = int(torch.randint(height - crop_h + 1, (), generator=rng))
+            right, bottom = left + crop_w, top + crop_h
+        if (left, top, right, bottom) != (0, 0, width, height):
+            pixels = pixels[top:bottom, left:right]
+            gt = Instances.from_masks(gt.masks[:, top:bottom, left:right], gt.class_ids, class_names=gt.class_names)
+        if scale != 1.0:
+            size = (round((bottom - top) * scale), round((right - left) * scale))
+            pixels = cv2.resize(pixels, size[::-1], interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
             gt = Instances.from_masks(mask_ops.resize(gt.masks, *size), gt.class_ids, class_names=gt.class_names)
         keep = ((gt.boxes[:, 2] - gt.boxes[:, 0]) >= 1) & ((gt.boxes[:, 3] - gt.boxes[:, 1]) >= 1) & (gt.areas > 1)
         gt = gt[keep]
@@ -167,8 +233,6 @@ class TrainingImages(torch.utils.data.Dataset):
         boxes = torch.from_numpy(gt.boxes)
         masks = torch.from_numpy(gt.masks).to(torch.uint8)
         if self.augment:
-            # Seeded by (seed, epoch, image): the same whatever the worker, process or resume point.
-            rng = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + index)
             if torch.rand((), generator=rng) < 0.5:
                 pixels, masks = pixels.flip(-1), masks.flip(-1)
                 width = pixels.shape[-1]
@@ -346,6 +410,7 @@ class _Run:
                 "class_names": list(self.class_names),
                 # So `instaseg review --model` can tell which of the images it judges this model has seen.
                 "train_image_sha1": sorted({self.train_set.image_sha1(image) for image in self.train_set.images}),
+                "crop_size": self.crop_size,
             }
         self.net = model_entry(self.config["model"]).builder(num_classes=len(self.class_names), **self.config["kwargs"])
         if resumed is None:
@@ -431,11 +496,14 @@ class _Run:
         if self.world > 1:
             dist.barrier()
         self._build(resumed)
-        # Shrink images to the largest size the model trains at, so its resize never works on more pixels.
+        # Shrink images to the largest size the model trains at, so its resize never works on more pixels
+        # (or, with crop_size, resize and crop them here instead of in the model).
         images = TrainingImages(
-            self.train_set, augment=True, min_size=max(self.net.transform.min_size),
-            max_size=self.net.transform.max_size, seed=self.seed,
+            self.train_set, augment=True, min_sizes=self.net.transform.min_size,
+            max_size=self.net.transform.max_size, seed=self.seed, crop_size=self.crop_size,
         )
+        # torchvision's switch for loaders that resize themselves; it applies in training mode only.
+        self.net.transform._skip_resize = self.crop_size is not None
         # On a CPU the model needs every core; loading small images in the main process costs little.
         workers = min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 0
         self.batches_per_epoch = len(epoch_batches(self.train_set, self.batch_size, self.seed, 0, self.rank, self.world))

@@ -16,6 +16,7 @@ import instaseg
 from instaseg import io, masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.stats import object_size
+from instaseg.predictor import read_checkpoint
 from instaseg.review import apply_review, review
 from instaseg.review.score import ReviewSettings, boundary_band, boundary_iou
 from instaseg.review.sources import assign_folds, out_of_fold_predictions, seen_warning, training_image_digests
@@ -499,12 +500,13 @@ def test_cli_review_with_real_out_of_fold_models(cli, tmp_path):
     noisy, injected = inject_noise(Dataset.load(train_json), missing=0, extra=0, wrong_class=0, bad_mask=0, duplicate=0.15)
     noisy.save(tmp_path / "data" / "noisy.json")
     r = cli("review", tmp_path / "data" / "noisy.json", "--folds", "2", "--epochs-per-fold", "1", "--preset", "small",
-            "--out", tmp_path / "rev")
+            "--crop-size", "48", "--out", tmp_path / "rev")
     assert r.code == 0, r.stderr
     document = json.loads((tmp_path / "rev" / "review.json").read_text())
     assert document["source"]["kind"] == "folds" and not document["warnings"]
     for fold in (1, 2):
         assert training_image_digests(tmp_path / "rev" / "folds" / f"fold-{fold}" / "best.pt")
+        assert read_checkpoint(tmp_path / "rev" / "folds" / f"fold-{fold}" / "best.pt")["config"]["crop_size"] == 48
     # However little two 1-epoch models learn, a near copy of a label is found and ranked first
     # (either one of the pair may be the suggested removal).
     pairs = [{e["annotation_id"], e["source_annotation_id"]} for e in injected if e["type"] == "duplicate"]

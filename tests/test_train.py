@@ -17,7 +17,7 @@ from instaseg.errors import InstasegError
 from instaseg.models import get_model
 from instaseg.predictor import load, read_checkpoint
 from instaseg.review.sources import seen_warning, training_image_digests
-from instaseg.train import WARMUP_ITERS, _Run, epoch_batches, load_weights, train
+from instaseg.train import WARMUP_ITERS, TrainingImages, _Run, epoch_batches, load_weights, train
 
 # Small enough that one iteration takes well under a second on one core.
 TINY = {"min_size": 64, "max_size": 64, "train_scales": (1.0,), "box_detections_per_img": 10,
@@ -175,16 +175,53 @@ def test_quickstart_runs_every_step(tmp_path):
         quickstart(tmp_path / "qs", minutes=0.05, num_train=8, num_val=2)
 
 
-def test_quickstart_training_processes_report_a_failure_as_one_line(tmp_path):
-    from instaseg.quickstart import _train_on_cpu_cores
-
-    train_json, val_json = make_synthetic(tmp_path / "data", num_train=2, num_val=1, size=64)
-    unlabelled = Dataset.load(train_json)
-    unlabelled.annotations.clear()
-    options = {"preset": "small", "minutes": 0.05, "out": tmp_path / "run", "model_kwargs": TINY}
-    with pytest.raises(InstasegError, match="training failed: .*no \\(non-crowd\\) annotations") as raised:
-        _train_on_cpu_cores(unlabelled, Dataset.load(val_json), options)
+def test_training_in_processes_writes_one_run_and_reports_a_failure_as_one_line(shapes, tmp_path):
+    best = _train(shapes, tmp_path / "run", processes=2)
+    assert best.exists() and read_checkpoint(best)["config"]["class_names"] == shapes[0].class_names
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # 8 images in steps of 4 shared by 2 processes: 2 steps, logged once each by rank 0 only.
+    assert [r["iteration"] for r in rows if "loss" in r] == [1]
+    with pytest.raises(InstasegError, match="training failed: .*missing.pt: checkpoint not found") as raised:
+        _train(shapes, tmp_path / "failed", processes=2, weights=tmp_path / "missing.pt")
     assert "Error:" not in str(raised.value)
+    with pytest.raises(InstasegError, match="--batch-size 4 must be a multiple of --processes 3"):
+        _train(shapes, tmp_path / "odd", processes=3)
+
+
+def test_crops_are_taken_at_the_models_scale_with_their_instances(tmp_path):
+    # One 200 x 120 image holding two squares; the model's short side is 60 or 240 px.
+    pixels = np.zeros((120, 200, 3), np.uint8)
+    pixels[10:30, 10:30] = 255
+    pixels[80:110, 150:190] = 128
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    boxes = [[10, 10, 20, 20], [150, 80, 40, 30]]
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0,
+             "segmentation": [[b[0], b[1], b[0] + b[2], b[1], b[0] + b[2], b[1] + b[3], b[0], b[1] + b[3]]]}
+            for i, b in enumerate(boxes)]
+    (tmp_path / "a.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 120}], "annotations": anns,
+        "categories": [{"id": 1, "name": "square"}]}))
+    dataset = Dataset.load(tmp_path / "a.json")
+    images = TrainingImages(dataset, augment=False, min_sizes=(60, 240), max_size=1000, crop_size=64)
+    scales_seen = set()
+    for images.epoch in range(12):
+        crop, target = images[0]
+        assert crop.shape[0] == 3 and max(crop.shape[1:]) <= 64
+        scale = 0.5 if crop.shape[1] == 60 else 2.0  # a 64 x 60 window of 100 x 60, or 64 x 64 of 400 x 240
+        scales_seen.add(scale)
+        assert crop.shape[1:] == ((60, 64) if scale == 0.5 else (64, 64))
+        for box, mask in zip(target["boxes"].tolist(), target["masks"]):
+            ys, xs = np.nonzero(mask.numpy())
+            assert box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            # every kept instance is one of the two squares, which the crop's pixels show where its mask is
+            assert (crop[0][mask.bool()] > 0.2).float().mean() > 0.95
+        assert (crop[0] > 0.4).sum() <= sum(m.sum() for m in target["masks"]) + 4 * 64
+    assert scales_seen == {0.5, 2.0}
+    # Training with crops runs, and inference still resizes (only training skips the model's resize).
+    best = train(dataset, out=tmp_path / "run", epochs=1, batch_size=1, preset="small", progress=False,
+                 model_kwargs=TINY, crop_size=48)
+    assert read_checkpoint(best)["config"]["crop_size"] == 48
+    assert load(best, device="cpu").predict(tmp_path / "a.png", score_threshold=0.0).masks.shape[1:] == (120, 200)
 
 
 def test_short_runs_warm_up_for_a_tenth_of_the_run(monkeypatch):
