@@ -3,7 +3,7 @@
 For each dataset (the synthetic shapes and, when ../shared is present, the DSB2018 nuclei subset):
 
 1. inject 10% missing, 10% extra, 5% wrong-class (several classes only), 10% bad masks and 3%
-   duplicates (``instaseg.review.inject_noise``, seed 0);
+   duplicates (``instaseg.review.inject_noise``, seed 0, or --noise-seed);
 2. train K=2 out-of-fold models on the noisy labels (``--epochs-per-fold`` each, so that the result
    does not depend on how busy the machine is; or ``--minutes-per-fold``) and predict the
    images each one never saw;
@@ -212,7 +212,7 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     rates = dict(RATES)
     if len(clean.categories) < 2:
         rates["wrong_class"] = 0.0
-    noisy, injected = inject_noise(clean, **rates, seed=0)
+    noisy, injected = inject_noise(clean, **rates, seed=args.noise_seed)
     save_dataset(noisy, work / "noisy.json", overwrite=True)
     noisy = Dataset.load(work / "noisy.json")
     started = time.perf_counter()
@@ -294,7 +294,7 @@ def markdown(results: list[dict], args, command: str) -> str:
         f"Out-of-fold models: K = 2 folds, {budget(args)} of training per fold "
         f"(default architecture of `instaseg.train.train`, preset 'small' for the synthetic shapes, 'cpu' for the nuclei), trained on the noisy labels.",
         "",
-        "Injected (seed 0): 10% missing, 10% extra, 5% wrong class (multi-class data only), 10% bad masks, "
+        f"Injected (seed {args.noise_seed}): 10% missing, 10% extra, 5% wrong class (multi-class data only), 10% bad masks, "
         "3% duplicates. AP = average precision of each type's ranking; P@k / R@k = precision / recall "
         "in the top k, k = number injected. cleanlab 2.x (`cleanlab.object_detection.rank`) scores the "
         "same predictions' boxes: overlooked -> missing, swap -> wrong class, badloc -> bad mask, "
@@ -350,6 +350,9 @@ def main() -> None:
     budgets.add_argument("--epochs-per-fold", type=int, default=None)
     budgets.add_argument("--minutes-per-fold", type=float, default=None)
     parser.add_argument("--synthetic-images", type=int, default=600)
+    parser.add_argument("--noise-seed", type=int, default=0,
+                        help="seed of the injected errors; with --reuse-folds, another seed judges a second set of "
+                             "errors with the same fold models, which never saw the images they judge")
     parser.add_argument("--crop-size", type=int, default=None, help="fold models train on crops of this size")
     parser.add_argument("--processes", type=int, default=1, help="training processes per fold model (CPU)")
     parser.add_argument("--reuse-folds", action="store_true",

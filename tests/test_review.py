@@ -103,15 +103,18 @@ def test_extra_label_is_the_label_no_prediction_supports():
 
 def test_extra_label_uses_the_models_verdict_on_the_labels_box():
     # Neither label has a detection; the model calls the first box background and the second a cat
-    # (e.g. an object it did not detect), so only the first is an extra label.
+    # (e.g. an object it did not detect), so the first is the likelier extra label.
     ds = make_dataset([[(A, "cat"), (C, "cat"), (B, "dog")]])
     label_probs = {1: np.array([0.9, 0.05, 0.05]), 2: np.array([0.2, 0.7, 0.1]), 3: np.array([0.0, 0.0, 1.0])}
     suggestions, _ = review(ds, {1: preds((B, "dog", 0.95))}, label_probs=label_probs)
     extra = of_type(suggestions, "extra_label")
-    # (1 - support) x the image's top confidence x p(background)
-    assert [(s.annotation_id, s.score) for s in extra] == [(1, pytest.approx(0.855, abs=1e-3)),
-                                                           (2, pytest.approx(0.19, abs=1e-3))]
+    # (1 - support) x the image's top confidence x p(background)^0.25
+    assert [(s.annotation_id, s.score) for s in extra] == [(1, pytest.approx(0.95 * 0.9 ** 0.25, abs=1e-3)),
+                                                           (2, pytest.approx(0.95 * 0.2 ** 0.25, abs=1e-3))]
     assert extra[0].evidence == {"support": 0.0, "image_trust": 0.95, "p_background": 0.9}
+    # At full weight the verdict scales the score as it is.
+    full, _ = review(ds, {1: preds((B, "dog", 0.95))}, ReviewSettings(background_weight=1.0), label_probs)
+    assert [s.score for s in of_type(full, "extra_label")] == [pytest.approx(0.855, abs=1e-3), pytest.approx(0.19, abs=1e-3)]
 
 
 def test_extra_label_counts_less_where_the_model_backs_few_of_the_other_labels():

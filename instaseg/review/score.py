@@ -11,9 +11,10 @@ that scores of different types can be ranked in one list (docs/review.md explain
   over four views).
 - ``extra_label``: a label no prediction supports, in an image where the model backs most other
   labels, whose box the model calls background: score = (1 - support) x trust in the image x
-  p(background), with support = max over predictions of min(1, confidence / 0.5) x min(1, IoU / 0.5),
+  p(background)^0.25, with support = max over predictions of min(1, confidence / 0.5) x min(1, IoU / 0.5),
   trust = the highest confidence in the image x min(1, mean support of the other labels / 0.5) and
-  p(background) the model's own verdict on the label's box (``label_probs``; 1 without them).
+  p(background) the model's own verdict on the label's box (``label_probs``; 1 without them),
+  weighted a quarter as much as the detections (``ReviewSettings.background_weight``).
 - ``wrong_class``: a label matched by a detection of the same object (IoU >= 0.5) that the model
   sees as another class: score = p(that class) - p(the label's class), from ``label_probs`` (the
   box head's verdict on the label's own box) when given, else from the detection (its
@@ -65,6 +66,10 @@ class ReviewSettings:
         full_support_confidence: a matching prediction this confident fully backs a label (extra_label).
         trusted_image_support: the mean support of an image's other labels at which the model's
             doubt about one label counts in full (extra_label); below it, in proportion.
+        background_weight: exponent of the box head's p(background) for a label's box in the
+            extra_label score. The verdict comes from the same model as the detections, and a weak
+            box head calls many real objects background, so it counts a quarter as much
+            (BENCHMARKS.md: the weight was chosen on one set of injected errors and checked on another).
     """
 
     match_min_iou: float = 0.1
@@ -76,6 +81,7 @@ class ReviewSettings:
     min_confidence: float = 0.05
     full_support_confidence: float = 0.5
     trusted_image_support: float = 0.5
+    background_weight: float = 0.25
 
 
 @dataclass
@@ -203,7 +209,8 @@ def score_image(
             extra_evidence = {"support": round(float(support[g]), 4), "image_trust": round(float(trust), 4)}
             if box_p is not None:
                 extra_evidence["p_background"] = round(float(box_p[0]), 4)
-            extra_score = (1.0 - support[g]) * trust * (float(box_p[0]) if box_p is not None else 1.0)
+            verdict = float(box_p[0]) ** settings.background_weight if box_p is not None else 1.0
+            extra_score = (1.0 - support[g]) * trust * verdict
             if extra_score >= settings.min_score:
                 suggestions.append({**label, "type": "extra_label", "score": extra_score, "suggested_class": None,
                                     "evidence": extra_evidence})
