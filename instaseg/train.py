@@ -132,9 +132,11 @@ def usable_cores() -> int:
 
 def _train_in_processes(train_set: Dataset, val: Dataset | None, processes: int, options: dict[str, Any]) -> Path:
     """``train`` as ``processes`` CPU processes that meet on a free local port and share each batch."""
-    if processes < 1 or options["batch_size"] % processes:
+    if processes < 1:
+        raise InstasegError("--processes must be at least 1")
+    if options["batch_size"] % processes:
         raise InstasegError(f"--batch-size {options['batch_size']} must be a multiple of --processes {processes}")
-    check_training_data(train_set, val)  # here, not once per process
+    check_training_data(train_set, val)  # before starting processes, so bad data fails fast and plainly
     if torch.cuda.is_available():
         raise InstasegError("--processes is for training on a CPU; for several GPUs launch one process each with torchrun")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

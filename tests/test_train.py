@@ -186,6 +186,8 @@ def test_training_in_processes_writes_one_run_and_reports_a_failure_as_one_line(
     assert "Error:" not in str(raised.value)
     with pytest.raises(InstasegError, match="--batch-size 4 must be a multiple of --processes 3"):
         _train(shapes, tmp_path / "odd", processes=3)
+    with pytest.raises(InstasegError, match="--processes must be at least 1"):
+        _train(shapes, tmp_path / "none", processes=0)
 
 
 def test_crops_are_taken_at_the_models_scale_with_their_instances(tmp_path):
