@@ -17,6 +17,7 @@ warmed up for longer would decay before ever reaching the peak.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -125,6 +126,14 @@ def train(
             dist.destroy_process_group()
 
 
+def earlier_run_files(out: Path, overwrite: bool) -> list[Path]:
+    """The files of an earlier run in ``out`` that a new run replaces; refused unless ``overwrite``."""
+    clashes = [out / name for name in OUTPUT_FILES if (out / name).exists()]
+    if clashes and not overwrite:
+        raise InstasegError("holds an earlier run; pass --overwrite to replace it or --resume to continue", file=out)
+    return clashes
+
+
 def usable_cores() -> int:
     """The cores this process may use (a container's CPU set), not all the machine has."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -136,7 +145,10 @@ def _train_in_processes(train_set: Dataset, val: Dataset | None, processes: int,
         raise InstasegError("--processes must be at least 1")
     if options["batch_size"] % processes:
         raise InstasegError(f"--batch-size {options['batch_size']} must be a multiple of --processes {processes}")
-    check_training_data(train_set, val)  # before starting processes, so bad data fails fast and plainly
+    # Before starting processes, so that bad data or an occupied folder fails fast and plainly.
+    check_training_data(train_set, val)
+    if not options["resume"]:
+        earlier_run_files(options["out"], options["overwrite"])
     if torch.cuda.is_available():
         raise InstasegError("--processes is for training on a CPU; for several GPUs launch one process each with torchrun")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -145,11 +157,17 @@ def _train_in_processes(train_set: Dataset, val: Dataset | None, processes: int,
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     options = {**options, "batch_size": options["batch_size"] // processes}
+    # torch logs a warning as it stops the other processes after one failed; the error below says it all.
+    spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+    level = spawn_log.level
+    spawn_log.setLevel(logging.ERROR)
     try:
         mp.spawn(_training_process, (processes, port, train_set, val, options), nprocs=processes)
     except mp.ProcessRaisedException as exc:
         # The child's traceback ends with "ExceptionType: message"; the message is what to show.
         raise InstasegError(f"training failed: {str(exc).strip().splitlines()[-1].split(': ', 1)[-1]}") from None
+    finally:
+        spawn_log.setLevel(level)
     return Path(options["out"]) / "best.pt"
 
 
@@ -384,9 +402,7 @@ class _Run:
             if not last.exists():
                 raise InstasegError("nothing to resume: no last.pt", file=self.out)
             return read_checkpoint(last)
-        clashes = [self.out / name for name in OUTPUT_FILES if (self.out / name).exists()]
-        if clashes and not self.overwrite:
-            raise InstasegError("holds an earlier run; pass --overwrite to replace it or --resume to continue", file=self.out)
+        clashes = earlier_run_files(self.out, self.overwrite)
         if self.main:
             for path in clashes:
                 path.unlink()

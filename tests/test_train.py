@@ -188,6 +188,10 @@ def test_training_in_processes_writes_one_run_and_reports_a_failure_as_one_line(
         _train(shapes, tmp_path / "odd", processes=3)
     with pytest.raises(InstasegError, match="--processes must be at least 1"):
         _train(shapes, tmp_path / "none", processes=0)
+    # An occupied out folder is refused before any process starts.
+    with pytest.raises(InstasegError, match="holds an earlier run") as raised:
+        _train(shapes, tmp_path / "run", processes=2)
+    assert "training failed" not in str(raised.value)
 
 
 def test_crops_are_taken_at_the_models_scale_with_their_instances(tmp_path):
