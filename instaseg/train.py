@@ -240,13 +240,14 @@ class TrainingImages(torch.utils.data.Dataset):
             left = int(torch.randint(width - crop_w + 1, (), generator=rng))
             top = int(torch.randint(height - crop_h + 1, (), generator=rng))
             right, bottom = left + crop_w, top + crop_h
-        if (left, top, right, bottom) != (0, 0, width, height):
-            pixels = pixels[top:bottom, left:right]
-            gt = Instances.from_masks(gt.masks[:, top:bottom, left:right], gt.class_ids, class_names=gt.class_names)
-        if scale != 1.0:
-            size = (round((bottom - top) * scale), round((right - left) * scale))
-            pixels = cv2.resize(pixels, size[::-1], interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-            gt = Instances.from_masks(mask_ops.resize(gt.masks, *size), gt.class_ids, class_names=gt.class_names)
+        cropped = (left, top, right, bottom) != (0, 0, width, height)
+        if cropped or scale != 1.0:
+            pixels, masks = pixels[top:bottom, left:right], gt.masks[:, top:bottom, left:right]
+            if scale != 1.0:
+                size = (round((bottom - top) * scale), round((right - left) * scale))
+                pixels = cv2.resize(pixels, size[::-1], interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+                masks = mask_ops.resize(masks, *size)
+            gt = Instances.from_masks(masks, gt.class_ids, class_names=gt.class_names)  # boxes once, from the final masks
         keep = ((gt.boxes[:, 2] - gt.boxes[:, 0]) >= 1) & ((gt.boxes[:, 3] - gt.boxes[:, 1]) >= 1) & (gt.areas > 1)
         gt = gt[keep]
         pixels = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div_(255)
