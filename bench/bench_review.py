@@ -226,7 +226,7 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
                            "crop_size": args.crop_size, "processes": args.processes})
     trained = time.perf_counter() - started
     started = time.perf_counter()
-    suggestions, info = review(noisy, predictions, ReviewSettings(min_score=0.0), label_probs)
+    suggestions, info = review(noisy, predictions, ReviewSettings(min_score=0.0), label_probs, noisy.read_image)
     reviewed = time.perf_counter() - started
     document = review_document(noisy, suggestions, source={"kind": "folds", "folds": 2}, warnings=info["warnings"],
                                settings=ReviewSettings(min_score=0.0), extra={"bad_mask_reference": info["bad_mask_reference"]})
@@ -246,15 +246,19 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     # scored as a predictions file would give them (no label probabilities, no second look at the boxes).
     as_from_a_file = {image_id: replace(found, data={k: v for k, v in found.data.items() if k != "box_score"})
                       for image_id, found in predictions.items()}
-    result["predictions_only"] = score_ours(noisy, review(noisy, as_from_a_file, ReviewSettings(min_score=0.0))[0],
-                                            injected)
+    result["predictions_only"] = score_ours(
+        noisy, review(noisy, as_from_a_file, ReviewSettings(min_score=0.0), read_image=noisy.read_image)[0], injected)
+    # What checking the outlines against the image's edges adds to bad masks: the same review without the images.
+    without_edges = review(noisy, predictions, ReviewSettings(min_score=0.0), label_probs)[0]
+    result["without_edges"] = score_ours(noisy, without_edges, injected)["bad_mask"]["ap"]
     # The ceiling of the scoring rules, apart from model quality: the clean labels as predictions.
     oracle = {}
     for image in clean.images:
         truth = clean.ground_truth(image)
         truth.scores[:] = 0.99  # above cleanlab's default high-probability threshold (0.95)
         oracle[image["id"]] = truth
-    result["oracle"] = compare(noisy, review(noisy, oracle, ReviewSettings(min_score=0.0))[0], oracle, injected)
+    result["oracle"] = compare(noisy, review(noisy, oracle, ReviewSettings(min_score=0.0), read_image=noisy.read_image)[0],
+                               oracle, injected)
     return result
 
 
@@ -312,14 +316,16 @@ def markdown(results: list[dict], args, command: str) -> str:
             f"; scoring {r['review_s']:.1f} s. "
             f"Out-of-fold mask mAP@[.5:.95] against the clean labels: {r['mask_ap']:.3f}. "
             f"Bad-mask reference: median boundary IoU {r['reference']['median_boundary_iou']}, "
-            f"spread {r['reference']['spread']}.",
+            f"spread {r['reference']['spread']}; median edge alignment {r['reference'].get('median_edge_alignment')}, "
+            f"spread {r['reference'].get('edge_spread')}.",
             "",
         ]
         lines += _table(r, "out-of-fold models")
         alone = r["predictions_only"]
         lines += ["Without the model's verdicts on the labels' and predictions' own boxes (`classify_boxes`; what `--pred` gets), "
                   "the same predictions give AP " + ", ".join(
-                      f"{kind} {alone[kind]['ap']:.3f}" for kind in TYPES if alone[kind]["n"]) + ".", ""]
+                      f"{kind} {alone[kind]['ap']:.3f}" for kind in TYPES if alone[kind]["n"]) + ".", "",
+                  f"Without the images (outlines not checked against the image's edges), bad-mask AP {r['without_edges']:.3f}.", ""]
         lines += ["", "Ceiling of the scoring rules, apart from model quality (the clean labels given as predictions, "
                   "confidence 0.99, no class probabilities):", ""]
         lines += _table(r["oracle"], "perfect predictions")

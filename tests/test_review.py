@@ -18,7 +18,7 @@ from instaseg.data import Dataset
 from instaseg.data.stats import object_size
 from instaseg.predictor import read_checkpoint
 from instaseg.review import apply_review, review
-from instaseg.review.score import ReviewSettings, boundary_band, boundary_iou
+from instaseg.review.score import ReviewSettings, boundary_band, boundary_iou, edge_alignment, image_edges
 from instaseg.review.sources import assign_folds, out_of_fold_predictions, seen_warning, training_image_digests
 from instaseg.structures import Instances
 
@@ -240,6 +240,49 @@ def test_boundary_band_and_boundary_iou():
     expected = (band_a & band_b).sum() / (band_a | band_b).sum()
     assert boundary_iou(square, shifted, 2) == pytest.approx(expected)
     assert boundary_iou(square, shifted, 2) < ((square & shifted).sum() / (square | shifted).sum())
+
+
+def painted(*objects):
+    """An RGB image of bright discs on a dark, slightly noisy background."""
+    pixels = np.random.default_rng(0).normal(40, 3, (H, W)).clip(0, 255)
+    for mask in objects:
+        pixels[mask] = 200
+    return np.repeat(pixels.astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_edge_alignment_is_highest_on_the_objects_own_outline():
+    import cv2
+
+    edges = image_edges(painted(B), radius=3)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    own = edge_alignment(B, *edges)
+    too_large = edge_alignment(cv2.dilate(B.astype(np.uint8), kernel).astype(bool), *edges)
+    too_small = edge_alignment(cv2.erode(B.astype(np.uint8), kernel).astype(bool), *edges)
+    shifted = edge_alignment(np.roll(B, 3, axis=0), *edges)
+    assert own > 0.8 and max(too_large, too_small, shifted) < own - 0.3
+    assert edge_alignment(np.zeros((H, W), bool), *edges) is None
+    flat = image_edges(np.full((H, W, 3), 90, np.uint8), radius=3)
+    assert edge_alignment(B, *flat) is None  # no edge anywhere near: no evidence either way
+    # The image border is not outline: a label cut off by it is judged by its inner side alone.
+    cut = disc(44, 60, 9)
+    assert edge_alignment(cut, *image_edges(painted(cut), radius=3)) > 0.8
+
+
+def test_bad_mask_the_model_agrees_with_is_caught_by_the_image_edges():
+    import cv2
+
+    centres = [(12, 12), (12, 40), (40, 12), (40, 40), (26, 26)]
+    objects = [disc(cy, cx, 6) for cy, cx in centres]
+    drawn_large = cv2.dilate(objects[4].astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    labels = objects[:4] + [drawn_large]
+    ds = make_dataset([[(m, "cat") for m in labels]])
+    # The model follows the labels exactly, so only the image tells that the last one is too large.
+    predictions = {1: preds(*[(m, "cat", 0.95) for m in labels])}
+    blind, _ = review(ds, predictions)
+    assert not of_type(blind, "bad_mask")
+    seeing, info = review(ds, predictions, read_image=lambda image: painted(*objects))
+    assert [(s.type, s.annotation_id) for s in seeing] == [("bad_mask", 5)]
+    assert seeing[0].score > 0.8 and seeing[0].evidence["edge_alignment"] < info["bad_mask_reference"]["median_edge_alignment"]
 
 
 # -- apply -------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def run_review(
             predictions, label_probs, warnings = load_prediction_file(dataset, pred)
             source = {"kind": "pred", "path": str(Path(pred).resolve())}
 
-        suggestions, info = review(dataset, predictions, settings, label_probs)
+        suggestions, info = review(dataset, predictions, settings, label_probs, dataset.read_image)
         document = review_document(dataset, suggestions, source=source, warnings=warnings + info["warnings"],
                                    settings=settings, extra={"bad_mask_reference": info["bad_mask_reference"]})
         if document["dataset"] is None:  # not a COCO file: keep the dataset reviewed beside the review

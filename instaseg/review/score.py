@@ -23,8 +23,10 @@ that scores of different types can be ranked in one list (docs/review.md explain
 - ``bad_mask``: a matched label whose outline the model draws differently (mask IoU above
   ``missing_max_iou``: below it the prediction counts as another object): the boundary IoU is
   compared with the model's typical boundary IoU on this dataset (median and MAD over confident
-  matches, which are mostly correct labels); z robust standard deviations below the median gives
-  score = confidence x logistic(2 (z - 2)).
+  matches, which are mostly correct labels), giving z_model robust standard deviations below it.
+  When the images are at hand, the outline is also checked against the image's own edges
+  (``edge_alignment``), compared the same way: z_edge. z = (z_model + z_edge) / sqrt(2) (z_model
+  alone without images) gives score = confidence x logistic(2 (z - 2)).
 - ``duplicate``: two labels of one class covering the same pixels (no model needed): score = 0.5 +
   0.5 x (IoU - threshold) / (1 - threshold); the copy the model agrees with less is the one to remove.
 """
@@ -32,6 +34,7 @@ that scores of different types can be ranked in one list (docs/review.md explain
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,6 +73,9 @@ class ReviewSettings:
             extra_label score. The verdict comes from the same model as the detections, and a weak
             box head calls many real objects background, so it counts a quarter as much
             (BENCHMARKS.md: the weight was chosen on one set of injected errors and checked on another).
+        edge_radius: how far (pixels) from a label's outline ``edge_alignment`` looks for a stronger
+            image edge (bad_mask): a little wider than the boundary band, so that an outline drawn a
+            few pixels inside or outside the object still sees the object's edge.
     """
 
     match_min_iou: float = 0.1
@@ -82,6 +88,7 @@ class ReviewSettings:
     full_support_confidence: float = 0.5
     trusted_image_support: float = 0.5
     background_weight: float = 0.25
+    edge_radius: int = 3
 
 
 @dataclass
@@ -136,6 +143,40 @@ def boundary_iou(a: np.ndarray, b: np.ndarray, width: int) -> float:
     return float(np.logical_and(band_a, band_b).sum() / union) if union else 1.0
 
 
+def image_edges(pixels: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Edge strength of an RGB image (gradient magnitude of its lightly smoothed grey levels) and,
+    per pixel, the strongest edge within ``radius`` pixels (a square window)."""
+    grey = cv2.GaussianBlur(cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0)
+    strength = cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+    return strength, cv2.dilate(strength, np.ones((2 * radius + 1, 2 * radius + 1), np.uint8))
+
+
+def edge_alignment(mask: np.ndarray, strength: np.ndarray, strongest_nearby: np.ndarray) -> float | None:
+    """How closely a mask's outline follows the image's edges, in [0, 1].
+
+    The mean, over the outline's pixels, of the edge strength there divided by the strongest edge
+    within the radius of ``image_edges``: 1 when the outline runs along the strongest edge around
+    it, low when it runs a few pixels beside an edge (a mask drawn too large, too small, shifted or
+    with cut corners). Pixels on the image border are left out (the object goes on beyond it), and
+    so are pixels with no edge at all nearby (a flat region says nothing). None when no pixel is left.
+    """
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    height, width = mask.shape
+    y0, x0, y1, x1 = max(0, ys.min() - 1), max(0, xs.min() - 1), min(height, ys.max() + 2), min(width, xs.max() + 2)
+    crop = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8)
+    # Replicated borders: the image border is not part of the outline.
+    inner = cv2.erode(crop, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    outline = crop.astype(bool) & ~inner.astype(bool)
+    nearby = strongest_nearby[y0:y1, x0:x1][outline]
+    on_outline = strength[y0:y1, x0:x1][outline]
+    has_edge = nearby > 1e-3
+    if not has_edge.any():
+        return None
+    return float(np.mean(on_outline[has_edge] / nearby[has_edge]))
+
+
 def align_classes(pred: Instances, class_names: list[str]) -> tuple[Instances, set[str]]:
     """Re-index predictions to the dataset's classes by name; drop (and return) names the dataset lacks."""
     if not pred.class_names or list(pred.class_names) == list(class_names):
@@ -161,14 +202,16 @@ def score_image(
     pred: Instances | None,
     settings: ReviewSettings,
     label_probs: dict[int, np.ndarray] | None = None,
-) -> tuple[list[dict], list[tuple[float, float]]]:
-    """Raw suggestions for one image, and the (confidence, boundary IoU) of every matched pair.
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[list[dict], list[tuple[float, float, float | None]]]:
+    """Raw suggestions for one image, and the (confidence, boundary IoU, edge alignment) of every matched pair.
 
     ``pred`` must use the dataset's classes (see ``align_classes``); None means no model, so only
     duplicates are looked for. ``label_probs`` maps annotation ids to the model's (1 + K) class
-    probabilities for the label's box (background first). Suggestions come back as dicts without
-    ``id``; ``bad_mask`` candidates carry their evidence but a score of None, set by ``review`` once
-    the dataset-wide reference agreement is known.
+    probabilities for the label's box (background first). ``edges`` is ``image_edges`` of the
+    image (None: outlines are not checked against the image). Suggestions come back as dicts
+    without ``id``; ``bad_mask`` candidates carry their evidence but a score of None, set by
+    ``review`` once the dataset-wide reference agreement is known.
     """
     crowd = gt.data.get("iscrowd", np.zeros(len(gt), bool)).astype(bool)
     labels = gt[~crowd]
@@ -178,7 +221,7 @@ def score_image(
     suggestions: list[dict] = []
 
     agreement = np.zeros(len(labels))  # how much the model backs each label (for choosing duplicates)
-    pairs: list[tuple[float, float]] = []
+    pairs: list[tuple[float, float, float | None]] = []
     if pred is not None:
         pred = pred[pred.scores >= settings.min_confidence]
         pred_rles = pred.rles()
@@ -235,12 +278,15 @@ def score_image(
                     suggestions.append({**label, **fix, "type": "wrong_class", "score": float(margin[best]),
                                         "suggested_class": labels.class_names[best], "evidence": evidence})
             quality = boundary_iou(labels.masks[g], pred.masks[m], settings.boundary_width)
-            pairs.append((float(scores[m]), quality))
+            alignment = edge_alignment(labels.masks[g], *edges) if edges is not None else None
+            pairs.append((float(scores[m]), quality, alignment))
             if mask_iou <= settings.missing_max_iou:
                 continue
+            evidence = {"mask_iou": round(mask_iou, 4), "boundary_iou": round(quality, 4)}
+            if alignment is not None:
+                evidence["edge_alignment"] = round(alignment, 4)
             suggestions.append({**label, **fix, "type": "bad_mask", "score": None,
-                                "suggested_class": labels.class_names[labels.class_ids[g]],
-                                "evidence": {"mask_iou": round(mask_iou, 4), "boundary_iou": round(quality, 4)}})
+                                "suggested_class": labels.class_names[labels.class_ids[g]], "evidence": evidence})
 
         suggestions += _missing(base, pred, pred_rles, ious, set(match.values()), gt[crowd], settings)
 
@@ -316,22 +362,35 @@ def _duplicates(base: dict, labels: Instances, rles: list[dict], ann_ids: list[i
     return out
 
 
-def bad_mask_scorer(pairs: list[tuple[float, float]]):
-    """The mapping from (confidence, boundary IoU) to the probability that the label's mask is wrong.
+def _robust_reference(values: list[float]) -> tuple[float, float]:
+    """Median and robust standard deviation (1.4826 MAD, at least 0.02) of ``values``."""
+    median = float(np.median(values))
+    return median, max(0.02, 1.4826 * float(np.median(np.abs(np.asarray(values) - median))))
 
-    The reference is the model's agreement with the labels it is confident about (mostly correct
-    ones): median and MAD of their boundary IoU. A label z robust standard deviations below the
-    median scores confidence x logistic(2 (z - 2)): about 0.5 at z = 2, 0.9 at z = 3.
+
+def bad_mask_scorer(pairs: list[tuple[float, float, float | None]]):
+    """The mapping from (confidence, boundary IoU, edge alignment) to the probability that the label's mask is wrong.
+
+    The references are the labels the model is confident about (mostly correct ones): median and
+    robust spread of their boundary IoU with the model, and of their edge alignment. A label
+    z_model spreads below the first and z_edge below the second has z = (z_model + z_edge) / sqrt(2),
+    two independent pieces of evidence weighed equally (z_model alone when its edge alignment is
+    None), and scores confidence x logistic(2 (z - 2)): about 0.5 at z = 2, 0.9 at z = 3.
     """
-    confident = np.array([q for s, q in pairs if s >= 0.5] or [q for _, q in pairs] or [1.0])
-    median = float(np.median(confident))
-    spread = max(0.02, 1.4826 * float(np.median(np.abs(confident - median))))
+    confident = [p for p in pairs if p[0] >= 0.5] or pairs
+    median, spread = _robust_reference([q for _, q, _ in confident] or [1.0])
+    alignments = [e for _, _, e in confident if e is not None]
+    edge_median, edge_spread = _robust_reference(alignments) if alignments else (None, None)
 
-    def score(confidence: float, quality: float) -> float:
+    def score(confidence: float, quality: float, alignment: float | None = None) -> float:
         z = (median - quality) / spread
+        if alignment is not None and edge_median is not None:
+            z = (z + (edge_median - alignment) / edge_spread) / math.sqrt(2.0)
         return float(confidence / (1.0 + math.exp(-2.0 * (z - 2.0))))
 
     score.reference = {"median_boundary_iou": round(median, 4), "spread": round(spread, 4)}
+    if edge_median is not None:
+        score.reference |= {"median_edge_alignment": round(edge_median, 4), "edge_spread": round(edge_spread, 4)}
     return score
 
 
@@ -340,6 +399,7 @@ def review(
     predictions: dict[int, Instances] | None,
     settings: ReviewSettings | None = None,
     label_probs: dict[int, np.ndarray] | None = None,
+    read_image: Callable[[dict], np.ndarray] | None = None,
 ) -> tuple[list[Suggestion], dict]:
     """Rank suspected label errors in ``dataset`` from out-of-sample ``predictions``.
 
@@ -352,6 +412,9 @@ def review(
         label_probs: annotation id -> the same model's (1 + K) class probabilities for the label's
             box, background first and then the dataset's classes (``sources.judge``); they sharpen
             the extra-label and wrong-class scores. A label missing from the dict is judged without.
+        read_image: image record -> its (H, W, 3) RGB pixels (e.g. ``dataset.read_image``); with it,
+            each matched label's outline is also checked against the image's edges (bad_mask).
+            Images are read only when they hold a model's predictions.
 
     Returns:
         ``(suggestions, info)``: suggestions sorted worst first with ``id`` 1, 2, ...; ``info``
@@ -359,22 +422,25 @@ def review(
     """
     settings = settings or ReviewSettings()
     raw: list[dict] = []
-    pairs: list[tuple[float, float]] = []
+    pairs: list[tuple[float, float, float | None]] = []
     unknown: set[str] = set()
     for image in tqdm(dataset.images, desc="review", unit="img", disable=None):
-        pred = None
+        pred = edges = None
         if predictions is not None:
             pred = predictions.get(image["id"]) or Instances.empty(image["height"], image["width"], dataset.class_names)
             pred, dropped = align_classes(pred, dataset.class_names)
             unknown |= dropped
-        found, matched = score_image(image, dataset.ground_truth(image), pred, settings, label_probs)
+            if read_image is not None and len(pred):
+                edges = image_edges(read_image(image), settings.edge_radius)
+        found, matched = score_image(image, dataset.ground_truth(image), pred, settings, label_probs, edges)
         raw += found
         pairs += matched
 
     scorer = bad_mask_scorer(pairs)
     for item in raw:
         if item["type"] == "bad_mask":
-            item["score"] = scorer(item["confidence"], item["evidence"]["boundary_iou"])
+            evidence = item["evidence"]
+            item["score"] = scorer(item["confidence"], evidence["boundary_iou"], evidence.get("edge_alignment"))
     kept = [item for item in raw if item["score"] >= settings.min_score]
     kept.sort(key=lambda item: (-item["score"], item["image_id"], item["annotation_id"] or 0, item["type"]))
     suggestions = [Suggestion(id=k + 1, **{**item, "score": round(float(item["score"]), 4)}) for k, item in enumerate(kept)]
