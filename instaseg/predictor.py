@@ -82,7 +82,7 @@ def load(path: str | Path, device: str | torch.device | None = None) -> "Predict
         device: where to run ("cpu", "cuda", ...); CUDA when available by default.
     """
     model, config = model_from_checkpoint(read_checkpoint(path), path)
-    return Predictor(model, config["class_names"], device=device, object_sizes=config.get("object_sizes"))
+    return Predictor(model, config["class_names"], device=device, object_sizes=config.get("object_sizes"), config=config)
 
 
 def input_scale(model: torch.nn.Module, height: int, width: int) -> float:
@@ -101,6 +101,9 @@ class Predictor:
         object_sizes: (low, high): the range of typical object sides (square root of the area, in
             pixels) at the model's input in its training images, when the checkpoint records it;
             ``predict`` uses it to rescale images whose object size is known.
+        config: what the checkpoint records about the model's training (architecture, recipe,
+            class names, the SHA-1s of its training images, ...); empty for a model not loaded
+            from a checkpoint.
     """
 
     def __init__(
@@ -109,11 +112,13 @@ class Predictor:
         class_names: Sequence[str],
         device: str | torch.device | None = None,
         object_sizes: Sequence[float] | None = None,
+        config: dict[str, Any] | None = None,
     ):
         self.device = torch.device(device) if device is not None else auto_device()
         self.model = model.to(self.device).eval()
         self.class_names = tuple(class_names)
         self.object_sizes = tuple(object_sizes) if object_sizes is not None else None
+        self.config = dict(config or {})
 
     @property
     def max_detections(self) -> int:

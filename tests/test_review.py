@@ -490,10 +490,14 @@ def test_cli_review_with_a_model_warns_when_it_trained_on_these_images(cli, revi
     root = reviewed_files
     ds, predictions = _noisy_case()
 
+    second = Dataset.load(root / "labels.json")
+    digest = second.image_sha1(second.images[1])
+
     class FakePredictor:
         class_names = CLASSES
         judged = iter(predictions[image["id"]] for image in ds.images)  # judge() goes image by image
         max_detections = 100
+        config = {"train_image_sha1": [digest]}
 
         def predict(self, pixels, score_threshold, max_detections, object_size):
             return next(self.judged)
@@ -502,9 +506,6 @@ def test_cli_review_with_a_model_warns_when_it_trained_on_these_images(cli, revi
             return np.tile([[0.0, 1.0, 0.0]], (len(boxes), 1))
 
     monkeypatch.setattr(instaseg, "load", lambda path: FakePredictor(), raising=False)
-    second = Dataset.load(root / "labels.json")
-    digest = second.image_sha1(second.images[1])
-    monkeypatch.setattr("instaseg.predictor.read_checkpoint", lambda path: {"config": {"train_image_sha1": [digest]}})
     r = cli("review", root / "labels.json", "--model", root / "fake.pt", "--out", root / "rev")
     assert r.code == 0, r.stderr
     assert "trained on 1 of these 2 images" in r.stderr
@@ -551,7 +552,7 @@ def test_cli_review_with_real_out_of_fold_models(cli, tmp_path):
     document = json.loads((tmp_path / "rev" / "review.json").read_text())
     assert document["source"]["kind"] == "folds" and not document["warnings"]
     for fold in (1, 2):
-        assert training_image_digests(tmp_path / "rev" / "folds" / f"fold-{fold}" / "best.pt")
+        assert training_image_digests(read_checkpoint(tmp_path / "rev" / "folds" / f"fold-{fold}" / "best.pt")["config"])
         assert read_checkpoint(tmp_path / "rev" / "folds" / f"fold-{fold}" / "best.pt")["config"]["crop_size"] == 48
     # However little two 1-epoch models learn, a near copy of a label is found and ranked first
     # (either one of the pair may be the suggested removal).

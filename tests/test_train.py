@@ -50,9 +50,9 @@ def test_a_few_iterations_give_finite_losses_and_a_loadable_checkpoint(shapes, t
     assert result.masks.shape[1:] == (64, 64)
     assert result.data["class_probs"].shape == (len(result), 4)
     # The checkpoint names its training images, so a review can tell seen images from unseen ones.
-    assert len(training_image_digests(best)) == len(shapes[0].images)
-    assert seen_warning(shapes[1], training_image_digests(best)) is None
-    assert "trained on 8 of these 8 images" in seen_warning(shapes[0], training_image_digests(best))
+    assert len(training_image_digests(predictor.config)) == len(shapes[0].images)
+    assert seen_warning(shapes[1], training_image_digests(predictor.config)) is None
+    assert "trained on 8 of these 8 images" in seen_warning(shapes[0], training_image_digests(predictor.config))
     # ... and the object sizes it learnt at its input size (64 px images, no resizing)
     sides = [object_size(shapes[0], image) for image in shapes[0].images]
     assert predictor.object_sizes == pytest.approx(tuple(np.percentile(sides, (10, 90))))

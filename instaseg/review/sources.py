@@ -83,7 +83,7 @@ def predict_with_model(dataset: Dataset, model_path: str | Path) -> tuple[dict[i
     import instaseg
 
     predictor = instaseg.load(model_path)
-    warning = seen_warning(dataset, training_image_digests(model_path))
+    warning = seen_warning(dataset, training_image_digests(predictor.config))
     predictions, label_probs = judge(predictor, dataset)
     return predictions, label_probs, [warning] if warning else []
 
@@ -123,11 +123,9 @@ def judge(predictor: "Predictor", dataset: Dataset) -> tuple[dict[int, Instances
     return predictions, label_probs if judged else None
 
 
-def training_image_digests(model_path: str | Path) -> set[str] | None:
-    """SHA-1s of the checkpoint's training images, when its config records them (``train_image_sha1``)."""
-    from instaseg.predictor import read_checkpoint
-
-    digests = read_checkpoint(model_path).get("config", {}).get("train_image_sha1")
+def training_image_digests(config: dict[str, Any]) -> set[str] | None:
+    """SHA-1s of a model's training images, when its checkpoint's config (``Predictor.config``) records them."""
+    digests = config.get("train_image_sha1")
     return set(digests) if digests else None
 
 
