@@ -4,7 +4,7 @@ For each dataset (the synthetic shapes and, when ../shared is present, the DSB20
 
 1. inject 10% missing, 10% extra, 5% wrong-class (several classes only), 10% bad masks and 3%
    duplicates (``instaseg.review.inject_noise``, seed 0, or --noise-seed);
-2. train K=2 out-of-fold models on the noisy labels (``--epochs-per-fold`` each, so that the result
+2. train K out-of-fold models (``--folds``, 2 by default) on the noisy labels (``--epochs-per-fold`` each, so that the result
    does not depend on how busy the machine is; or ``--minutes-per-fold``) and predict the
    images each one never saw;
 3. rank suggestions with ``instaseg.review.review`` and, from the very same predictions (boxes and
@@ -217,10 +217,10 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     noisy = Dataset.load(work / "noisy.json")
     started = time.perf_counter()
     if args.reuse_folds:
-        predictions, label_probs = judge_with_fold_checkpoints(noisy, work / "folds")
+        predictions, label_probs = judge_with_fold_checkpoints(noisy, work / "folds", args.folds)
     else:
         predictions, label_probs, _ = out_of_fold_predictions(
-            noisy, 2, out=work / "folds", minutes_per_fold=args.minutes_per_fold, epochs_per_fold=args.epochs_per_fold,
+            noisy, args.folds, out=work / "folds", minutes_per_fold=args.minutes_per_fold, epochs_per_fold=args.epochs_per_fold,
             seed=0,
             train_options={"overwrite": True, "progress": False, "preset": preset, "model_kwargs": model_kwargs,
                            "crop_size": args.crop_size, "processes": args.processes})
@@ -228,7 +228,7 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     started = time.perf_counter()
     suggestions, info = review(noisy, predictions, ReviewSettings(min_score=0.0), label_probs, noisy.read_image)
     reviewed = time.perf_counter() - started
-    document = review_document(noisy, suggestions, source={"kind": "folds", "folds": 2}, warnings=info["warnings"],
+    document = review_document(noisy, suggestions, source={"kind": "folds", "folds": args.folds}, warnings=info["warnings"],
                                settings=ReviewSettings(min_score=0.0), extra={"bad_mask_reference": info["bad_mask_reference"]})
     report = work / "report"
     if report.exists():
@@ -262,13 +262,13 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     return result
 
 
-def judge_with_fold_checkpoints(noisy: Dataset, folder: Path) -> tuple[dict, dict]:
+def judge_with_fold_checkpoints(noisy: Dataset, folder: Path, folds: int) -> tuple[dict, dict]:
     """What ``out_of_fold_predictions`` returns, from the fold checkpoints an earlier run left in ``folder``."""
-    checkpoints = [folder / f"fold-{fold + 1}" / "best.pt" for fold in range(2)]
+    checkpoints = [folder / f"fold-{fold + 1}" / "best.pt" for fold in range(folds)]
     for checkpoint in checkpoints:
         if not checkpoint.exists():
             sys.exit(f"--reuse-folds: {checkpoint} is missing; run once without --reuse-folds")
-    return judge_held_out(noisy, assign_folds(noisy, 2, seed=0), checkpoints)
+    return judge_held_out(noisy, assign_folds(noisy, folds, seed=0), checkpoints)
 
 
 def compare(noisy: Dataset, suggestions: list, predictions: dict, injected: list[dict]) -> dict:
@@ -295,7 +295,7 @@ def markdown(results: list[dict], args, command: str) -> str:
         f"Command: `{command}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU only. "
-        f"Out-of-fold models: K = 2 folds, {budget(args)} of training per fold "
+        f"Out-of-fold models: K = {args.folds} folds, {budget(args)} of training per fold "
         f"(default architecture of `instaseg.train.train`, preset 'small' for the synthetic shapes, 'cpu' for the nuclei), trained on the noisy labels.",
         "",
         f"Injected (seed {args.noise_seed}): 10% missing, 10% extra, 5% wrong class (multi-class data only), 10% bad masks, "
@@ -356,6 +356,7 @@ def main() -> None:
     budgets.add_argument("--epochs-per-fold", type=int, default=None)
     budgets.add_argument("--minutes-per-fold", type=float, default=None)
     parser.add_argument("--synthetic-images", type=int, default=600)
+    parser.add_argument("--folds", type=int, default=2, help="out-of-fold models (each trains on all folds but one)")
     parser.add_argument("--noise-seed", type=int, default=0,
                         help="seed of the injected errors; with --reuse-folds, another seed judges a second set of "
                              "errors with the same fold models, which never saw the images they judge")
