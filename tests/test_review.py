@@ -8,6 +8,7 @@ import json
 import sys
 import types
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -251,8 +252,6 @@ def painted(*objects):
 
 
 def test_edge_alignment_is_highest_on_the_objects_own_outline():
-    import cv2
-
     edges = image_edges(painted(B), radius=3)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     own = edge_alignment(B, *edges)
@@ -269,8 +268,6 @@ def test_edge_alignment_is_highest_on_the_objects_own_outline():
 
 
 def test_bad_mask_the_model_agrees_with_is_caught_by_the_image_edges():
-    import cv2
-
     centres = [(12, 12), (12, 40), (40, 12), (40, 40), (26, 26)]
     objects = [disc(cy, cx, 6) for cy, cx in centres]
     drawn_large = cv2.dilate(objects[4].astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
@@ -552,8 +549,8 @@ def test_cli_review_with_real_out_of_fold_models(cli, tmp_path):
     document = json.loads((tmp_path / "rev" / "review.json").read_text())
     assert document["source"]["kind"] == "folds" and not document["warnings"]
     for fold in (1, 2):
-        assert training_image_digests(read_checkpoint(tmp_path / "rev" / "folds" / f"fold-{fold}" / "best.pt")["config"])
-        assert read_checkpoint(tmp_path / "rev" / "folds" / f"fold-{fold}" / "best.pt")["config"]["crop_size"] == 48
+        config = read_checkpoint(tmp_path / "rev" / "folds" / f"fold-{fold}" / "best.pt")["config"]
+        assert training_image_digests(config) and config["crop_size"] == 48
     # However little two 1-epoch models learn, a near copy of a label is found and ranked first
     # (either one of the pair may be the suggested removal).
     pairs = [{e["annotation_id"], e["source_annotation_id"]} for e in injected if e["type"] == "duplicate"]
