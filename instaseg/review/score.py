@@ -128,17 +128,25 @@ def boundary_band(mask: np.ndarray, width: int) -> np.ndarray:
     return mask & ~eroded.astype(bool)
 
 
+def _around(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """Rows and columns of ``mask``'s box grown by one pixel (within the image); None if it is empty.
+
+    Contour work on a whole image needs only this window: an outline never reaches past it.
+    """
+    x0, y0, x1, y1 = (int(v) for v in mask_ops.box_from_mask(mask))
+    if x1 == x0:
+        return None
+    height, width = mask.shape
+    return slice(max(0, y0 - 1), min(height, y1 + 1)), slice(max(0, x0 - 1), min(width, x1 + 1))
+
+
 def boundary_iou(a: np.ndarray, b: np.ndarray, width: int) -> float:
     """IoU of the boundary bands of two boolean masks; 1.0 when both are empty."""
-    ys, xs = np.nonzero(a | b)
-    if len(xs) == 0:
+    window = _around(a | b)
+    if window is None:
         return 1.0
-    # Only the region around both masks matters; the band never reaches past it.
-    height, image_width = a.shape
-    y0, x0 = max(0, ys.min() - 1), max(0, xs.min() - 1)
-    y1, x1 = min(height, ys.max() + 2), min(image_width, xs.max() + 2)
-    band_a = boundary_band(a[y0:y1, x0:x1], width)
-    band_b = boundary_band(b[y0:y1, x0:x1], width)
+    band_a = boundary_band(a[window], width)
+    band_b = boundary_band(b[window], width)
     union = np.logical_or(band_a, band_b).sum()
     return float(np.logical_and(band_a, band_b).sum() / union) if union else 1.0
 
@@ -160,17 +168,15 @@ def edge_alignment(mask: np.ndarray, strength: np.ndarray, strongest_nearby: np.
     with cut corners). Pixels on the image border are left out (the object goes on beyond it), and
     so are pixels with no edge at all nearby (a flat region says nothing). None when no pixel is left.
     """
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    window = _around(mask)
+    if window is None:
         return None
-    height, width = mask.shape
-    y0, x0, y1, x1 = max(0, ys.min() - 1), max(0, xs.min() - 1), min(height, ys.max() + 2), min(width, xs.max() + 2)
-    crop = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8)
+    crop = np.ascontiguousarray(mask[window], dtype=np.uint8)
     # Replicated borders: the image border is not part of the outline.
     inner = cv2.erode(crop, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
     outline = crop.astype(bool) & ~inner.astype(bool)
-    nearby = strongest_nearby[y0:y1, x0:x1][outline]
-    on_outline = strength[y0:y1, x0:x1][outline]
+    nearby = strongest_nearby[window][outline]
+    on_outline = strength[window][outline]
     has_edge = nearby > 1e-3
     if not has_edge.any():
         return None
