@@ -420,7 +420,7 @@ def review(
             the extra-label and wrong-class scores. A label missing from the dict is judged without.
         read_image: image record -> its (H, W, 3) RGB pixels (e.g. ``dataset.read_image``); with it,
             each matched label's outline is also checked against the image's edges (bad_mask).
-            Images are read only when they hold a model's predictions.
+            Images are read only when they hold both labels and a model's predictions.
 
     Returns:
         ``(suggestions, info)``: suggestions sorted worst first with ``id`` 1, 2, ...; ``info``
@@ -431,14 +431,15 @@ def review(
     pairs: list[tuple[float, float, float | None]] = []
     unknown: set[str] = set()
     for image in tqdm(dataset.images, desc="review", unit="img", disable=None):
+        gt = dataset.ground_truth(image)
         pred = edges = None
         if predictions is not None:
             pred = predictions.get(image["id"]) or Instances.empty(image["height"], image["width"], dataset.class_names)
             pred, dropped = align_classes(pred, dataset.class_names)
             unknown |= dropped
-            if read_image is not None and len(pred):
+            if read_image is not None and len(pred) and len(gt):  # outlines to check only where both exist
                 edges = image_edges(read_image(image), settings.edge_radius)
-        found, matched = score_image(image, dataset.ground_truth(image), pred, settings, label_probs, edges)
+        found, matched = score_image(image, gt, pred, settings, label_probs, edges)
         raw += found
         pairs += matched
 
