@@ -223,7 +223,7 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
             noisy, args.folds, out=work / "folds", minutes_per_fold=args.minutes_per_fold, epochs_per_fold=args.epochs_per_fold,
             seed=0,
             train_options={"overwrite": True, "progress": False, "preset": preset, "model_kwargs": model_kwargs,
-                           "crop_size": args.crop_size, "processes": args.processes})
+                           "crop_size": args.crop_size, "flips": args.flips, "processes": args.processes})
     trained = time.perf_counter() - started
     started = time.perf_counter()
     suggestions, info = review(noisy, predictions, ReviewSettings(min_score=0.0), label_probs, noisy.read_image)
@@ -361,6 +361,8 @@ def main() -> None:
                         help="seed of the injected errors; with --reuse-folds, another seed judges a second set of "
                              "errors with the same fold models, which never saw the images they judge")
     parser.add_argument("--crop-size", type=int, default=None, help="fold models train on crops of this size")
+    parser.add_argument("--flips", choices=["horizontal", "all"], default="horizontal",
+                        help="random flips of the fold models' training images (all: also upside down and quarter turns)")
     parser.add_argument("--processes", type=int, default=1, help="training processes per fold model (CPU)")
     parser.add_argument("--reuse-folds", action="store_true",
                         help="judge with the fold checkpoints an earlier run with the same --out left, instead of training")

@@ -53,6 +53,7 @@ def train(
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Model preset: cpu, gpu or small (default: gpu with CUDA, else cpu)."),
     crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Train on random square crops of this many pixels at the model's input scale (large images, small objects)."),
+    flips: str = typer.Option("horizontal", "--flips", help="Random flips: horizontal, or all (also upside down and quarter turns: images with no up, such as microscopy or aerial views)."),
     processes: int = typer.Option(1, "--processes", min=1, help="On a CPU, train as this many data-parallel processes (2 keeps both cores of a 2-core machine busy)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out."),
 ) -> None:
@@ -65,7 +66,7 @@ def train(
         load_dataset(val) if val is not None else None,
         model=model, epochs=epochs, minutes=minutes, weights=weights, out=out, seed=seed,
         overwrite=overwrite, resume=resume, batch_size=batch_size, lr=lr, preset=preset, crop_size=crop_size,
-        processes=processes,
+        flips=flips, processes=processes,
     )
     typer.echo(f"best checkpoint: {best}")
 

@@ -230,6 +230,35 @@ def test_crops_are_taken_at_the_models_scale_with_their_instances(tmp_path):
     assert load(best, device="cpu").predict(tmp_path / "a.png", score_threshold=0.0).masks.shape[1:] == (120, 200)
 
 
+def test_all_flips_turn_the_image_with_its_masks_and_boxes(tmp_path):
+    # A 120 x 200 image with one bright bar off-centre: each of the eight flips and quarter turns
+    # puts it somewhere else, and the mask and box must follow the pixels there.
+    pixels = np.zeros((120, 200, 3), np.uint8)
+    pixels[10:30, 20:80] = 255
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    (tmp_path / "a.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 120}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 10, 60, 20], "area": 1200, "iscrowd": 0,
+                         "segmentation": [[20, 10, 80, 10, 80, 30, 20, 30]]}],
+        "categories": [{"id": 1, "name": "bar"}]}))
+    dataset = Dataset.load(tmp_path / "a.json")
+    seen = {}
+    for flips in ("horizontal", "all"):
+        images = TrainingImages(dataset, augment=True, min_sizes=(120,), max_size=1000, flips=flips)
+        seen[flips] = set()
+        for images.epoch in range(64):
+            image, target = images[0]
+            (box,), (mask,) = target["boxes"].tolist(), target["masks"].bool()
+            ys, xs = np.nonzero(mask.numpy())
+            assert box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            assert image[0][mask].min() > image[0][~mask].max()  # colour jitter keeps the bar the brightest
+            seen[flips].add((tuple(image.shape[1:]), tuple(box)))
+    assert seen["horizontal"] == {((120, 200), (20, 10, 80, 30)), ((120, 200), (120, 10, 180, 30))}
+    assert len(seen["all"]) == 8 and {size for size, _ in seen["all"]} == {(120, 200), (200, 120)}
+    with pytest.raises(InstasegError, match="--flips"):
+        train(dataset, out=tmp_path / "run", epochs=1, flips="upside-down")
+
+
 def test_short_runs_warm_up_for_a_tenth_of_the_run(monkeypatch):
     seconds_per_step = 6.0
 
