@@ -41,6 +41,7 @@ from instaseg.review import inject_noise, review, review_document, save_dataset
 from instaseg.review.report import write_outputs
 from instaseg.review.score import ReviewSettings
 from instaseg.review.sources import assign_folds, judge_held_out, out_of_fold_predictions
+from instaseg.train import FLIPS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TYPES = ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
@@ -361,7 +362,7 @@ def main() -> None:
                         help="seed of the injected errors; with --reuse-folds, another seed judges a second set of "
                              "errors with the same fold models, which never saw the images they judge")
     parser.add_argument("--crop-size", type=int, default=None, help="fold models train on crops of this size")
-    parser.add_argument("--flips", choices=["horizontal", "all"], default="horizontal",
+    parser.add_argument("--flips", choices=FLIPS, default="horizontal",
                         help="random flips of the fold models' training images (all: also upside down and quarter turns)")
     parser.add_argument("--processes", type=int, default=1, help="training processes per fold model (CPU)")
     parser.add_argument("--reuse-folds", action="store_true",
