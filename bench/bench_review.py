@@ -41,7 +41,7 @@ from instaseg.review import inject_noise, review, review_document, save_dataset
 from instaseg.review.report import write_outputs
 from instaseg.review.score import ReviewSettings
 from instaseg.review.sources import assign_folds, judge_held_out, out_of_fold_predictions
-from instaseg.train import FLIPS
+from instaseg.train import FLIPS, PHOTOMETRIC
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TYPES = ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
@@ -224,7 +224,8 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
             noisy, args.folds, out=work / "folds", minutes_per_fold=args.minutes_per_fold, epochs_per_fold=args.epochs_per_fold,
             seed=0,
             train_options={"overwrite": True, "progress": False, "preset": preset, "model_kwargs": model_kwargs,
-                           "crop_size": args.crop_size, "flips": args.flips, "processes": args.processes})
+                           "crop_size": args.crop_size, "flips": args.flips,
+                           "photometric": args.photometric, "processes": args.processes})
     trained = time.perf_counter() - started
     started = time.perf_counter()
     suggestions, info = review(noisy, predictions, ReviewSettings(min_score=0.0), label_probs, noisy.read_image)
@@ -364,6 +365,8 @@ def main() -> None:
     parser.add_argument("--crop-size", type=int, default=None, help="fold models train on crops of this size")
     parser.add_argument("--flips", choices=FLIPS, default="horizontal",
                         help="random flips of the fold models' training images (all: also upside down and quarter turns)")
+    parser.add_argument("--photometric", choices=PHOTOMETRIC, default="jitter",
+                        help="random colour changes of the fold models' training images (all: also grey and inverted)")
     parser.add_argument("--processes", type=int, default=1, help="training processes per fold model (CPU)")
     parser.add_argument("--reuse-folds", action="store_true",
                         help="judge with the fold checkpoints an earlier run with the same --out left, instead of training")

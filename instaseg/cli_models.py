@@ -54,6 +54,7 @@ def train(
     preset: Optional[str] = typer.Option(None, "--preset", help="Model preset: cpu, gpu or small (default: gpu with CUDA, else cpu)."),
     crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Train on random square crops of this many pixels at the model's input scale (large images, small objects)."),
     flips: str = typer.Option("horizontal", "--flips", help="Random flips: horizontal, or all (also upside down and quarter turns: images with no up, such as microscopy or aerial views)."),
+    photometric: str = typer.Option("jitter", "--photometric", help="Random colour changes: jitter (brightness, contrast, saturation), or all (also grey and inverted: objects lighter or darker than their background from image to image, such as stained and fluorescent cells)."),
     processes: int = typer.Option(1, "--processes", min=1, help="On a CPU, train as this many data-parallel processes (2 keeps both cores of a 2-core machine busy)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out."),
 ) -> None:
@@ -66,7 +67,7 @@ def train(
         load_dataset(val) if val is not None else None,
         model=model, epochs=epochs, minutes=minutes, weights=weights, out=out, seed=seed,
         overwrite=overwrite, resume=resume, batch_size=batch_size, lr=lr, preset=preset, crop_size=crop_size,
-        flips=flips, processes=processes,
+        flips=flips, photometric=photometric, processes=processes,
     )
     typer.echo(f"best checkpoint: {best}")
 

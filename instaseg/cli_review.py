@@ -44,6 +44,7 @@ def review_run(
     preset: Annotated[Optional[str], typer.Option(help="Preset of the fold models: cpu, gpu or small (images of 128-256 px).")] = None,
     crop_size: Annotated[Optional[int], typer.Option(help="Fold models train on random crops of this many pixels (large images, small objects).")] = None,
     flips: Annotated[str, typer.Option(help="Random flips of the fold models' training images: horizontal, or all (images with no up: microscopy, aerial views).")] = "horizontal",
+    photometric: Annotated[str, typer.Option(help="Random colour changes of the fold models' training images: jitter, or all (also grey and inverted: stained and fluorescent cells in one dataset).")] = "jitter",
     processes: Annotated[int, typer.Option(min=1, help="Each fold model trains as this many CPU processes (2 on a 2-core machine).")] = 1,
     out: Annotated[Optional[Path], typer.Option(help="Report folder (default: review-<DATA name>).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Image folder, if not beside the dataset.")] = None,
@@ -63,7 +64,7 @@ def review_run(
     target = out if out is not None else Path(f"review-{data.stem}")
     document = run_review(
         dataset, out=target, model=model, pred=pred, folds=folds, minutes_per_fold=None if epochs_per_fold else minutes_per_fold,
-        epochs_per_fold=epochs_per_fold, architecture=arch, preset=preset, crop_size=crop_size, flips=flips,
+        epochs_per_fold=epochs_per_fold, architecture=arch, preset=preset, crop_size=crop_size, flips=flips, photometric=photometric,
         processes=processes, max_pictures=max_pictures, seed=seed,
         settings=ReviewSettings(min_score=min_score), overwrite=overwrite,
     )

@@ -259,6 +259,41 @@ def test_all_flips_turn_the_image_with_its_masks_and_boxes(tmp_path):
         train(dataset, out=tmp_path / "run", epochs=1, flips="upside-down")
 
 
+def test_photometric_all_also_turns_images_grey_and_inverts_them(tmp_path):
+    # A red bar on a dark green background: "jitter" keeps the bar red and brighter than the
+    # background; "all" also shows it grey (all channels equal) and dark on a light background,
+    # each about half the time, and never moves the mask or the box.
+    pixels = np.zeros((60, 80, 3), np.uint8)
+    pixels[..., 1] = 40
+    pixels[10:30, 20:60, 0] = 230
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    (tmp_path / "a.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 80, "height": 60}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 10, 40, 20], "area": 800, "iscrowd": 0,
+                         "segmentation": [[20, 10, 60, 10, 60, 30, 20, 30]]}],
+        "categories": [{"id": 1, "name": "bar"}]}))
+    dataset = Dataset.load(tmp_path / "a.json")
+    for photometric in ("jitter", "all"):
+        images = TrainingImages(dataset, augment=True, min_sizes=(60,), max_size=1000, photometric=photometric)
+        grey = inverted = 0
+        for images.epoch in range(200):
+            image, target = images[0]
+            mask = target["masks"][0].bool()
+            box = target["boxes"][0].tolist()
+            if box[0] > 20:  # mirrored
+                mask, image, box = mask.flip(-1), image.flip(-1), [80 - box[2], box[1], 80 - box[0], box[3]]
+            assert box == [20, 10, 60, 30] and mask.sum() == 800
+            bar, background = image[:, mask].mean(1), image[:, ~mask].mean(1)
+            grey += bool(torch.allclose(image[0], image[1]) and torch.allclose(image[1], image[2]))
+            inverted += bool(bar.mean() < background.mean())
+        if photometric == "jitter":
+            assert grey == inverted == 0
+        else:
+            assert 70 < grey < 130 and 70 < inverted < 130
+    with pytest.raises(InstasegError, match="--photometric"):
+        train(dataset, out=tmp_path / "run", epochs=1, photometric="sepia")
+
+
 def test_short_runs_warm_up_for_a_tenth_of_the_run(monkeypatch):
     seconds_per_step = 6.0
 

@@ -70,6 +70,7 @@ def run_review(
     preset: str | None = None,
     crop_size: int | None = None,
     flips: str = "horizontal",
+    photometric: str = "jitter",
     processes: int = 1,
     max_pictures: int = 200,
     seed: int = 0,
@@ -87,7 +88,7 @@ def run_review(
         minutes_per_fold, epochs_per_fold: training budget of each fold model.
         architecture: model name for the fold models (the trainer's default when None).
         preset: model preset for the fold models ("cpu", "gpu", "small"; the trainer's default when None).
-        crop_size, flips, processes: how the fold models train (see ``instaseg.train.train``).
+        crop_size, flips, photometric, processes: how the fold models train (see ``instaseg.train.train``).
         max_pictures: draw pictures for this many suggestions, worst first.
         seed: fixes the fold split and training.
         settings: thresholds of the rules (the defaults suit most datasets).
@@ -106,7 +107,8 @@ def run_review(
             predictions, label_probs, fold_info = out_of_fold_predictions(
                 dataset, folds, out=folder / "folds", model=architecture, minutes_per_fold=minutes_per_fold,
                 epochs_per_fold=epochs_per_fold, seed=seed,
-                train_options={"preset": preset, "crop_size": crop_size, "flips": flips, "processes": processes})
+                train_options={"preset": preset, "crop_size": crop_size, "flips": flips,
+                               "photometric": photometric, "processes": processes})
             warnings: list[str] = []
             source: dict[str, Any] = {"kind": "folds", "folds": folds, "minutes_per_fold": minutes_per_fold,
                                       "epochs_per_fold": epochs_per_fold, **fold_info}
