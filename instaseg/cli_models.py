@@ -47,7 +47,7 @@ def train(
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget in minutes."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Start from an instaseg checkpoint or a torchvision state dict."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Folder for checkpoints, metrics and curves."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt, with the model and augmentation it recorded."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per step (per process under torchrun; shared out with --processes)."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW)."),

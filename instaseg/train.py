@@ -93,7 +93,8 @@ def train(
         out: folder for checkpoints, logs and curves.
         seed: seeds model initialisation, shuffling and augmentation.
         overwrite: replace an earlier run's files in ``out``.
-        resume: continue the run in ``out`` from its ``last.pt``.
+        resume: continue the run in ``out`` from its ``last.pt``, with the model and augmentation
+            (``crop_size``, ``flips``, ``photometric``) it recorded.
         batch_size: images per step (per process under torchrun).
         lr: peak AdamW learning rate.
         preset: model preset ("cpu", "gpu", "small"); by default "gpu" with CUDA, else "cpu".
@@ -453,6 +454,10 @@ class _Run:
                     file=self.out / "last.pt",
                 )
             self.config = config
+            # The run goes on with the recipe it started with, whatever the resuming command says.
+            self.crop_size = config.get("crop_size")
+            self.flips = config.get("flips", "horizontal")
+            self.photometric = config.get("photometric", "jitter")
         else:
             preset = self.preset or default_preset()
             self.config = {

@@ -61,8 +61,10 @@ def test_a_few_iterations_give_finite_losses_and_a_loadable_checkpoint(shapes, t
 
 
 def test_resume_continues_exactly_where_last_pt_was_written(shapes, tmp_path, monkeypatch):
+    # The run resumes with the augmentation it recorded, though the resuming command leaves it out.
     no_val = (shapes[0], None)
-    _train(no_val, tmp_path / "straight", epochs=2, batch_size=2)
+    recipe = {"flips": "all", "photometric": "all"}
+    _train(no_val, tmp_path / "straight", epochs=2, batch_size=2, **recipe)
     straight = read_checkpoint(tmp_path / "straight" / "last.pt")
 
     calls = {"n": 0}
@@ -76,7 +78,7 @@ def test_resume_continues_exactly_where_last_pt_was_written(shapes, tmp_path, mo
 
     monkeypatch.setattr(_Run, "_step", dies_at_third_step)
     with pytest.raises(KeyboardInterrupt):
-        _train(no_val, tmp_path / "killed", epochs=2, batch_size=2, checkpoint_every=1)
+        _train(no_val, tmp_path / "killed", epochs=2, batch_size=2, checkpoint_every=1, **recipe)
     monkeypatch.setattr(_Run, "_step", real_step)
     assert read_checkpoint(tmp_path / "killed" / "last.pt")["train_state"]["iteration"] == 2
     _train(no_val, tmp_path / "killed", epochs=2, batch_size=2, resume=True)
