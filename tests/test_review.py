@@ -191,6 +191,28 @@ def test_bad_mask_is_the_label_whose_outline_disagrees():
     assert info["bad_mask_reference"]["median_boundary_iou"] == 1.0
 
 
+def test_bad_mask_is_judged_against_the_models_agreement_on_the_same_image():
+    # Image 1 is one where the model draws every outline 2 px inside the label (blur, a faint
+    # stain); on image 2 it draws them exactly, but one label is drawn 2 px too wide. Against the
+    # dataset's typical agreement the two kinds of disagreement look alike; against each image's
+    # own, only the wide label stands out.
+    centres = [(8 + 16 * i, 8 + 16 * j) for i in range(4) for j in range(4)]
+    labels = [disc(cy, cx, 5) for cy, cx in centres]
+    inside = [disc(cy, cx, 3) for cy, cx in centres]
+    wide = disc(*centres[5], 7)
+    ds = make_dataset([[(m, "cat") for m in labels], [(m, "cat") for m in labels[:5] + [wide] + labels[6:]]])
+    predictions = {1: preds(*[(m, "cat", 0.95) for m in inside]), 2: preds(*[(m, "cat", 0.95) for m in labels])}
+    suggestions, info = review(ds, predictions)
+    bad = of_type(suggestions, "bad_mask")
+    assert [(s.image_id, s.annotation_id) for s in bad] == [(2, 22)]
+    # 15 other matches: the image's reference (1.0) weighs 15 / (15 + 10), the dataset's the rest.
+    dataset = info["bad_mask_reference"]["median_boundary_iou"]
+    assert bad[0].evidence["reference_boundary_iou"] == pytest.approx(0.6 * 1.0 + 0.4 * dataset, abs=1e-3)
+    assert bad[0].score > 0.8
+    dataset_only = of_type(review(ds, predictions, ReviewSettings(min_image_matches=1000))[0], "bad_mask")
+    assert 22 not in [s.annotation_id for s in dataset_only]  # the dataset's reference alone misses it
+
+
 def test_a_barely_overlapping_prediction_is_another_object_not_a_redraw():
     centres = [(12, 12), (12, 40), (40, 12), (40, 40), (26, 26)]
     good = [disc(cy, cx, 7) for cy, cx in centres]

@@ -22,10 +22,12 @@ that scores of different types can be ranked in one list (docs/review.md explain
   that object).
 - ``bad_mask``: a matched label whose outline the model draws differently (mask IoU above
   ``missing_max_iou``: below it the prediction counts as another object): the boundary IoU is
-  compared with the model's typical boundary IoU on this dataset (median and MAD over confident
-  matches, which are mostly correct labels), giving z_model robust standard deviations below it.
-  When the images are at hand, the outline is also checked against the image's own edges
-  (``edge_alignment``), compared the same way: z_edge. z = (z_model + z_edge) / sqrt(2) (z_model
+  compared with the model's typical boundary IoU (median and MAD over confident matches, which
+  are mostly correct labels), giving z_model robust standard deviations below it. When the images
+  are at hand, the outline is also checked against the image's own edges (``edge_alignment``),
+  compared the same way: z_edge. The typical values are the image's own (its other labels') where
+  it has enough confident matches, pooled with the dataset's: how well the model and the edges do
+  varies from image to image (contrast, focus, stain). z = (z_model + z_edge) / sqrt(2) (z_model
   alone without images) gives score = confidence x logistic(2 (z - 2)).
 - ``duplicate``: two labels of one class covering the same pixels (no model needed): score = 0.5 +
   0.5 x (IoU - threshold) / (1 - threshold); the copy the model agrees with less is the one to remove.
@@ -48,6 +50,9 @@ from instaseg.data.dataset import Dataset
 from instaseg.structures import Instances
 
 SUGGESTION_TYPES = ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
+Pair = tuple[float, float, float | None]  # (confidence, boundary IoU, edge alignment) of a matched label
+# Matches at this confidence or above set the typical outline agreement (bad_mask): mostly correct labels.
+CONFIDENT_MATCH = 0.5
 
 
 @dataclass
@@ -76,6 +81,11 @@ class ReviewSettings:
         edge_radius: how far (pixels) from a label's outline ``edge_alignment`` looks for a stronger
             image edge (bad_mask): a little wider than the boundary band, so that an outline drawn a
             few pixels inside or outside the object still sees the object's edge.
+        image_reference_matches: for bad_mask, the typical boundary IoU and edge alignment a label
+            is compared with are its image's (median and spread over the image's other confident
+            matches) pooled with the dataset's, the image's weighing n / (n + this) for n matches:
+            as much as the dataset's at this many.
+        min_image_matches: images with fewer other confident matches use the dataset's reference alone.
     """
 
     match_min_iou: float = 0.1
@@ -89,6 +99,8 @@ class ReviewSettings:
     trusted_image_support: float = 0.5
     background_weight: float = 0.25
     edge_radius: int = 3
+    image_reference_matches: int = 10
+    min_image_matches: int = 8
 
 
 @dataclass
@@ -209,15 +221,16 @@ def score_image(
     settings: ReviewSettings,
     label_probs: dict[int, np.ndarray] | None = None,
     edges: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[list[dict], list[tuple[float, float, float | None]]]:
+) -> tuple[list[dict], list[Pair]]:
     """Raw suggestions for one image, and the (confidence, boundary IoU, edge alignment) of every matched pair.
 
     ``pred`` must use the dataset's classes (see ``align_classes``); None means no model, so only
     duplicates are looked for. ``label_probs`` maps annotation ids to the model's (1 + K) class
     probabilities for the label's box (background first). ``edges`` is ``image_edges`` of the
     image (None: outlines are not checked against the image). Suggestions come back as dicts
-    without ``id``; ``bad_mask`` candidates carry their evidence but a score of None, set by
-    ``review`` once the dataset-wide reference agreement is known.
+    without ``id``; ``bad_mask`` candidates carry their evidence, a score of None, set by
+    ``review`` once the dataset-wide reference agreement is known, and ``pair``, the index of
+    their own entry in the second list.
     """
     crowd = gt.data.get("iscrowd", np.zeros(len(gt), bool)).astype(bool)
     labels = gt[~crowd]
@@ -227,7 +240,7 @@ def score_image(
     suggestions: list[dict] = []
 
     agreement = np.zeros(len(labels))  # how much the model backs each label (for choosing duplicates)
-    pairs: list[tuple[float, float, float | None]] = []
+    pairs: list[Pair] = []
     if pred is not None:
         pred = pred[pred.scores >= settings.min_confidence]
         pred_rles = pred.rles()
@@ -291,7 +304,7 @@ def score_image(
             evidence = {"mask_iou": round(mask_iou, 4), "boundary_iou": round(quality, 4)}
             if alignment is not None:
                 evidence["edge_alignment"] = round(alignment, 4)
-            suggestions.append({**label, **fix, "type": "bad_mask", "score": None,
+            suggestions.append({**label, **fix, "type": "bad_mask", "score": None, "pair": len(pairs) - 1,
                                 "suggested_class": labels.class_names[labels.class_ids[g]], "evidence": evidence})
 
         suggestions += _missing(base, pred, pred_rles, ious, set(match.values()), gt[crowd], settings)
@@ -374,29 +387,53 @@ def _robust_reference(values: list[float]) -> tuple[float, float]:
     return median, max(0.02, 1.4826 * float(np.median(np.abs(np.asarray(values) - median))))
 
 
-def bad_mask_scorer(pairs: list[tuple[float, float, float | None]]):
-    """The mapping from (confidence, boundary IoU, edge alignment) to the probability that the label's mask is wrong.
+def bad_mask_scorer(pairs_by_image: dict[int, list[Pair]], settings: ReviewSettings):
+    """The mapping from a matched label to the probability that its mask is wrong.
 
     The references are the labels the model is confident about (mostly correct ones): median and
-    robust spread of their boundary IoU with the model, and of their edge alignment. A label
-    z_model spreads below the first and z_edge below the second has z = (z_model + z_edge) / sqrt(2),
-    two independent pieces of evidence weighed equally (z_model alone when its edge alignment is
-    None), and scores confidence x logistic(2 (z - 2)): about 0.5 at z = 2, 0.9 at z = 3.
+    robust spread of their boundary IoU with the model, and of their edge alignment. Each label is
+    compared with its image's other confident matches, pooled with the whole dataset's (see
+    ``ReviewSettings.image_reference_matches``): on an image of low contrast or an unusual stain,
+    correct outlines agree less with the model and follow weaker edges, and only the image's own
+    labels know by how much. A label z_model spreads below the first and z_edge below the second has
+    z = (z_model + z_edge) / sqrt(2), two independent pieces of evidence weighed equally (z_model
+    alone without an edge alignment), and scores confidence x logistic(2 (z - 2)): about 0.5 at
+    z = 2, 0.9 at z = 3.
+
+    Returns ``score(image_id, index)`` for the ``index``-th pair of that image, giving the score and
+    the references used (evidence for the report); ``score.reference`` holds the dataset's.
     """
-    confident = [p for p in pairs if p[0] >= 0.5] or pairs
-    median, spread = _robust_reference([q for _, q, _ in confident] or [1.0])
-    alignments = [e for _, _, e in confident if e is not None]
-    edge_median, edge_spread = _robust_reference(alignments) if alignments else (None, None)
+    def confident(pairs: list[Pair]) -> list[Pair]:
+        return [p for p in pairs if p[0] >= CONFIDENT_MATCH]
 
-    def score(confidence: float, quality: float, alignment: float | None = None) -> float:
+    everything = [p for pairs in pairs_by_image.values() for p in pairs]
+    typical = confident(everything) or everything
+    dataset_quality = _robust_reference([q for _, q, _ in typical] or [1.0])
+    alignments = [e for _, _, e in typical if e is not None]
+    dataset_edges = _robust_reference(alignments) if alignments else None
+
+    def pooled(values: list[float], dataset: tuple[float, float]) -> tuple[float, float]:
+        if len(values) < settings.min_image_matches:
+            return dataset
+        weight = len(values) / (len(values) + settings.image_reference_matches)
+        return tuple(weight * own + (1 - weight) * overall for own, overall in zip(_robust_reference(values), dataset))
+
+    def score(image_id: int, index: int) -> tuple[float, dict[str, float]]:
+        pairs = pairs_by_image[image_id]
+        confidence, quality, alignment = pairs[index]
+        others = confident(pairs[:index] + pairs[index + 1:])
+        median, spread = pooled([q for _, q, _ in others], dataset_quality)
         z = (median - quality) / spread
-        if alignment is not None and edge_median is not None:
+        used = {"reference_boundary_iou": round(median, 4)}
+        if alignment is not None and dataset_edges is not None:
+            edge_median, edge_spread = pooled([e for _, _, e in others if e is not None], dataset_edges)
             z = (z + (edge_median - alignment) / edge_spread) / math.sqrt(2.0)
-        return float(confidence / (1.0 + math.exp(-2.0 * (z - 2.0))))
+            used["reference_edge_alignment"] = round(edge_median, 4)
+        return float(confidence / (1.0 + math.exp(-2.0 * (z - 2.0)))), used
 
-    score.reference = {"median_boundary_iou": round(median, 4), "spread": round(spread, 4)}
-    if edge_median is not None:
-        score.reference |= {"median_edge_alignment": round(edge_median, 4), "edge_spread": round(edge_spread, 4)}
+    score.reference = {"median_boundary_iou": round(dataset_quality[0], 4), "spread": round(dataset_quality[1], 4)}
+    if dataset_edges is not None:
+        score.reference |= {"median_edge_alignment": round(dataset_edges[0], 4), "edge_spread": round(dataset_edges[1], 4)}
     return score
 
 
@@ -428,7 +465,7 @@ def review(
     """
     settings = settings or ReviewSettings()
     raw: list[dict] = []
-    pairs: list[tuple[float, float, float | None]] = []
+    pairs: dict[int, list[Pair]] = {}
     unknown: set[str] = set()
     for image in tqdm(dataset.images, desc="review", unit="img", disable=None):
         gt = dataset.ground_truth(image)
@@ -439,15 +476,14 @@ def review(
             unknown |= dropped
             if read_image is not None and len(pred) and len(gt):  # outlines to check only where both exist
                 edges = image_edges(read_image(image), settings.edge_radius)
-        found, matched = score_image(image, gt, pred, settings, label_probs, edges)
+        found, pairs[image["id"]] = score_image(image, gt, pred, settings, label_probs, edges)
         raw += found
-        pairs += matched
 
-    scorer = bad_mask_scorer(pairs)
+    scorer = bad_mask_scorer(pairs, settings)
     for item in raw:
         if item["type"] == "bad_mask":
-            evidence = item["evidence"]
-            item["score"] = scorer(item["confidence"], evidence["boundary_iou"], evidence.get("edge_alignment"))
+            item["score"], used = scorer(item["image_id"], item.pop("pair"))
+            item["evidence"] |= used
     kept = [item for item in raw if item["score"] >= settings.min_score]
     kept.sort(key=lambda item: (-item["score"], item["image_id"], item["annotation_id"] or 0, item["type"]))
     suggestions = [Suggestion(id=k + 1, **{**item, "score": round(float(item["score"]), 4)}) for k, item in enumerate(kept)]
