@@ -253,6 +253,10 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     # What checking the outlines against the image's edges adds to bad masks: the same review without the images.
     without_edges = review(noisy, predictions, ReviewSettings(min_score=0.0), label_probs)[0]
     result["without_edges"] = score_ours(noisy, without_edges, injected)["bad_mask"]["ap"]
+    # What the image's own look adds (instaseg.review.appearance): the same review without that witness.
+    without_look = review(noisy, predictions, ReviewSettings(min_score=0.0, appearance_weight=0.0), label_probs,
+                          noisy.read_image)[0]
+    result["without_look"] = score_ours(noisy, without_look, injected)
     # The ceiling of the scoring rules, apart from model quality: the clean labels as predictions.
     oracle = {}
     for image in clean.images:
@@ -318,8 +322,8 @@ def markdown(results: list[dict], args, command: str) -> str:
             f"; scoring {r['review_s']:.1f} s. "
             f"Out-of-fold mask mAP@[.5:.95] against the clean labels: {r['mask_ap']:.3f}. "
             f"Bad-mask reference: median boundary IoU {r['reference']['median_boundary_iou']}, "
-            f"spread {r['reference']['spread']}; median edge alignment {r['reference'].get('median_edge_alignment')}, "
-            f"spread {r['reference'].get('edge_spread')}.",
+            f"spread {r['reference']['boundary_iou_spread']}; median edge alignment {r['reference'].get('median_edge_alignment')}, "
+            f"spread {r['reference'].get('edge_alignment_spread')}.",
             "",
         ]
         lines += _table(r, "out-of-fold models")
@@ -327,7 +331,9 @@ def markdown(results: list[dict], args, command: str) -> str:
         lines += ["Without the model's verdicts on the labels' and predictions' own boxes (`classify_boxes`; what `--pred` gets), "
                   "the same predictions give AP " + ", ".join(
                       f"{kind} {alone[kind]['ap']:.3f}" for kind in TYPES if alone[kind]["n"]) + ".", "",
-                  f"Without the images (outlines not checked against the image's edges), bad-mask AP {r['without_edges']:.3f}.", ""]
+                  f"Without the images (neither edges nor look), bad-mask AP {r['without_edges']:.3f}.", "",
+                  "Without the image's look (`appearance_weight=0`), AP " + ", ".join(
+                      f"{kind} {r['without_look'][kind]['ap']:.3f}" for kind in TYPES if r["without_look"][kind]["n"]) + ".", ""]
         lines += ["", "Ceiling of the scoring rules, apart from model quality (the clean labels given as predictions, "
                   "confidence 0.99, no class probabilities):", ""]
         lines += _table(r["oracle"], "perfect predictions")

@@ -188,3 +188,16 @@ def box_from_mask(mask: np.ndarray) -> list[float]:
     if len(xs) == 0:
         return [0.0, 0.0, 0.0, 0.0]
     return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def window(mask: np.ndarray, margin: int = 1) -> tuple[slice, slice] | None:
+    """Rows and columns of ``mask``'s box grown by ``margin`` pixels (within the image); None if it is empty.
+
+    Contour and band work on a whole image needs only this window: nothing within ``margin`` of the
+    mask reaches past it.
+    """
+    x0, y0, x1, y1 = (int(v) for v in box_from_mask(mask))
+    if x1 == x0:
+        return None
+    height, width = mask.shape
+    return slice(max(0, y0 - margin), min(height, y1 + margin)), slice(max(0, x0 - margin), min(width, x1 + margin))

@@ -8,13 +8,17 @@ that scores of different types can be ranked in one list (docs/review.md explain
 - ``missing_label``: a confident prediction that no label overlaps: score = confidence x (1 - IoU
   with the nearest label), times the model's second look at the prediction's box when there is
   one (``data["box_score"]``, from ``sources.judge``: the predicted class's probability averaged
-  over four views).
+  over four views). With the images, an unlabelled region that looks like the image's labelled
+  objects (``appearance.unlabelled_objects``) is a second witness: where it shows the same object
+  the two combine as 1 - (1 - model's) (1 - image's), and alone it is a suggestion of its own.
 - ``extra_label``: a label no prediction supports, in an image where the model backs most other
   labels, whose box the model calls background: score = (1 - support) x trust in the image x
   p(background)^0.25, with support = max over predictions of min(1, confidence / 0.5) x min(1, IoU / 0.5),
   trust = the highest confidence in the image x min(1, mean support of the other labels / 0.5) and
   p(background) the model's own verdict on the label's box (``label_probs``; 1 without them),
-  weighted a quarter as much as the detections (``ReviewSettings.background_weight``).
+  weighted a quarter as much as the detections (``ReviewSettings.background_weight``). With the
+  images, that score s and how background-like the label's pixels look, b, give s^(1 - w) b^w,
+  w = ``appearance_weight`` x the look's reliability on this image.
 - ``wrong_class``: a label matched by a detection of the same object (IoU >= 0.5) that the model
   sees as another class: score = p(that class) - p(the label's class), from ``label_probs`` (the
   box head's verdict on the label's own box) when given, else from the detection (its
@@ -24,11 +28,12 @@ that scores of different types can be ranked in one list (docs/review.md explain
   ``missing_max_iou``: below it the prediction counts as another object): the boundary IoU is
   compared with the model's typical boundary IoU (median and MAD over confident matches, which
   are mostly correct labels), giving z_model robust standard deviations below it. When the images
-  are at hand, the outline is also checked against the image's own edges (``edge_alignment``),
-  compared the same way: z_edge. The typical values are the image's own (its other labels') where
-  it has enough confident matches, pooled with the dataset's: how well the model and the edges do
-  varies from image to image (contrast, focus, stain). z = (z_model + z_edge) / sqrt(2) (z_model
-  alone without images) gives score = confidence x logistic(2 (z - 2)).
+  are at hand, the outline is also checked against the image's own edges (``edge_alignment``) and
+  against its look (``appearance.outline_fit``), compared the same way: z_edge and z_look. The
+  typical values are the image's own (its other labels') where it has enough confident matches,
+  pooled with the dataset's: how well the model and the edges do varies from image to image
+  (contrast, focus, stain). The z values combine as a weighted sum over the root of the summed
+  squared weights (``bad_mask_scorer``), giving score = confidence x logistic(2 (z - 2)).
 - ``duplicate``: two labels of one class covering the same pixels (no model needed): score = 0.5 +
   0.5 x (IoU - threshold) / (1 - threshold); the copy the model agrees with less is the one to remove.
 """
@@ -38,7 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -47,10 +52,22 @@ from tqdm import tqdm
 
 from instaseg import masks as mask_ops
 from instaseg.data.dataset import Dataset
+from instaseg.data.stats import object_size
+from instaseg.review.appearance import Appearance, appearance, object_likeness, outline_fit, unlabelled_objects
 from instaseg.structures import Instances
 
 SUGGESTION_TYPES = ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
-Pair = tuple[float, float, float | None]  # (confidence, boundary IoU, edge alignment) of a matched label
+
+
+class Pair(NamedTuple):
+    """What is known about a label matched by a detection (bad_mask); None where a witness is absent."""
+
+    confidence: float  # the detection's
+    quality: float  # boundary IoU of label and detection
+    alignment: float | None  # of the label's outline with the image's edges
+    fit: float | None  # of the label's outline with the image's object-like pixels (appearance)
+    reliability: float  # of the appearance witness on this image (0 without it)
+
 # Matches at this confidence or above set the typical outline agreement (bad_mask): mostly correct labels.
 CONFIDENT_MATCH = 0.5
 
@@ -86,6 +103,9 @@ class ReviewSettings:
             matches) pooled with the dataset's, the image's weighing n / (n + this) for n matches:
             as much as the dataset's at this many.
         min_image_matches: images with fewer other confident matches use the dataset's reference alone.
+        appearance_weight: the most the image's own appearance witness (``instaseg.review.appearance``)
+            counts against the model's evidence, reached on images whose labels share a look the
+            background lacks (reliability 1); it counts in proportion below that.
     """
 
     match_min_iou: float = 0.1
@@ -101,6 +121,7 @@ class ReviewSettings:
     edge_radius: int = 3
     image_reference_matches: int = 10
     min_image_matches: int = 8
+    appearance_weight: float = 0.5
 
 
 @dataclass
@@ -140,21 +161,9 @@ def boundary_band(mask: np.ndarray, width: int) -> np.ndarray:
     return mask & ~eroded.astype(bool)
 
 
-def _around(mask: np.ndarray) -> tuple[slice, slice] | None:
-    """Rows and columns of ``mask``'s box grown by one pixel (within the image); None if it is empty.
-
-    Contour work on a whole image needs only this window: an outline never reaches past it.
-    """
-    x0, y0, x1, y1 = (int(v) for v in mask_ops.box_from_mask(mask))
-    if x1 == x0:
-        return None
-    height, width = mask.shape
-    return slice(max(0, y0 - 1), min(height, y1 + 1)), slice(max(0, x0 - 1), min(width, x1 + 1))
-
-
 def boundary_iou(a: np.ndarray, b: np.ndarray, width: int) -> float:
     """IoU of the boundary bands of two boolean masks; 1.0 when both are empty."""
-    window = _around(a | b)
+    window = mask_ops.window(a | b)
     if window is None:
         return 1.0
     band_a = boundary_band(a[window], width)
@@ -180,7 +189,7 @@ def edge_alignment(mask: np.ndarray, strength: np.ndarray, strongest_nearby: np.
     with cut corners). Pixels on the image border are left out (the object goes on beyond it), and
     so are pixels with no edge at all nearby (a flat region says nothing). None when no pixel is left.
     """
-    window = _around(mask)
+    window = mask_ops.window(mask)
     if window is None:
         return None
     crop = np.ascontiguousarray(mask[window], dtype=np.uint8)
@@ -221,13 +230,15 @@ def score_image(
     settings: ReviewSettings,
     label_probs: dict[int, np.ndarray] | None = None,
     edges: tuple[np.ndarray, np.ndarray] | None = None,
+    look: Appearance | None = None,
 ) -> tuple[list[dict], list[Pair]]:
-    """Raw suggestions for one image, and the (confidence, boundary IoU, edge alignment) of every matched pair.
+    """Raw suggestions for one image, and the ``Pair`` of every matched label.
 
     ``pred`` must use the dataset's classes (see ``align_classes``); None means no model, so only
     duplicates are looked for. ``label_probs`` maps annotation ids to the model's (1 + K) class
     probabilities for the label's box (background first). ``edges`` is ``image_edges`` of the
-    image (None: outlines are not checked against the image). Suggestions come back as dicts
+    image (None: outlines are not checked against the image), and ``look`` the image's
+    ``appearance`` from its non-crowd labels in order (None: not used). Suggestions come back as dicts
     without ``id``; ``bad_mask`` candidates carry their evidence, a score of None, set by
     ``review`` once the dataset-wide reference agreement is known, and ``pair``, the index of
     their own entry in the second list.
@@ -237,6 +248,9 @@ def score_image(
     ann_ids = [int(v) for v in labels.data["annotation_id"]]
     label_rles = labels.rles()
     base = {"image_id": int(image["id"]), "file_name": image["file_name"]}
+    # The appearance witness counts in proportion to how far it tells this image's objects from its background.
+    look_weight = settings.appearance_weight * look.reliability if look is not None else 0.0
+    labelled = labels.masks.any(0) if len(labels) else None
     suggestions: list[dict] = []
 
     agreement = np.zeros(len(labels))  # how much the model backs each label (for choosing duplicates)
@@ -273,6 +287,10 @@ def score_image(
                 extra_evidence["p_background"] = round(float(box_p[0]), 4)
             verdict = float(box_p[0]) ** settings.background_weight if box_p is not None else 1.0
             extra_score = (1.0 - support[g]) * trust * verdict
+            if look is not None:
+                unlike = 1.0 - object_likeness(look, labels.masks[g])
+                extra_evidence |= {"background_look": round(unlike, 4), "look_reliability": round(look.reliability, 4)}
+                extra_score = extra_score ** (1.0 - look_weight) * unlike ** look_weight
             if extra_score >= settings.min_score:
                 suggestions.append({**label, "type": "extra_label", "score": extra_score, "suggested_class": None,
                                     "evidence": extra_evidence})
@@ -298,16 +316,23 @@ def score_image(
                                         "suggested_class": labels.class_names[best], "evidence": evidence})
             quality = boundary_iou(labels.masks[g], pred.masks[m], settings.boundary_width)
             alignment = edge_alignment(labels.masks[g], *edges) if edges is not None else None
-            pairs.append((float(scores[m]), quality, alignment))
+            fit = outline_fit(look, labels.masks[g], labelled & ~labels.masks[g]) if look is not None else None
+            pairs.append(Pair(float(scores[m]), quality, alignment, fit, look.reliability if look is not None else 0.0))
             if mask_iou <= settings.missing_max_iou:
                 continue
             evidence = {"mask_iou": round(mask_iou, 4), "boundary_iou": round(quality, 4)}
             if alignment is not None:
                 evidence["edge_alignment"] = round(alignment, 4)
+            if fit is not None:
+                evidence["outline_look"] = round(fit, 4)
             suggestions.append({**label, **fix, "type": "bad_mask", "score": None, "pair": len(pairs) - 1,
                                 "suggested_class": labels.class_names[labels.class_ids[g]], "evidence": evidence})
 
-        suggestions += _missing(base, pred, pred_rles, ious, set(match.values()), gt[crowd], settings)
+        regions, region_class = [], None
+        if look is not None:
+            regions = unlabelled_objects(look, labels.masks)
+            region_class = labels.class_names[int(np.bincount(labels.class_ids).argmax())]
+        suggestions += _missing(base, pred, pred_rles, ious, set(match.values()), gt[crowd], settings, regions, region_class)
 
     suggestions += _duplicates(base, labels, label_rles, ann_ids, agreement, settings)
     return suggestions, pairs
@@ -330,13 +355,22 @@ def _class_evidence(m: int, pred: Instances, pred_ious: np.ndarray, probs: np.nd
 
 
 def _missing(base: dict, pred: Instances, pred_rles: list[dict], ious: np.ndarray, matched: set[int],
-             crowd: Instances, settings: ReviewSettings) -> list[dict]:
-    """Unmatched confident predictions that no label overlaps, one per object (greedy by confidence)."""
+             crowd: Instances, settings: ReviewSettings, regions: list[tuple[np.ndarray, float]] = (),
+             region_class: str | None = None) -> list[dict]:
+    """Objects no label covers: unmatched confident predictions that no label overlaps, one per object
+    (greedy by confidence), and the image's own unlabelled object-like ``regions`` (with their scores).
+
+    A prediction and a region showing the same object (mask IoU >= ``same_object_iou``) are two
+    independent witnesses: score = 1 - (1 - prediction's) (1 - region's), the model's mask as the
+    fix. A region no prediction shows is suggested with ``region_class`` (the class most of the
+    image's labels have).
+    """
     nearest = ious.max(0) if ious.size else np.zeros(len(pred))
     in_crowd = np.zeros(len(pred), bool)
+    crowd_rles = crowd.rles()
     if len(crowd) and len(pred):
         # COCO's crowd rule: IoU with a crowd region is intersection over the prediction's area.
-        in_crowd = mask_ops.iou(pred_rles, crowd.rles(), [True] * len(crowd)).max(1) >= 0.5
+        in_crowd = mask_ops.iou(pred_rles, crowd_rles, [True] * len(crowd)).max(1) >= 0.5
     second_look = pred.data.get("box_score", np.ones(len(pred)))
     found: list[int] = []
     out = []
@@ -348,15 +382,31 @@ def _missing(base: dict, pred: Instances, pred_rles: list[dict], ious: np.ndarra
             continue
         found.append(j)
         score = float(pred.scores[j]) * (1.0 - float(nearest[j])) * float(second_look[j])
-        if score >= settings.min_score:
-            evidence = {"iou_with_labels": round(float(nearest[j]), 4)}
-            if "box_score" in pred.data:
-                evidence["box_score"] = round(float(second_look[j]), 4)
-            out.append({**base, "type": "missing_label", "score": score, "annotation_id": None, "class_name": None,
-                        "suggested_class": pred.class_names[pred.class_ids[j]],
-                        "suggested_segmentation": pred_rles[j], "confidence": round(float(pred.scores[j]), 4),
-                        "evidence": evidence})
-    return out
+        evidence = {"iou_with_labels": round(float(nearest[j]), 4)}
+        if "box_score" in pred.data:
+            evidence["box_score"] = round(float(second_look[j]), 4)
+        out.append({**base, "type": "missing_label", "score": score, "annotation_id": None, "class_name": None,
+                    "suggested_class": pred.class_names[pred.class_ids[j]],
+                    "suggested_segmentation": pred_rles[j], "confidence": round(float(pred.scores[j]), 4),
+                    "evidence": evidence})
+    region_rles = [mask_ops.encode(mask) for mask, _ in regions]
+    region_scores = [score for _, score in regions]
+    if region_rles and len(crowd):
+        outside = mask_ops.iou(region_rles, crowd_rles, [True] * len(crowd)).max(1) < 0.5
+        region_rles = [rle for rle, keep in zip(region_rles, outside) if keep]
+        region_scores = [score for score, keep in zip(region_scores, outside) if keep]
+    overlap = mask_ops.iou(region_rles, [item["suggested_segmentation"] for item in out]) if region_rles and out else None
+    for r, (rle, region_score) in enumerate(zip(region_rles, region_scores)):
+        same = int(overlap[r].argmax()) if overlap is not None else -1
+        if same >= 0 and overlap[r, same] >= settings.same_object_iou:
+            item = out[same]
+            item["score"] = 1.0 - (1.0 - item["score"]) * (1.0 - region_score)
+            item["evidence"]["image_look"] = max(item["evidence"].get("image_look", 0.0), round(region_score, 4))
+            continue
+        out.append({**base, "type": "missing_label", "score": region_score, "annotation_id": None, "class_name": None,
+                    "suggested_class": region_class, "suggested_segmentation": rle, "confidence": None,
+                    "evidence": {"image_look": round(region_score, 4)}})
+    return [item for item in out if item["score"] >= settings.min_score]
 
 
 def _duplicates(base: dict, labels: Instances, rles: list[dict], ann_ids: list[int], agreement: np.ndarray,
@@ -391,26 +441,30 @@ def bad_mask_scorer(pairs_by_image: dict[int, list[Pair]], settings: ReviewSetti
     """The mapping from a matched label to the probability that its mask is wrong.
 
     The references are the labels the model is confident about (mostly correct ones): median and
-    robust spread of their boundary IoU with the model, and of their edge alignment. Each label is
-    compared with its image's other confident matches, pooled with the whole dataset's (see
+    robust spread of their boundary IoU with the model, of their edge alignment, and of their
+    outline's fit with the image's look (``appearance.outline_fit``). Each label is compared with
+    its image's other confident matches, pooled with the whole dataset's (see
     ``ReviewSettings.image_reference_matches``): on an image of low contrast or an unusual stain,
     correct outlines agree less with the model and follow weaker edges, and only the image's own
-    labels know by how much. A label z_model spreads below the first and z_edge below the second has
-    z = (z_model + z_edge) / sqrt(2), two independent pieces of evidence weighed equally (z_model
-    alone without an edge alignment), and scores confidence x logistic(2 (z - 2)): about 0.5 at
-    z = 2, 0.9 at z = 3.
+    labels know by how much. A label z_i robust spreads below witness i's reference has
+    z = sum(w_i z_i) / sqrt(sum(w_i^2)), independent pieces of evidence: the model and the edges
+    weigh 1 - w each and the look w, its weight on the image (``appearance_weight`` x reliability). It scores confidence x logistic(2 (z - 2)): about 0.5 at z = 2, 0.9 at z = 3.
 
     Returns ``score(image_id, index)`` for the ``index``-th pair of that image, giving the score and
     the references used (evidence for the report); ``score.reference`` holds the dataset's.
     """
+    witnesses = {"boundary_iou": "quality", "edge_alignment": "alignment", "outline_look": "fit"}
+
     def confident(pairs: list[Pair]) -> list[Pair]:
-        return [p for p in pairs if p[0] >= CONFIDENT_MATCH]
+        return [p for p in pairs if p.confidence >= CONFIDENT_MATCH]
 
     everything = [p for pairs in pairs_by_image.values() for p in pairs]
     typical = confident(everything) or everything
-    dataset_quality = _robust_reference([q for _, q, _ in typical] or [1.0])
-    alignments = [e for _, _, e in typical if e is not None]
-    dataset_edges = _robust_reference(alignments) if alignments else None
+    dataset_reference = {}
+    for name, field_name in witnesses.items():
+        values = [getattr(p, field_name) for p in typical if getattr(p, field_name) is not None]
+        if values or name == "boundary_iou":
+            dataset_reference[name] = _robust_reference(values or [1.0])
 
     def pooled(values: list[float], dataset: tuple[float, float]) -> tuple[float, float]:
         if len(values) < settings.min_image_matches:
@@ -420,20 +474,26 @@ def bad_mask_scorer(pairs_by_image: dict[int, list[Pair]], settings: ReviewSetti
 
     def score(image_id: int, index: int) -> tuple[float, dict[str, float]]:
         pairs = pairs_by_image[image_id]
-        confidence, quality, alignment = pairs[index]
+        pair = pairs[index]
         others = confident(pairs[:index] + pairs[index + 1:])
-        median, spread = pooled([q for _, q, _ in others], dataset_quality)
-        z = (median - quality) / spread
-        used = {"reference_boundary_iou": round(median, 4)}
-        if alignment is not None and dataset_edges is not None:
-            edge_median, edge_spread = pooled([e for _, _, e in others if e is not None], dataset_edges)
-            z = (z + (edge_median - alignment) / edge_spread) / math.sqrt(2.0)
-            used["reference_edge_alignment"] = round(edge_median, 4)
-        return float(confidence / (1.0 + math.exp(-2.0 * (z - 2.0)))), used
+        look_weight = settings.appearance_weight * pair.reliability
+        weights = {"boundary_iou": 1.0 - look_weight, "edge_alignment": 1.0 - look_weight, "outline_look": look_weight}
+        total, norm, used = 0.0, 0.0, {}
+        for name, field_name in witnesses.items():
+            value = getattr(pair, field_name)
+            if value is None or name not in dataset_reference or weights[name] == 0.0:
+                continue
+            median, spread = pooled([getattr(p, field_name) for p in others if getattr(p, field_name) is not None],
+                                    dataset_reference[name])
+            total += weights[name] * (median - value) / spread
+            norm += weights[name] ** 2
+            used[f"reference_{name}"] = round(median, 4)
+        z = total / math.sqrt(norm) if norm else 0.0
+        return float(pair.confidence / (1.0 + math.exp(-2.0 * (z - 2.0)))), used
 
-    score.reference = {"median_boundary_iou": round(dataset_quality[0], 4), "spread": round(dataset_quality[1], 4)}
-    if dataset_edges is not None:
-        score.reference |= {"median_edge_alignment": round(dataset_edges[0], 4), "edge_spread": round(dataset_edges[1], 4)}
+    score.reference = {}
+    for name, (median, spread) in dataset_reference.items():
+        score.reference |= {f"median_{name}": round(median, 4), f"{name}_spread": round(spread, 4)}
     return score
 
 
@@ -469,14 +529,20 @@ def review(
     unknown: set[str] = set()
     for image in tqdm(dataset.images, desc="review", unit="img", disable=None):
         gt = dataset.ground_truth(image)
-        pred = edges = None
+        pred = edges = look = None
         if predictions is not None:
             pred = predictions.get(image["id"]) or Instances.empty(image["height"], image["width"], dataset.class_names)
             pred, dropped = align_classes(pred, dataset.class_names)
             unknown |= dropped
-            if read_image is not None and len(pred) and len(gt):  # outlines to check only where both exist
-                edges = image_edges(read_image(image), settings.edge_radius)
-        found, pairs[image["id"]] = score_image(image, gt, pred, settings, label_probs, edges)
+            labels = gt.masks[~gt.data.get("iscrowd", np.zeros(len(gt), bool)).astype(bool)]
+            if read_image is not None and len(labels):  # outlines and looks to check only where labels exist
+                pixels = read_image(image)
+                if len(pred):
+                    edges = image_edges(pixels, settings.edge_radius)
+                side = object_size(dataset, image)
+                if settings.appearance_weight > 0 and side:
+                    look = appearance(pixels, labels, side)
+        found, pairs[image["id"]] = score_image(image, gt, pred, settings, label_probs, edges, look)
         raw += found
 
     scorer = bad_mask_scorer(pairs, settings)
