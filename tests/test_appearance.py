@@ -143,3 +143,12 @@ def test_extra_label_on_background_the_image_confirms():
     [extra] = [s for s in seeing if s.type == "extra_label"]
     assert extra.annotation_id == len(OBJECTS) + 1
     assert extra.evidence["background_look"] > 0.8 and extra.evidence["look_reliability"] > 0.8
+
+
+def test_an_unlabelled_object_inside_a_crowd_region_is_no_missing_label():
+    dataset = _dataset(OBJECTS[:-1] + [disc(82, 82, 10)])
+    dataset.coco["annotations"][-1]["iscrowd"] = 1  # "a crowd of objects here", not to be labelled one by one
+    dataset.reindex()
+    model = Instances.from_masks(np.stack(OBJECTS[:-1]), [0] * (len(OBJECTS) - 1), [0.95] * (len(OBJECTS) - 1), ("cell",))
+    seeing, _ = review(dataset, {1: model}, read_image=lambda image: painted(OBJECTS))
+    assert not [s for s in seeing if s.type == "missing_label"]
