@@ -257,6 +257,10 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     without_look = review(noisy, predictions, ReviewSettings(min_score=0.0, appearance_weight=0.0), label_probs,
                           noisy.read_image)[0]
     result["without_look"] = score_ours(noisy, without_look, injected)
+    # What each image's own bad-mask reference adds: the same review with the dataset's reference alone.
+    dataset_reference = review(noisy, predictions, ReviewSettings(min_score=0.0, min_image_matches=10**9), label_probs,
+                               noisy.read_image)[0]
+    result["dataset_reference"] = score_ours(noisy, dataset_reference, injected)["bad_mask"]["ap"]
     # The ceiling of the scoring rules, apart from model quality: the clean labels as predictions.
     oracle = {}
     for image in clean.images:
@@ -333,7 +337,8 @@ def markdown(results: list[dict], args, command: str) -> str:
                       f"{kind} {alone[kind]['ap']:.3f}" for kind in TYPES if alone[kind]["n"]) + ".", "",
                   f"Without the images (neither edges nor look), bad-mask AP {r['without_edges']:.3f}.", "",
                   "Without the image's look (`appearance_weight=0`), AP " + ", ".join(
-                      f"{kind} {r['without_look'][kind]['ap']:.3f}" for kind in TYPES if r["without_look"][kind]["n"]) + ".", ""]
+                      f"{kind} {r['without_look'][kind]['ap']:.3f}" for kind in TYPES if r["without_look"][kind]["n"]) + ".", "",
+                  f"With the dataset's bad-mask reference alone (no image's own), bad-mask AP {r['dataset_reference']:.3f}.", ""]
         lines += ["", "Ceiling of the scoring rules, apart from model quality (the clean labels given as predictions, "
                   "confidence 0.99, no class probabilities):", ""]
         lines += _table(r["oracle"], "perfect predictions")
