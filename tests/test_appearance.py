@@ -66,14 +66,14 @@ def test_outline_fit_is_highest_on_the_objects_own_outline():
     too_large = cv2.dilate(target.astype(np.uint8), kernel).astype(bool)
     too_small = cv2.erode(target.astype(np.uint8), kernel).astype(bool)
     shifted = np.roll(target, 3, axis=1)
-    others = np.stack(OBJECTS[:4] + OBJECTS[5:]).any(0)
     fits = {}
     for name, drawn in {"own": target, "too_large": too_large, "too_small": too_small, "shifted": shifted}.items():
-        found = appearance(painted(OBJECTS), np.stack(OBJECTS[:4] + [drawn] + OBJECTS[5:]), object_side=2 * RADIUS)
-        fits[name] = outline_fit(found, drawn, others)
+        labels = np.stack(OBJECTS[:4] + [drawn] + OBJECTS[5:])
+        found = appearance(painted(OBJECTS), labels, object_side=2 * RADIUS)
+        fits[name] = outline_fit(found, drawn, labels.any(0))
     assert fits["own"] > 0.5
     assert max(fits["too_large"], fits["too_small"], fits["shifted"]) < fits["own"] - 0.2, fits
-    assert outline_fit(found, np.zeros((SIZE, SIZE), bool), others) is None
+    assert outline_fit(found, np.zeros((SIZE, SIZE), bool), labels.any(0)) is None
 
 
 def test_reliability_is_low_where_the_image_does_not_show_the_objects():

@@ -136,9 +136,9 @@ def appearance(pixels: np.ndarray, label_masks: np.ndarray, object_side: float, 
     if len(background) < MIN_PIXELS:
         return None
     halves = np.arange(len(masks)) % 2
+    unions = [masks[halves == half].any(0) for half in (0, 1)]
     fitted = []
-    for half in (0, 1):
-        own = masks[halves == half].any(0)
+    for own in unions:
         inside = np.flatnonzero(cv2.erode(own.astype(np.uint8), kernel).astype(bool))
         if len(inside) < MIN_PIXELS:
             inside = np.flatnonzero(own)
@@ -151,7 +151,7 @@ def appearance(pixels: np.ndarray, label_masks: np.ndarray, object_side: float, 
     unlabelled = ~labelled.ravel()
     for half, inside in enumerate(fitted):
         predicted = _fit_and_predict(features, inside, background, rng)
-        judged = masks[halves != half].any(0).ravel()
+        judged = unions[1 - half].ravel()
         probability[judged] = predicted[judged]
         probability[unlabelled] += predicted[unlabelled] / 2
     # Each labelled pixel was judged by the half it is not in: how well that ranks it above the background.
@@ -166,12 +166,12 @@ def object_likeness(found: Appearance, mask: np.ndarray) -> float:
     return float(found.probability[mask].mean()) if mask.any() else 0.0
 
 
-def outline_fit(found: Appearance, mask: np.ndarray, other_labels: np.ndarray) -> float | None:
+def outline_fit(found: Appearance, mask: np.ndarray, labelled: np.ndarray) -> float | None:
     """How well a label's outline separates object-like from background-like pixels, in [-1, 1].
 
     The mean probability in the band of ``OUTLINE_BAND`` pixels just inside the outline, minus the
-    mean in the band just outside it (pixels of ``other_labels``, the image's other labels, left
-    out): high for an outline on the object's border, lower for a mask drawn too large (background
+    mean in the band just outside it (pixels of ``labelled``, the union of the image's labels, left
+    out: those belong to other labels): high for an outline on the object's border, lower for a mask drawn too large (background
     inside), too small (object outside), shifted or with corners cut. None when either band is empty.
     """
     window = mask_ops.window(mask, OUTLINE_BAND + 1)
@@ -180,7 +180,7 @@ def outline_fit(found: Appearance, mask: np.ndarray, other_labels: np.ndarray) -
     crop = np.ascontiguousarray(mask[window], dtype=np.uint8)
     kernel = np.ones((3, 3), np.uint8)
     inner = crop.astype(bool) & ~cv2.erode(crop, kernel, iterations=OUTLINE_BAND).astype(bool)
-    outer = cv2.dilate(crop, kernel, iterations=OUTLINE_BAND).astype(bool) & ~crop.astype(bool) & ~other_labels[window]
+    outer = cv2.dilate(crop, kernel, iterations=OUTLINE_BAND).astype(bool) & ~labelled[window]
     if not inner.any() or not outer.any():
         return None
     probability = found.probability[window]

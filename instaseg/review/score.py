@@ -63,10 +63,10 @@ class Pair(NamedTuple):
     """What is known about a label matched by a detection (bad_mask); None where a witness is absent."""
 
     confidence: float  # the detection's
-    quality: float  # boundary IoU of label and detection
-    alignment: float | None  # of the label's outline with the image's edges
-    fit: float | None  # of the label's outline with the image's object-like pixels (appearance)
-    reliability: float  # of the appearance witness on this image (0 without it)
+    boundary_iou: float  # of label and detection
+    edge_alignment: float | None  # of the label's outline with the image's edges
+    outline_look: float | None  # fit of the label's outline with the image's object-like pixels (appearance)
+    look_weight: float  # of the appearance witness on this image (0 without it)
 
 # Matches at this confidence or above set the typical outline agreement (bad_mask): mostly correct labels.
 CONFIDENT_MATCH = 0.5
@@ -316,8 +316,8 @@ def score_image(
                                         "suggested_class": labels.class_names[best], "evidence": evidence})
             quality = boundary_iou(labels.masks[g], pred.masks[m], settings.boundary_width)
             alignment = edge_alignment(labels.masks[g], *edges) if edges is not None else None
-            fit = outline_fit(look, labels.masks[g], labelled & ~labels.masks[g]) if look is not None else None
-            pairs.append(Pair(float(scores[m]), quality, alignment, fit, look.reliability if look is not None else 0.0))
+            fit = outline_fit(look, labels.masks[g], labelled) if look is not None else None
+            pairs.append(Pair(float(scores[m]), quality, alignment, fit, look_weight))
             if mask_iou <= settings.missing_max_iou:
                 continue
             evidence = {"mask_iou": round(mask_iou, 4), "boundary_iou": round(quality, 4)}
@@ -366,11 +366,8 @@ def _missing(base: dict, pred: Instances, pred_rles: list[dict], ious: np.ndarra
     image's labels have).
     """
     nearest = ious.max(0) if ious.size else np.zeros(len(pred))
-    in_crowd = np.zeros(len(pred), bool)
     crowd_rles = crowd.rles()
-    if len(crowd) and len(pred):
-        # COCO's crowd rule: IoU with a crowd region is intersection over the prediction's area.
-        in_crowd = mask_ops.iou(pred_rles, crowd_rles, [True] * len(crowd)).max(1) >= 0.5
+    in_crowd = _inside_crowd(pred_rles, crowd_rles)
     second_look = pred.data.get("box_score", np.ones(len(pred)))
     found: list[int] = []
     out = []
@@ -390,11 +387,9 @@ def _missing(base: dict, pred: Instances, pred_rles: list[dict], ious: np.ndarra
                     "suggested_segmentation": pred_rles[j], "confidence": round(float(pred.scores[j]), 4),
                     "evidence": evidence})
     region_rles = [mask_ops.encode(mask) for mask, _ in regions]
-    region_scores = [score for _, score in regions]
-    if region_rles and len(crowd):
-        outside = mask_ops.iou(region_rles, crowd_rles, [True] * len(crowd)).max(1) < 0.5
-        region_rles = [rle for rle, keep in zip(region_rles, outside) if keep]
-        region_scores = [score for score, keep in zip(region_scores, outside) if keep]
+    outside = ~_inside_crowd(region_rles, crowd_rles)
+    region_rles = [rle for rle, keep in zip(region_rles, outside) if keep]
+    region_scores = [score for (_, score), keep in zip(regions, outside) if keep]
     overlap = mask_ops.iou(region_rles, [item["suggested_segmentation"] for item in out]) if region_rles and out else None
     for r, (rle, region_score) in enumerate(zip(region_rles, region_scores)):
         same = int(overlap[r].argmax()) if overlap is not None else -1
@@ -407,6 +402,14 @@ def _missing(base: dict, pred: Instances, pred_rles: list[dict], ious: np.ndarra
                     "suggested_class": region_class, "suggested_segmentation": rle, "confidence": None,
                     "evidence": {"image_look": round(region_score, 4)}})
     return [item for item in out if item["score"] >= settings.min_score]
+
+
+def _inside_crowd(rles: list[dict], crowd_rles: list[dict]) -> np.ndarray:
+    """Which masks lie in a crowd region, by COCO's rule: IoU with a crowd region is the intersection
+    over the mask's own area, and 0.5 or more counts as inside."""
+    if not rles or not crowd_rles:
+        return np.zeros(len(rles), bool)
+    return mask_ops.iou(rles, crowd_rles, [True] * len(crowd_rles)).max(1) >= 0.5
 
 
 def _duplicates(base: dict, labels: Instances, rles: list[dict], ann_ids: list[int], agreement: np.ndarray,
@@ -448,12 +451,13 @@ def bad_mask_scorer(pairs_by_image: dict[int, list[Pair]], settings: ReviewSetti
     correct outlines agree less with the model and follow weaker edges, and only the image's own
     labels know by how much. A label z_i robust spreads below witness i's reference has
     z = sum(w_i z_i) / sqrt(sum(w_i^2)), independent pieces of evidence: the model and the edges
-    weigh 1 - w each and the look w, its weight on the image (``appearance_weight`` x reliability). It scores confidence x logistic(2 (z - 2)): about 0.5 at z = 2, 0.9 at z = 3.
+    weigh 1 - w each and the look w, its weight on the image (``appearance_weight`` x reliability).
+    It scores confidence x logistic(2 (z - 2)): about 0.5 at z = 2, 0.9 at z = 3.
 
     Returns ``score(image_id, index)`` for the ``index``-th pair of that image, giving the score and
     the references used (evidence for the report); ``score.reference`` holds the dataset's.
     """
-    witnesses = {"boundary_iou": "quality", "edge_alignment": "alignment", "outline_look": "fit"}
+    witnesses = ("boundary_iou", "edge_alignment", "outline_look")
 
     def confident(pairs: list[Pair]) -> list[Pair]:
         return [p for p in pairs if p.confidence >= CONFIDENT_MATCH]
@@ -461,8 +465,8 @@ def bad_mask_scorer(pairs_by_image: dict[int, list[Pair]], settings: ReviewSetti
     everything = [p for pairs in pairs_by_image.values() for p in pairs]
     typical = confident(everything) or everything
     dataset_reference = {}
-    for name, field_name in witnesses.items():
-        values = [getattr(p, field_name) for p in typical if getattr(p, field_name) is not None]
+    for name in witnesses:
+        values = [getattr(p, name) for p in typical if getattr(p, name) is not None]
         if values or name == "boundary_iou":
             dataset_reference[name] = _robust_reference(values or [1.0])
 
@@ -476,14 +480,14 @@ def bad_mask_scorer(pairs_by_image: dict[int, list[Pair]], settings: ReviewSetti
         pairs = pairs_by_image[image_id]
         pair = pairs[index]
         others = confident(pairs[:index] + pairs[index + 1:])
-        look_weight = settings.appearance_weight * pair.reliability
-        weights = {"boundary_iou": 1.0 - look_weight, "edge_alignment": 1.0 - look_weight, "outline_look": look_weight}
+        weights = {"boundary_iou": 1.0 - pair.look_weight, "edge_alignment": 1.0 - pair.look_weight,
+                   "outline_look": pair.look_weight}
         total, norm, used = 0.0, 0.0, {}
-        for name, field_name in witnesses.items():
-            value = getattr(pair, field_name)
+        for name in witnesses:
+            value = getattr(pair, name)
             if value is None or name not in dataset_reference or weights[name] == 0.0:
                 continue
-            median, spread = pooled([getattr(p, field_name) for p in others if getattr(p, field_name) is not None],
+            median, spread = pooled([getattr(p, name) for p in others if getattr(p, name) is not None],
                                     dataset_reference[name])
             total += weights[name] * (median - value) / spread
             norm += weights[name] ** 2
