@@ -24,6 +24,7 @@ Run:  .venv/bin/python bench/bench_review.py --datasets synthetic --epochs-per-f
 from __future__ import annotations
 
 import argparse
+import pickle
 import platform
 import shutil
 import sys
@@ -110,6 +111,11 @@ def score_ours(noisy: Dataset, suggestions: list, injected: list[dict]) -> dict[
             ids = {e["annotation_id"] for e in truth}
             relevant = [s.annotation_id in ids for s in ranked]
         rows[kind] = _summary(relevant, len(truth))
+        if kind == "bad_mask":  # which distortions the top k finds
+            top = {s.annotation_id for s in ranked[:len(truth)]}
+            rows[kind]["r_at_k_by_distortion"] = {
+                how: float(np.mean([e["annotation_id"] in top for e in truth if e["distortion"] == how]))
+                for how in sorted({e["distortion"] for e in truth})}
     return rows
 
 
@@ -217,7 +223,10 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     save_dataset(noisy, work / "noisy.json", overwrite=True)
     noisy = Dataset.load(work / "noisy.json")
     started = time.perf_counter()
-    if args.reuse_folds:
+    judged = work / f"judged-seed{args.noise_seed}.pkl"  # the fold models' verdicts, for --reuse-folds
+    if args.reuse_folds and judged.exists():
+        predictions, label_probs = pickle.loads(judged.read_bytes())
+    elif args.reuse_folds:
         predictions, label_probs = judge_with_fold_checkpoints(noisy, work / "folds", args.folds)
     else:
         predictions, label_probs, _ = out_of_fold_predictions(
@@ -226,6 +235,7 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
             train_options={"overwrite": True, "progress": False, "preset": preset, "model_kwargs": model_kwargs,
                            "crop_size": args.crop_size, "flips": args.flips,
                            "photometric": args.photometric, "processes": args.processes})
+    judged.write_bytes(pickle.dumps((predictions, label_probs)))
     trained = time.perf_counter() - started
     started = time.perf_counter()
     suggestions, info = review(noisy, predictions, ReviewSettings(min_score=0.0), label_probs, noisy.read_image)
@@ -335,6 +345,8 @@ def markdown(results: list[dict], args, command: str) -> str:
         lines += ["Without the model's verdicts on the labels' and predictions' own boxes (`classify_boxes`; what `--pred` gets), "
                   "the same predictions give AP " + ", ".join(
                       f"{kind} {alone[kind]['ap']:.3f}" for kind in TYPES if alone[kind]["n"]) + ".", "",
+                  "Bad masks in the top k, by distortion: " + ", ".join(
+                      f"{how} {found:.2f}" for how, found in r["ours"]["bad_mask"]["r_at_k_by_distortion"].items()) + ".", "",
                   f"Without the images (neither edges nor look), bad-mask AP {r['without_edges']:.3f}.", "",
                   "Without the image's look (`appearance_weight=0`), AP " + ", ".join(
                       f"{kind} {r['without_look'][kind]['ap']:.3f}" for kind in TYPES if r["without_look"][kind]["n"]) + ".", "",
@@ -380,7 +392,8 @@ def main() -> None:
                         help="random colour changes of the fold models' training images (all: also grey and inverted)")
     parser.add_argument("--processes", type=int, default=1, help="training processes per fold model (CPU)")
     parser.add_argument("--reuse-folds", action="store_true",
-                        help="judge with the fold checkpoints an earlier run with the same --out left, instead of training")
+                        help="judge with the fold checkpoints an earlier run with the same --out left, instead of training "
+                             "(and reuse that run's verdicts for this --noise-seed when it saved them)")
     parser.add_argument("--datasets", default="synthetic,dsb2018_nuclei")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_review"))
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "out" / "review.md")
