@@ -224,18 +224,20 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     noisy = Dataset.load(work / "noisy.json")
     started = time.perf_counter()
     judged = work / f"judged-seed{args.noise_seed}.pkl"  # the fold models' verdicts, for --reuse-folds
-    if args.reuse_folds and judged.exists():
+    reused_verdicts = args.reuse_folds and judged.exists()
+    if reused_verdicts:
         predictions, label_probs = pickle.loads(judged.read_bytes())
-    elif args.reuse_folds:
-        predictions, label_probs = judge_with_fold_checkpoints(noisy, work / "folds", args.folds)
     else:
-        predictions, label_probs, _ = out_of_fold_predictions(
-            noisy, args.folds, out=work / "folds", minutes_per_fold=args.minutes_per_fold, epochs_per_fold=args.epochs_per_fold,
-            seed=0,
-            train_options={"overwrite": True, "progress": False, "preset": preset, "model_kwargs": model_kwargs,
-                           "crop_size": args.crop_size, "flips": args.flips,
-                           "photometric": args.photometric, "processes": args.processes})
-    judged.write_bytes(pickle.dumps((predictions, label_probs)))
+        if args.reuse_folds:
+            predictions, label_probs = judge_with_fold_checkpoints(noisy, work / "folds", args.folds)
+        else:
+            predictions, label_probs, _ = out_of_fold_predictions(
+                noisy, args.folds, out=work / "folds", minutes_per_fold=args.minutes_per_fold,
+                epochs_per_fold=args.epochs_per_fold, seed=0,
+                train_options={"overwrite": True, "progress": False, "preset": preset, "model_kwargs": model_kwargs,
+                               "crop_size": args.crop_size, "flips": args.flips,
+                               "photometric": args.photometric, "processes": args.processes})
+        judged.write_bytes(pickle.dumps((predictions, label_probs)))
     trained = time.perf_counter() - started
     started = time.perf_counter()
     suggestions, info = review(noisy, predictions, ReviewSettings(min_score=0.0), label_probs, noisy.read_image)
@@ -252,7 +254,7 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
 
     mask_ap = float(evaluate(clean, predictions).stats["segm"][0])  # of the fold models, against the clean labels
     result = {"name": name, "images": len(noisy.images), "labels": len(noisy.annotations), "injected": len(injected),
-              "mask_ap": mask_ap, "train_s": trained, "review_s": reviewed, "reference": info["bad_mask_reference"],
+              "mask_ap": mask_ap, "train_s": trained, "reused_verdicts": reused_verdicts, "review_s": reviewed, "reference": info["bad_mask_reference"],
               **compare(noisy, suggestions, predictions, injected)}
     # What the model's verdicts on the labels' and predictions' own boxes add: the same predictions
     # scored as a predictions file would give them (no label probabilities, no second look at the boxes).
@@ -330,8 +332,9 @@ def markdown(results: list[dict], args, command: str) -> str:
         lines += [
             f"### {r['name']}: {r['images']} images, {r['labels']} labels after injection, {r['injected']} injected errors",
             "",
-            (f"Fold models from an earlier run of {budget(args)} per fold (`--reuse-folds`); "
-             f"judging {r['train_s'] / 60:.1f} min" if args.reuse_folds else
+            (f"Fold models from an earlier run of {budget(args)} per fold (`--reuse-folds`); " +
+             ("their verdicts read back from that run" if r["reused_verdicts"] else f"judging {r['train_s'] / 60:.1f} min")
+             if args.reuse_folds else
              f"Training {r['train_s'] / 60:.1f} min for both folds (judging included)") +
             f"; scoring {r['review_s']:.1f} s. "
             f"Out-of-fold mask mAP@[.5:.95] against the clean labels: {r['mask_ap']:.3f}. "
