@@ -231,6 +231,8 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
         if args.reuse_folds:
             predictions, label_probs = judge_with_fold_checkpoints(noisy, work / "folds", args.folds)
         else:
+            for stale in work.glob("judged-seed*.pkl"):  # verdicts of the fold models this run replaces
+                stale.unlink()
             predictions, label_probs, _ = out_of_fold_predictions(
                 noisy, args.folds, out=work / "folds", minutes_per_fold=args.minutes_per_fold,
                 epochs_per_fold=args.epochs_per_fold, seed=0,
