@@ -39,6 +39,7 @@ from instaseg import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
 from instaseg.review import inject_noise, review, review_document, save_dataset
+from instaseg.review.noise import BAD_MASK_MAX_IOU
 from instaseg.review.report import write_outputs
 from instaseg.review.score import ReviewSettings
 from instaseg.review.sources import assign_folds, judge_held_out, out_of_fold_predictions
@@ -257,6 +258,7 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     mask_ap = float(evaluate(clean, predictions).stats["segm"][0])  # of the fold models, against the clean labels
     result = {"name": name, "images": len(noisy.images), "labels": len(noisy.annotations), "injected": len(injected),
               "mask_ap": mask_ap, "train_s": trained, "reused_verdicts": reused_verdicts, "review_s": reviewed, "reference": info["bad_mask_reference"],
+              "outlines": outline_agreement(clean, predictions, injected),
               **compare(noisy, suggestions, predictions, injected)}
     # What the model's verdicts on the labels' and predictions' own boxes add: the same predictions
     # scored as a predictions file would give them (no label probabilities, no second look at the boxes).
@@ -293,6 +295,31 @@ def judge_with_fold_checkpoints(noisy: Dataset, folder: Path, folds: int) -> tup
         if not checkpoint.exists():
             sys.exit(f"--reuse-folds: {checkpoint} is missing; run once without --reuse-folds")
     return judge_held_out(noisy, assign_folds(noisy, folds, seed=0), checkpoints)
+
+
+def outline_agreement(clean: Dataset, predictions: dict, injected: list[dict]) -> dict:
+    """How far the fold models' outlines are from correct labels, against how far the injected bad masks are.
+
+    A bad mask can only stand out when the model draws correct labels closer to themselves than the
+    distortion moves a bad one (``BAD_MASK_MAX_IOU``): for each clean label, the best mask IoU of
+    a confident detection (score >= 0.5), over the labels it finds (IoU > 0.3).
+    """
+    best = []
+    for image in clean.images:
+        truth = clean.ground_truth(image)
+        found = predictions.get(image["id"])
+        if not len(truth):
+            continue
+        found = found[found.scores >= 0.5] if found is not None else found
+        best += list(mask_ops.iou(truth.rles(), found.rles()).max(1) if found is not None and len(found)
+                     else np.zeros(len(truth)))
+    best = np.asarray(best)
+    detected = best[best > 0.3]
+    distorted = [e["iou"] for e in injected if e["type"] == "bad_mask"]
+    return {"found": float(len(detected) / max(len(best), 1)),
+            "median_iou": float(np.median(detected)) if len(detected) else float("nan"),
+            "below_threshold": float(np.mean(detected < BAD_MASK_MAX_IOU)) if len(detected) else float("nan"),
+            "bad_mask_median_iou": float(np.median(distorted)) if distorted else float("nan")}
 
 
 def compare(noisy: Dataset, suggestions: list, predictions: dict, injected: list[dict]) -> dict:
@@ -355,11 +382,20 @@ def markdown(results: list[dict], args, command: str) -> str:
                   f"Without the images (neither edges nor look), bad-mask AP {r['without_edges']:.3f}.", "",
                   "Without the image's look (`appearance_weight=0`), AP " + ", ".join(
                       f"{kind} {r['without_look'][kind]['ap']:.3f}" for kind in TYPES if r["without_look"][kind]["n"]) + ".", "",
-                  f"With the dataset's bad-mask reference alone (no image's own), bad-mask AP {r['dataset_reference']:.3f}.", ""]
+                  f"With the dataset's bad-mask reference alone (no image's own), bad-mask AP {r['dataset_reference']:.3f}.", "",
+                  outline_sentence(r["outlines"]), ""]
         lines += ["", "Ceiling of the scoring rules, apart from model quality (the clean labels given as predictions, "
                   "confidence 0.99, no class probabilities):", ""]
         lines += _table(r["oracle"], "perfect predictions")
     return "\n".join(lines) + "\n"
+
+
+def outline_sentence(outlines: dict) -> str:
+    """``outline_agreement`` in words."""
+    return (f"The fold models' outlines against the clean labels: {outlines['found']:.0%} of the labels have a confident "
+            f"detection (score >= 0.5, mask IoU > 0.3), at median mask IoU {outlines['median_iou']:.3f}, and "
+            f"{outlines['below_threshold']:.0%} of those are below {BAD_MASK_MAX_IOU}, the IoU under which every injected "
+            f"bad mask lies (their median: {outlines['bad_mask_median_iou']:.3f}).")
 
 
 def _table(r: dict, what: str) -> list[str]:

@@ -213,6 +213,16 @@ def test_bad_mask_is_judged_against_the_models_agreement_on_the_same_image():
     assert 22 not in [s.annotation_id for s in dataset_only]  # the dataset's reference alone misses it
 
 
+def test_review_warns_when_the_models_masks_are_too_coarse_to_judge_outlines_by():
+    centres = [(12, 12), (12, 40), (40, 12), (40, 40)]
+    labels = make_dataset([[(disc(cy, cx, 7), "cat") for cy, cx in centres]])
+    for radius, warned in ((7, False), (5, True)):
+        _, info = review(labels, {1: preds(*[(disc(cy, cx, radius), "cat", 0.95) for cy, cx in centres])})
+        expected = disc(12, 12, radius).sum() / disc(12, 12, 7).sum()  # the model's disc lies inside the label's
+        assert info["bad_mask_reference"]["median_mask_iou"] == pytest.approx(expected, abs=1e-3)
+        assert any("masks agree with the labels it is surest of at median mask IoU" in w for w in info["warnings"]) == warned
+
+
 def test_a_barely_overlapping_prediction_is_another_object_not_a_redraw():
     centres = [(12, 12), (12, 40), (40, 12), (40, 40), (26, 26)]
     good = [disc(cy, cx, 7) for cy, cx in centres]
@@ -569,7 +579,9 @@ def test_cli_review_with_real_out_of_fold_models(cli, tmp_path):
             "--crop-size", "48", "--out", tmp_path / "rev")
     assert r.code == 0, r.stderr
     document = json.loads((tmp_path / "rev" / "review.json").read_text())
-    assert document["source"]["kind"] == "folds" and not document["warnings"]
+    assert document["source"]["kind"] == "folds"
+    # Out-of-fold models draw no "seen these labels" warning; 1-epoch models do draw the coarse-masks one.
+    assert document["warnings"] and all(w.startswith("the model's masks agree") for w in document["warnings"])
     for fold in (1, 2):
         config = read_checkpoint(tmp_path / "rev" / "folds" / f"fold-{fold}" / "best.pt")["config"]
         assert training_image_digests(config) and config["crop_size"] == 48
