@@ -41,7 +41,7 @@ from instaseg.data.synth import make_synthetic
 from instaseg.review import inject_noise, review, review_document, save_dataset
 from instaseg.review.noise import BAD_MASK_MAX_IOU
 from instaseg.review.report import write_outputs
-from instaseg.review.score import ReviewSettings
+from instaseg.review.score import CONFIDENT_MATCH, ReviewSettings
 from instaseg.review.sources import assign_folds, judge_held_out, out_of_fold_predictions
 from instaseg.train import FLIPS, PHOTOMETRIC
 
@@ -302,19 +302,20 @@ def outline_agreement(clean: Dataset, predictions: dict, injected: list[dict]) -
 
     A bad mask can only stand out when the model draws correct labels closer to themselves than the
     distortion moves a bad one (``BAD_MASK_MAX_IOU``): for each clean label, the best mask IoU of
-    a confident detection (score >= 0.5), over the labels it finds (IoU > 0.3).
+    a confident detection (``CONFIDENT_MATCH``, as the review's bad-mask reference), over the labels
+    it finds (IoU above ``missing_max_iou``, where the review counts a detection as the same object).
     """
     best = []
     for image in clean.images:
         truth = clean.ground_truth(image)
         found = predictions.get(image["id"])
-        if not len(truth):
-            continue
-        found = found[found.scores >= 0.5] if found is not None else found
-        best += list(mask_ops.iou(truth.rles(), found.rles()).max(1) if found is not None and len(found)
-                     else np.zeros(len(truth)))
+        confident = found[found.scores >= CONFIDENT_MATCH] if found is not None else []
+        if len(truth) and len(confident):
+            best += list(mask_ops.iou(truth.rles(), confident.rles()).max(1))
+        else:
+            best += [0.0] * len(truth)
     best = np.asarray(best)
-    detected = best[best > 0.3]
+    detected = best[best > ReviewSettings.missing_max_iou]
     distorted = [e["iou"] for e in injected if e["type"] == "bad_mask"]
     return {"found": float(len(detected) / max(len(best), 1)),
             "median_iou": float(np.median(detected)) if len(detected) else float("nan"),
@@ -393,7 +394,7 @@ def markdown(results: list[dict], args, command: str) -> str:
 def outline_sentence(outlines: dict) -> str:
     """``outline_agreement`` in words."""
     return (f"The fold models' outlines against the clean labels: {outlines['found']:.0%} of the labels have a confident "
-            f"detection (score >= 0.5, mask IoU > 0.3), at median mask IoU {outlines['median_iou']:.3f}, and "
+            f"detection (score >= {CONFIDENT_MATCH}, mask IoU > {ReviewSettings.missing_max_iou}), at median mask IoU {outlines['median_iou']:.3f}, and "
             f"{outlines['below_threshold']:.0%} of those are below {BAD_MASK_MAX_IOU}, the IoU under which every injected "
             f"bad mask lies (their median: {outlines['bad_mask_median_iou']:.3f}).")
 
