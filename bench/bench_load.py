@@ -5,7 +5,9 @@ against ``pycocotools.coco.COCO()`` (parse + index only), timed in the same run 
 
 The file is generated in a temporary folder: 640x480 images, blob-shaped polygons of 8 to 40
 points (one in ten annotations made of two polygons) and one annotation in ten stored as compressed
-RLE, like a real COCO export. Prints a markdown table; the ratio is the median instaseg time over
+RLE, like a real COCO export. A second file holds the same number of instances all as RLE (one in
+ten uncompressed, like crowd regions) to time the RLE validation every verb runs when it reads a
+dataset (``Dataset.validate``). Prints markdown tables; each ratio is a median instaseg time over
 the median pycocotools time.
 """
 
@@ -42,16 +44,32 @@ def blob_polygon(rng: np.random.Generator) -> list[float]:
     return [round(float(v), 2) for v in xy.reshape(-1)]
 
 
-def make_coco(num_images: int, num_instances: int, seed: int = 0) -> dict:
+def ellipse_rle(rng: np.random.Generator) -> dict:
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    center = (int(rng.integers(60, WIDTH - 60)), int(rng.integers(60, HEIGHT - 60)))
+    cv2.ellipse(mask, center, (int(rng.integers(8, 50)), int(rng.integers(8, 50))), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    return mask_ops.encode(mask.astype(bool))
+
+
+def uncompressed(rle: dict) -> dict:
+    """The same mask as COCO's uncompressed RLE (a list of run lengths)."""
+    mask = mask_ops.decode(rle, HEIGHT, WIDTH).T.reshape(-1)  # COCO runs go down the columns
+    changes = np.flatnonzero(np.diff(mask.astype(np.int8))) + 1
+    edges = np.r_[0, changes, mask.size]
+    runs = np.diff(edges).tolist()
+    return {"size": [HEIGHT, WIDTH], "counts": [0, *runs] if mask[0] else runs}
+
+
+def make_coco(num_images: int, num_instances: int, seed: int = 0, all_rle: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     images = [{"id": i + 1, "file_name": f"{i + 1:06d}.jpg", "width": WIDTH, "height": HEIGHT} for i in range(num_images)]
     annotations = []
     for k in range(num_instances):
-        if k % 10 == 9:
-            mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-            center = (int(rng.integers(60, WIDTH - 60)), int(rng.integers(60, HEIGHT - 60)))
-            cv2.ellipse(mask, center, (int(rng.integers(8, 50)), int(rng.integers(8, 50))), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-            segmentation = mask_ops.encode(mask.astype(bool))
+        if all_rle:
+            segmentation = ellipse_rle(rng)
+            segmentation = uncompressed(segmentation) if k % 10 == 4 else segmentation
+        elif k % 10 == 9:
+            segmentation = ellipse_rle(rng)
         else:
             segmentation = [blob_polygon(rng) for _ in range(2 if k % 10 == 4 else 1)]
         rle = mask_ops.to_rle(segmentation, HEIGHT, WIDTH)
@@ -83,6 +101,37 @@ def time_instaseg(path: Path) -> tuple[float, int]:
     return time.perf_counter() - start, sum(p.severity == "error" for p in problems)
 
 
+def time_validation(path: Path) -> tuple[float, float]:
+    """Seconds for ``Dataset.load`` (parse, schema, ``validate``) and for ``validate`` alone."""
+    start = time.perf_counter()
+    dataset = Dataset.load(path, validate=False)
+    parsed = time.perf_counter()
+    dataset.validate()
+    done = time.perf_counter()
+    return done - start, done - parsed
+
+
+def rle_table(args: argparse.Namespace, folder: str) -> None:
+    path = Path(folder) / "instances_rle.json"
+    io.write_json(path, make_coco(args.images, args.instances, seed=1, all_rle=True))
+    size_mb = path.stat().st_size / 1e6
+    theirs, loads, validations = [], [], []
+    for _ in range(args.repeats):
+        theirs.append(time_pycocotools(path))
+        load, validation = time_validation(path)
+        loads.append(load)
+        validations.append(validation)
+    theirs_s, load_s, validation_s = (statistics.median(v) for v in (theirs, loads, validations))
+    print()
+    print(f"| all-RLE file | {args.images:,} images, {args.instances:,} RLE instances (1 in 10 uncompressed), {size_mb:.0f} MB |")
+    print("|---|---|")
+    print(f"| pycocotools `COCO()` load, median of {args.repeats} | {theirs_s:.2f} s |")
+    print(f"| instaseg `Dataset.load` (parse, schema, `validate`), median of {args.repeats} | {load_s:.2f} s |")
+    print(f"| of which `Dataset.validate` (ids, sizes, every RLE decoded and checked) | {validation_s:.2f} s |")
+    print(f"| ratio validation / pycocotools load (target <= 2) | **{validation_s / theirs_s:.2f}** |")
+    print(f"| ratio instaseg load / pycocotools load | **{load_s / theirs_s:.2f}** |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
@@ -108,6 +157,8 @@ def main() -> None:
     print(f"| pycocotools `COCO()` load, median of {args.repeats} | {theirs_s:.2f} s |")
     print(f"| instaseg `Dataset.load` + `check_dataset(check_files=False)`, median of {args.repeats} | {ours_s:.2f} s |")
     print(f"| ratio instaseg / pycocotools (target <= 2) | **{ours_s / theirs_s:.2f}** |")
+    with tempfile.TemporaryDirectory() as folder:
+        rle_table(args, folder)
 
 
 if __name__ == "__main__":

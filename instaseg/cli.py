@@ -2,13 +2,17 @@
 
 Each group of verbs lives beside this file (``cli_data``, ``cli_models``, ``cli_eval``,
 ``cli_review``) and registers itself on ``app``. Errors in the user's input arrive here as
-``InstasegError`` and leave as one line on stderr with exit status 2.
+``InstasegError`` and leave as one line on stderr with exit status 2; Python warnings leave as
+one ``warning:`` line each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import warnings
+from typing import Iterator
 
 import typer
 
@@ -29,9 +33,11 @@ EXIT_INPUT_ERROR = 2
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run ``app`` and turn every failure into a one-line message and an exit status."""
     try:
-        app(args=argv, prog_name="instaseg")
+        with _one_line_warnings():
+            app(args=argv, prog_name="instaseg")
     except InstasegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # A value quoted from the user's file may hold line breaks; the message stays one line.
+        print(f"error: {exc}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -45,6 +51,21 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(3)
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show Python warnings as ``warning: <message>``: the source line that raised one means nothing to users."""
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 # Importing the verb groups registers their commands on ``app``.

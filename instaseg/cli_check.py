@@ -37,9 +37,10 @@ def check(
     Exit status: 0 when there are no errors (warnings allowed), 1 with errors, 2 when DATA
     cannot be read at all. With --fix, the status is that of the repaired copy.
     """
+    io.guard_outputs([fix], [data], [images or data])
     if fix is not None:
         io.check_output(fix, overwrite)
-    dataset = load_dataset(data, images=images)
+    dataset = load_dataset(data, images=images, validate=False)
     problems = check_dataset(dataset, check_files=not no_files)
     errors, warnings = count_problems(problems)
     report: dict = {"file": str(data), "errors": errors, "warnings": warnings, "problems": [p.to_dict() for p in problems]}
@@ -76,6 +77,7 @@ def stats(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --plot file if it exists."),
 ) -> None:
     """Counts per class and per image, COCO size ranges and images without instances."""
+    io.guard_outputs([plot], [data], [images or data])
     if plot is not None:
         io.check_output(plot, overwrite)
     result = dataset_stats(load_dataset(data, images=images))
@@ -102,6 +104,7 @@ def show(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Draw each image's annotations on it and save the pictures as PNG."""
+    io.guard_outputs([out], [data], [images or data])
     io.check_output(out, overwrite)
     written = save_overlays(load_dataset(data, images=images), out, limit=limit, overwrite=overwrite)
     typer.echo(f"wrote {len(written)} picture(s) to {out}")

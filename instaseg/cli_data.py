@@ -26,12 +26,37 @@ def convert(
         None, "--class", help="Class of instances whose format has none (default: object)."
     ),
     classes: Optional[Path] = typer.Option(
-        None, "--classes", help="Names file (YOLO) or instance/image -> class mapping (masks)."
+        None, "--classes", help="Names file (YOLO, LabelMe) or instance/image -> class mapping (masks)."
+    ),
+    mask_suffix: Optional[str] = typer.Option(
+        None,
+        "--mask-suffix",
+        help="masks: what follows the image's stem in a mask's name, instead of the usual _mask, _masks, -mask, "
+        "_label, _instance(s), _gt (any case); identical stems always pair.",
+    ),
+    ignore_value: str = typer.Option(
+        "auto",
+        "--ignore-value",
+        help="masks: the void value, never an instance: a number, none, or auto (255 in 8-bit masks that also "
+        "hold other ids, as in PASCAL VOC).",
+    ),
+    allow_skipped: bool = typer.Option(
+        False,
+        "--allow-skipped",
+        help="Convert even when under half of the label records read can be kept (keeping none is always an error).",
+    ),
+    polylines_as_polygons: bool = typer.Option(
+        False,
+        "--polylines-as-polygons",
+        help="via: read open polylines as outlines (closed ones always are), not as lines without area.",
     ),
     split: str = typer.Option("train", help="Split folder name for YOLO output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Convert a dataset between coco, yolo, via, labelme, masks, mask-files, semantic and panoptic."""
+    from instaseg import io
+
+    io.guard_outputs([out], [src, classes], [images or src])
     report = convert_dataset(
         src,
         out,
@@ -40,6 +65,10 @@ def convert(
         images=images,
         class_name=class_name,
         classes=classes,
+        mask_suffix=mask_suffix,
+        ignore_value=ignore_value,
+        allow_skipped=allow_skipped,
+        polylines_as_polygons=polylines_as_polygons,
         split=split,
         overwrite=overwrite,
     )

@@ -57,6 +57,14 @@ def eval_command(
             "--from", help="Format of GT, as for 'instaseg convert' (coco, yolo, via, ...); detected when omitted."
         ),
     ] = None,
+    class_name: Annotated[
+        Optional[str],
+        typer.Option("--class", help="Class of GT instances whose format has none (default: object), as for convert."),
+    ] = None,
+    classes: Annotated[
+        Optional[Path],
+        typer.Option(help="Names file (YOLO) or instance/image -> class mapping (masks) of GT, as for convert."),
+    ] = None,
     score_threshold: Annotated[
         float,
         typer.Option("--score-threshold", min=0.0, help="Score from which predictions count in the error breakdown."),
@@ -65,14 +73,21 @@ def eval_command(
 ) -> None:
     """COCO mAP of PRED against GT: the 12 COCO numbers, a per-class table and where AP is lost.
 
-    Predictions from 'instaseg predict' are matched to GT images by file name and to classes by name.
+    Predictions from 'instaseg predict' are matched to GT images by their paths (a bare file name
+    where it is unique) and to classes by name.
     """
+    io.guard_outputs([out], [gt, pred, classes], [images or gt])
     if out is not None:
         io.check_output(out, overwrite)  # before minutes of work, not after
-    dataset = load_dataset(gt, gt_format, images=images)
-    results = load_predictions(dataset, pred)
+    dataset = load_dataset(gt, gt_format, images=images, class_name=class_name, classes=classes)
+    warnings: list[str] = []
+    results = load_predictions(dataset, pred, warnings)
     iou_types = ("segm", "bbox") if iou_type is IouType.both else (iou_type.value,)
-    result = evaluate_results(dataset, results, iou_types, score_threshold=score_threshold, source=pred)
+    result = evaluate_results(
+        dataset, results, iou_types, score_threshold=score_threshold, source=pred, warnings=warnings
+    )
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     print_result(result, Console(highlight=False))
     if out is not None:
         write_report(result, out, overwrite=overwrite)

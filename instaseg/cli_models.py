@@ -18,8 +18,11 @@ def models(
     from rich.console import Console
     from rich.table import Table
 
+    from instaseg.errors import InstasegError
     from instaseg.models import DEFAULT_MODEL, MODELS, count_parameters, list_models
 
+    if num_classes < 1:
+        raise InstasegError(f"--num-classes must be at least 1, not {num_classes}")
     table = Table(title=f"Mask R-CNN models (parameters for {num_classes} classes; presets: cpu, gpu, small)")
     table.add_column("name", no_wrap=True)
     table.add_column("params cpu", no_wrap=True, justify="right")
@@ -44,10 +47,11 @@ def train(
     val: Optional[Path] = typer.Option(None, "--val", help="Validation set (any readable format); best.pt is chosen by its mask mAP."),
     model: str = typer.Option("maskrcnn_resnet18_fpn", "--model", help="Architecture (see `instaseg models`)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Number of passes over the training set."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget in minutes."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget in minutes, counted once the data are read: building the model and every validation included."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Start from an instaseg checkpoint or a torchvision state dict."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Folder for checkpoints, metrics and curves."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt, with the model and augmentation it recorded."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt, with the model and augmentation it recorded (refused on other training images than the run's)."),
+    resume_anyway: bool = typer.Option(False, "--resume-anyway", help="Resume (as --resume) even though the training images differ from the run's."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per step (per process under torchrun; shared out with --processes)."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW)."),
@@ -55,19 +59,21 @@ def train(
     crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Train on random square crops of this many pixels at the model's input scale (large images, small objects)."),
     flips: str = typer.Option("horizontal", "--flips", help="Random flips: horizontal, or all (also upside down and quarter turns: images with no up, such as microscopy or aerial views)."),
     photometric: str = typer.Option("jitter", "--photometric", help="Random colour changes: jitter (brightness, contrast, saturation), or all (also grey and inverted: objects lighter or darker than their background from image to image, such as stained and fluorescent cells)."),
-    processes: int = typer.Option(1, "--processes", min=1, help="On a CPU, train as this many data-parallel processes (2 keeps both cores of a 2-core machine busy)."),
+    processes: int = typer.Option(1, "--processes", help="On a CPU, train as this many data-parallel processes (2 keeps both cores of a 2-core machine busy)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out."),
 ) -> None:
     """Train a model from scratch (or from --weights) and write best.pt, last.pt, metrics.jsonl and curves.png."""
+    from instaseg import io
     from instaseg.data.convert import load_dataset
     from instaseg.train import train as run_training
 
+    io.guard_outputs([out], [data, val, weights], [data, val])
     best = run_training(
         load_dataset(data),
         load_dataset(val) if val is not None else None,
         model=model, epochs=epochs, minutes=minutes, weights=weights, out=out, seed=seed,
         overwrite=overwrite, resume=resume, batch_size=batch_size, lr=lr, preset=preset, crop_size=crop_size,
-        flips=flips, photometric=photometric, processes=processes,
+        flips=flips, photometric=photometric, processes=processes, resume_anyway=resume_anyway,
     )
     typer.echo(f"best checkpoint: {best}")
 
@@ -82,8 +88,10 @@ def synth(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Make a synthetic dataset of coloured shapes (circle, square, triangle, star) with COCO masks."""
+    from instaseg import io
     from instaseg.data.synth import make_synthetic
 
+    io.guard_outputs([out])
     train_json, val_json = make_synthetic(
         out, num_train=num_train, num_val=num_val, size=size, seed=seed, overwrite=overwrite
     )
@@ -97,8 +105,10 @@ def quickstart(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Synthetic data -> train on the CPU -> evaluate -> predict with overlays, in about --minutes."""
+    from instaseg import io
     from instaseg.quickstart import quickstart as run_quickstart
 
+    io.guard_outputs([out])
     summary = run_quickstart(out, minutes=minutes, overwrite=overwrite)
     typer.echo(f"mask mAP@[.5:.95] on the synthetic val split: {summary['mask_mAP']:.3f}")
     typer.echo(f"model: {summary['checkpoint']}")

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from instaseg import io
 from instaseg.cli import app
 
 DEFAULT_PREDICT_DIR = Path("runs/predict")
@@ -43,6 +44,8 @@ def predict(
     from instaseg.predictor import load
     from instaseg.predict import predict_images
 
+    target = out if out is not None else _free_folder(DEFAULT_PREDICT_DIR)
+    io.guard_outputs([target], [model, *images])
     predictor = load(model)
     wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
     summary = predict_images(
@@ -51,7 +54,7 @@ def predict(
         score_threshold=score,
         classes=wanted,
         max_detections=max_detections,
-        out=out if out is not None else _free_folder(DEFAULT_PREDICT_DIR),
+        out=target,
         overlays=overlays,
         overwrite=overwrite,
     )
@@ -79,7 +82,7 @@ def export(
     model: Annotated[Path, typer.Argument(help="Checkpoint file (best.pt / last.pt from `instaseg train`).")],
     format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")] = "onnx",
     out: Annotated[
-        Optional[Path], typer.Option(help="Output file (default: beside MODEL, .onnx or .torchscript.pt).")
+        Optional[Path], typer.Option(help="Output file (default: beside MODEL, .onnx or .torchscript).")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
@@ -87,6 +90,7 @@ def export(
     from instaseg.predictor import load
     from instaseg.export import export_model
 
+    io.guard_outputs([out], [model])
     path = export_model(load(model), format, out=out, overwrite=overwrite, source=model)
     typer.echo(f"wrote {path}")
 

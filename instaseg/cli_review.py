@@ -57,9 +57,11 @@ def review_run(
 
     OUT holds review.json, review.csv, report.html and pictures/ (label | suggested fix).
     """
+    from instaseg import io
     from instaseg.data.convert import load_dataset
     from instaseg.review import ReviewSettings, run_review
 
+    io.guard_outputs([out], [data, model, pred], [images or data])
     dataset = load_dataset(data, images=images)
     target = out if out is not None else Path(f"review-{data.stem}")
     document = run_review(
@@ -92,6 +94,7 @@ def review_apply(
     from instaseg.review import apply_review_file, save_dataset
     from instaseg.review.apply import parse_accept, parse_ids
 
+    io.guard_outputs([out], [review, data])
     io.check_output(out, overwrite)
     ids, above = parse_accept(accept)
     fixed, changes = apply_review_file(review, accept=ids, accept_above=above, reject=parse_ids(reject), data=data)
@@ -107,7 +110,7 @@ def review_apply(
 @app.command()
 def noise(
     data: Annotated[Path, typer.Argument(help="Clean dataset: a COCO JSON, or any format `instaseg convert` reads.")],
-    out: Annotated[Optional[Path], typer.Option(help="Noisy COCO JSON to write (default: <DATA name>.noisy.json beside DATA).")] = None,
+    out: Annotated[Path, typer.Option(help="Noisy COCO JSON to write (the list of errors goes beside it).")],
     rates: Annotated[Optional[str], typer.Option(help="Error rates, e.g. 'missing=0.1,extra=0.1,wrong_class=0.05,bad_mask=0.1,duplicate=0.03'.")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Image folder, if not beside the dataset.")] = None,
     seed: Annotated[int, typer.Option(help="The same seed gives the same errors.")] = 0,
@@ -118,16 +121,16 @@ def noise(
     from instaseg.data.convert import load_dataset
     from instaseg.review import inject_noise, save_dataset
 
-    target = out if out is not None else data.with_name(f"{data.stem}.noisy.json")
-    errors_path = target.with_name(f"{target.stem}.errors.json")
-    io.check_output(target, overwrite)
+    errors_path = out.with_name(f"{out.stem}.errors.json")
+    io.guard_outputs([out, errors_path], [data], [images or data])
+    io.check_output(out, overwrite)
     io.check_output(errors_path, overwrite)
     noisy, injected = inject_noise(load_dataset(data, images=images), **_parse_rates(rates), seed=seed)
-    save_dataset(noisy, target, overwrite=overwrite)
+    save_dataset(noisy, out, overwrite=overwrite)
     io.write_json(errors_path, injected, overwrite=overwrite, indent=True)
     counts = {t: sum(e["type"] == t for e in injected) for t in dict.fromkeys(e["type"] for e in injected)}
     typer.echo(f"injected {len(injected)} errors ({', '.join(f'{n} {t}' for t, n in counts.items()) or 'none'})")
-    typer.echo(f"wrote {target} and {errors_path}")
+    typer.echo(f"wrote {out} and {errors_path}")
 
 
 def _parse_rates(text: str | None) -> dict[str, float]:

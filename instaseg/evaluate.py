@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ _STAT_LINES = (
 ERROR_KINDS = ("missed", "background", "duplicate", "wrong_class", "localization", "class_and_location")
 # IoU below which a prediction does not touch an instance at all, and above which it counts as found
 TOUCH_IOU, MATCH_IOU = 0.1, 0.5
+
+logger = logging.getLogger("instaseg")
 
 
 @dataclass
@@ -89,6 +92,9 @@ class EvalResult:
         precision: iou_type -> (T, R, K) interpolated precision at the ``iou_thresholds`` x
             ``recall_thresholds`` for each class (area all, 100 detections; -1 where undefined).
         errors: the error breakdown and confusion matrix, or None when not asked for.
+        notes: remarks on how to read the numbers.
+        warnings: what in the input may make the numbers not mean what they seem (results that
+            were left out, ground-truth images the predictions do not cover).
     """
 
     class_names: list[str]
@@ -101,6 +107,7 @@ class EvalResult:
     num_images: int = 0
     num_predictions: int = 0
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def stat(self, name: str = "AP", iou_type: str = "segm") -> float:
         """One of the 12 COCO numbers by name, e.g. ``result.stat("AP50", "bbox")``."""
@@ -116,6 +123,7 @@ class EvalResult:
             "per_class": self.per_class,
             "errors": self.errors.to_dict() if self.errors is not None else None,
             "notes": self.notes,
+            "warnings": self.warnings,
         }
 
     def summary(self) -> str:
@@ -181,14 +189,18 @@ def evaluate_results(
     score_threshold: float = 0.5,
     errors: bool = True,
     source: str | Path | None = None,
+    warnings: Sequence[str] = (),
 ) -> EvalResult:
     """COCO metrics of a COCO results list (``image_id``, ``category_id``, ``segmentation``, ``bbox``,
     ``score`` per detection) against a ground-truth dataset.
 
-    Records are checked (unknown image or category ids, masks of the wrong size, scores that are
-    not finite non-negative numbers, duplicate ``id`` values) and the first bad one is reported
-    with its position; ``source`` names the file in that message. An empty list gives AP 0 for
-    every class that has ground truth (pycocotools itself would crash on it).
+    Records are checked (unknown image ids, category ids that are not integers, masks of the
+    wrong size, scores that are not finite non-negative numbers, duplicate ``id`` values) and the
+    first bad one is reported with its position; ``source`` names the file in that message.
+    Results of a category the ground truth does not have are left out, as pycocotools does, with
+    one warning counting them; ``warnings`` (e.g. those of ``load_predictions``) come first in
+    the result's. An empty list gives AP 0 for every class that has ground truth (pycocotools
+    itself would crash on it).
     """
     iou_types = tuple(dict.fromkeys(iou_types))
     if not iou_types or any(t not in IOU_TYPES for t in iou_types):
@@ -197,7 +209,7 @@ def evaluate_results(
         raise InstasegError(f"score threshold must be a finite number >= 0, got {score_threshold}")
     with _gc_paused():
         gt_anns = _engine_ground_truth(gt)
-        dt_anns = _engine_detections(gt, results, need_masks="segm" in iou_types, source=source)
+        dt_anns, ignored = _engine_detections(gt, results, need_masks="segm" in iou_types, source=source)
         stats, per_class, precision = {}, {}, {}
         for iou_type in iou_types:
             try:
@@ -217,8 +229,11 @@ def evaluate_results(
             breakdown = _error_breakdown(gt, gt_anns, dt_anns, error_iou_type, score_threshold)
 
     notes = []
-    if not results:
+    if not dt_anns:
         notes.append("no predictions: every AP is 0 where there is ground truth")
+    warnings = list(warnings)
+    if ignored:
+        warnings.append(_left_out_warning(ignored, len(results)))
     return EvalResult(
         class_names=gt.class_names,
         stats=stats,
@@ -230,15 +245,28 @@ def evaluate_results(
         num_images=len(gt.images),
         num_predictions=len(dt_anns),
         notes=notes,
+        warnings=warnings,
     )
 
 
-def load_predictions(gt: Dataset, path: str | Path) -> list[dict]:
+def _left_out_warning(category_ids: list[int], total: int) -> str:
+    ids = sorted(set(category_ids))
+    shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+    return (
+        f"left out {len(category_ids)} of {total} results: their category id ({shown}) is not a "
+        "ground-truth category (pycocotools ignores them too)"
+    )
+
+
+def load_predictions(gt: Dataset, path: str | Path, warnings: list[str] | None = None) -> list[dict]:
     """Read predictions as a COCO results list in ``gt``'s image and category ids.
 
     ``path`` is either a COCO results JSON (a list of detections, used as is) or what
     ``instaseg predict`` writes: its folder or its ``predictions.json``. Those carry their own
-    image and category ids, so images are matched to ``gt`` by file basename and categories by name.
+    image and category ids, so images are matched to ``gt`` by file name (``match_images``) and
+    categories by name. A predictions folder also lists the images it predicted, so one that
+    covers no ground-truth image is refused and one that covers only some is warned about:
+    the warning goes to ``warnings``, or to the ``instaseg`` logger without that list.
     """
     path = Path(path)
     if path.is_dir():
@@ -252,24 +280,19 @@ def load_predictions(gt: Dataset, path: str | Path) -> list[dict]:
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise InstasegError("expected a COCO results list or an 'instaseg predict' predictions.json", file=path)
     predicted = Dataset(data, source=path)
-    by_name: dict[str, int] = {}
-    for image in gt.images:
-        name = Path(image["file_name"]).name
-        if name in by_name:
-            raise InstasegError(
-                f"two images named {name!r}; predictions are matched by file name, so names must be unique",
-                file=gt.source,
-                record=f"image id {image['id']}",
-            )
-        by_name[name] = image["id"]
-    image_ids: dict[int, int] = {}
-    for image in predicted.images:
-        gt_id = by_name.get(Path(image["file_name"]).name)
-        if gt_id is None:
-            raise InstasegError(
-                f"image {image['file_name']!r} is not in the ground truth", file=path, record=f"image id {image['id']}"
-            )
-        image_ids[image["id"]] = gt_id
+    image_ids = match_images(gt, predicted)
+    covered = len(set(image_ids.values()))
+    if covered == 0:
+        raise InstasegError("lists no image; predictions for the ground-truth images are needed", file=path)
+    if covered < len(gt.images):
+        warning = (
+            f"the predictions cover {covered} of the {len(gt.images)} ground-truth images; the other "
+            f"{len(gt.images) - covered} count as images on which nothing was found"
+        )
+        if warnings is None:
+            logger.warning(warning)
+        else:
+            warnings.append(warning)
     gt_category = {cat["name"]: cat["id"] for cat in gt.categories}
     category_ids: dict[int, int] = {}
     for cat in predicted.categories:
@@ -288,6 +311,73 @@ def load_predictions(gt: Dataset, path: str | Path) -> list[dict]:
             )
         results.append({**ann, "image_id": image_ids[ann["image_id"]], "category_id": category_ids[ann["category_id"]]})
     return results
+
+
+def match_images(gt: Dataset, predicted: Dataset) -> dict[int, int]:
+    """``predicted``'s image ids -> the ids of the same images in ``gt``, matched by file name.
+
+    Names are compared as relative paths, since each is relative to its own root: ``instaseg
+    predict`` names images from the deepest folder holding them all, a dataset from its image
+    folder. A name matches the image of the same path or else, when one of the two has more
+    leading folders, the image whose path ends the same way (``000001.png`` and ``val/000001.png``).
+    A bare basename therefore matches only when it is unique. A name with several candidates, two
+    names for one image and a name the ground truth does not have are refused.
+    """
+    by_path, by_ending = _image_paths(gt)
+    image_ids: dict[int, int] = {}
+    matched_by: dict[int, str] = {}
+    for image in predicted.images:
+        name, record = image["file_name"], f"image id {image['id']}"
+        parts = _path_parts(name)
+        if parts in by_path:
+            candidates = [by_path[parts]]
+        else:
+            shorter = [by_path[parts[k:]] for k in range(1, len(parts)) if parts[k:] in by_path]
+            candidates = by_ending.get(parts, []) + shorter
+        if not candidates:
+            raise InstasegError(f"image {name!r} is not in the ground truth", file=predicted.source, record=record)
+        if len(candidates) > 1:
+            listed = ", ".join(repr(c["file_name"]) for c in candidates[:3]) + (", ..." if len(candidates) > 3 else "")
+            raise InstasegError(
+                f"image {name!r} could be any of the ground-truth images {listed}; "
+                "predict on the ground truth's image folder, so that the names keep their sub-folders",
+                file=predicted.source,
+                record=record,
+            )
+        target = candidates[0]
+        if target["id"] in matched_by:
+            first = matched_by[target["id"]]
+            raise InstasegError(
+                f"images {first!r} and {name!r} both match ground-truth image {target['file_name']!r}",
+                file=predicted.source,
+                record=record,
+            )
+        matched_by[target["id"]] = name
+        image_ids[image["id"]] = target["id"]
+    return image_ids
+
+
+def _image_paths(gt: Dataset) -> tuple[dict[tuple[str, ...], dict], dict[tuple[str, ...], list[dict]]]:
+    """GT images by path parts, and by each ending of their paths that leaves out leading folders."""
+    by_path: dict[tuple[str, ...], dict] = {}
+    by_ending: dict[tuple[str, ...], list[dict]] = {}
+    for image in gt.images:
+        parts = _path_parts(image["file_name"])
+        if parts in by_path:
+            raise InstasegError(
+                f"two images named {image['file_name']!r}; predictions are matched by file name",
+                file=gt.source,
+                record=f"image id {image['id']}",
+            )
+        by_path[parts] = image
+        for start in range(1, len(parts)):
+            by_ending.setdefault(parts[start:], []).append(image)
+    return by_path, by_ending
+
+
+def _path_parts(name: str) -> tuple[str, ...]:
+    """A relative file name's folders and basename, for names written with either separator."""
+    return tuple(part for part in str(name).replace("\\", "/").split("/") if part not in ("", "."))
 
 
 # -- building the engine's COCO objects --------------------------------------------------------------
@@ -369,12 +459,16 @@ def _bad(record: str, message: str, source: str | Path | None) -> InstasegError:
     return InstasegError(message, file=source, record=record)
 
 
-def _engine_detections(gt: Dataset, results: list[dict], need_masks: bool, source: str | Path | None) -> list[dict]:
+def _engine_detections(
+    gt: Dataset, results: list[dict], need_masks: bool, source: str | Path | None
+) -> tuple[list[dict], list[int]]:
     """Check a COCO results list and turn it into the engine's detection records.
 
     Follows pycocotools' ``loadRes``: when the first result has a ``bbox``, every detection's
     ``area`` is its box area (which decides the small/medium/large bin of unmatched detections,
-    even for masks); otherwise box and area come from the mask.
+    even for masks); otherwise box and area come from the mask. Like COCOeval, which only looks
+    at the ground truth's categories, results of another category id are left out; their
+    category ids come back as the second item.
     """
     if not isinstance(results, list):
         raise InstasegError("predictions must be a list of COCO results", file=source)
@@ -384,7 +478,7 @@ def _engine_detections(gt: Dataset, results: list[dict], need_masks: bool, sourc
     if len(set(ids)) < len(ids):
         _raise_duplicate_id(results, source)
     sizes = {image_id: [image["height"], image["width"]] for image_id, image in images.items()}
-    detections, derive = [], []
+    detections, derive, ignored = [], [], []
     for position, result in enumerate(results):
         # the common, valid record is checked inline; anything odd goes to _explain for the message
         try:
@@ -406,7 +500,10 @@ def _engine_detections(gt: Dataset, results: list[dict], need_masks: bool, sourc
         except (KeyError, TypeError, AttributeError):
             valid = False
         if not valid:
-            _explain(result, position, images, categories, need_masks, use_boxes, source)
+            if _other_category(result, sizes, categories):
+                ignored.append(result["category_id"])
+                continue
+            _explain(result, position, images, need_masks, use_boxes, source)
         if segmentation is not None and not (
             type(segmentation) is dict
             and type(segmentation.get("counts")) is str
@@ -426,12 +523,28 @@ def _engine_detections(gt: Dataset, results: list[dict], need_masks: bool, sourc
             }  # fmt: skip
             derive.append(detection)
         detections.append(detection)
+    masked = [d for d in detections if d["segmentation"] is not None]
+    malformed = mask_ops.invalid_rles([d["segmentation"] for d in masked], [sizes[d["image_id"]] for d in masked])
+    if malformed:
+        k, problem = next(iter(malformed.items()))
+        raise _bad(f"result {masked[k]['id'] - 1} (image id {masked[k]['image_id']})", problem, source)
     if derive:  # box and area from the masks, in one call
         rles = [d["segmentation"] for d in derive]
         for detection, area, box in zip(derive, engine_mask.area(rles), engine_mask.toBbox(rles)):
             detection["area"] = float(area)
             detection["bbox"] = [float(v) for v in box]
-    return detections
+    return detections, ignored
+
+
+def _other_category(result: Any, sizes: dict, categories: dict) -> bool:
+    """Whether a result is for a ground-truth image but of a category the ground truth does not have."""
+    return (
+        isinstance(result, dict)
+        and type(result.get("image_id")) is int
+        and result["image_id"] in sizes
+        and type(result.get("category_id")) is int
+        and result["category_id"] not in categories
+    )
 
 
 def _raise_duplicate_id(results: list[dict], source: str | Path | None) -> None:
@@ -447,7 +560,6 @@ def _explain(
     result: Any,
     position: int,
     images: dict,
-    categories: dict,
     need_masks: bool,
     use_boxes: bool,
     source: str | Path | None,
@@ -461,8 +573,8 @@ def _explain(
         raise _bad(record, f"unknown image id {image_id!r}", source)
     record = f"result {position} (image id {image_id})"
     category_id = result.get("category_id")
-    if type(category_id) is not int or category_id not in categories:
-        raise _bad(record, f"unknown category id {category_id!r}", source)
+    if type(category_id) is not int:
+        raise _bad(record, f"category id must be an integer, got {category_id!r}", source)
     score = result.get("score")
     if not _finite(score) or score < 0:
         raise _bad(record, f"score must be a finite number >= 0, got {score!r}", source)
@@ -489,6 +601,9 @@ def _checked_segmentation(segmentation: Any, image: dict, record: str, source: s
             raise _bad(record, "segmentation must be an RLE {'size': [h, w], 'counts': ...} or polygons", source)
         if list(size) != [height, width]:
             raise _bad(record, f"mask is {size[1]}x{size[0]} but image id {image['id']} is {width}x{height}", source)
+        problem = mask_ops.invalid_rles([segmentation], [(height, width)]).get(0)
+        if problem is not None:
+            raise _bad(record, problem, source)
         if isinstance(counts, str | bytes):
             return segmentation
     elif not (

@@ -29,6 +29,7 @@ import json
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
@@ -114,11 +115,6 @@ def export_model(
 
 
 def _export_onnx(module: ExportModule, example: torch.Tensor, path: Path, class_names: list[str]) -> None:
-    try:
-        import onnx
-    except ImportError:
-        raise InstasegError('ONNX export needs the onnx package: pip install "instaseg[export]"') from None
-
     detections = {0: "detections"}
     torch.onnx.export(
         module,

@@ -2,18 +2,23 @@
 
 Every output goes to a temporary sibling first and is renamed into place only once complete,
 so an interrupted command never leaves a half-written file behind, and an existing output is
-replaced only when the caller passes ``overwrite=True``.
+replaced only when the caller passes ``overwrite=True``. A temporary sibling carries the id of
+the process writing it, so the next write of the same output removes those of killed commands.
+Before any of that, ``guard_outputs`` refuses outputs that would replace what a command reads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -32,11 +37,91 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 
 def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Return ``path`` as a Path, raising if it exists and ``overwrite`` is false."""
+    """Return ``path`` as a Path, raising if it exists and ``overwrite`` is false, or if it cannot be written."""
     path = Path(path)
+    _check_place(path)
     if path.exists() and not overwrite:
         raise InstasegError("already exists; pass --overwrite to replace it", file=path)
     return path
+
+
+def guard_outputs(
+    outputs: Iterable[str | Path | None],
+    inputs: Iterable[str | Path | None] = (),
+    image_roots: Iterable[str | Path | None] = (),
+) -> None:
+    """Refuse outputs that would replace what a command reads, before it reads or writes anything.
+
+    Args:
+        outputs: the files and folders the command writes.
+        inputs: the files and folders it reads (folders as a whole); a glob pattern stands for
+            the files it matches. No output may be, contain or lie inside one of them.
+        image_roots: the folders datasets take their image files from (a dataset file or
+            folder stands for its own folder). A dataset reads only the files it names there, so
+            an output may lie inside one, but not be or contain it.
+
+    An output may not be or contain the current folder either, and must be writable. Paths are
+    compared with symlinks followed; ``None`` entries are skipped.
+    """
+    read = [(Path(p), p.resolve(), True) for p in _expand(inputs)]
+    read += [(root, root.resolve(), False) for root in map(_image_folder, _given(image_roots))]
+    for output in map(Path, _given(outputs)):
+        resolved = output.resolve()
+        for given, path, whole in read:
+            relation = _relation(resolved, path)
+            if relation is not None and (whole or relation != "lies inside"):
+                raise InstasegError(f"output {relation} the input {given}; choose another --out", file=output)
+        _check_place(output)
+
+
+def _given(paths: Iterable[str | Path | None]) -> list[str | Path]:
+    return [p for p in paths if p is not None]
+
+
+def _expand(inputs: Iterable[str | Path | None]) -> list[Path]:
+    """Each input as a path; a glob pattern (one naming no existing path) as the paths it matches."""
+    paths: list[Path] = []
+    for item in _given(inputs):
+        if Path(item).exists() or not glob.has_magic(str(item)):
+            paths.append(Path(item))
+        else:
+            paths += map(Path, glob.glob(str(item), recursive=True))
+    return paths
+
+
+def _image_folder(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def _relation(output: Path, other: Path) -> str | None:
+    """How the resolved ``output`` overlaps the resolved ``other``: "is", "contains", "lies inside" or None."""
+    if output == other:
+        return "is"
+    if other.is_relative_to(output):
+        return "contains"
+    if output.is_relative_to(other):
+        return "lies inside"
+    return None
+
+
+def _check_place(path: Path) -> None:
+    """Refuse an output that would replace the current folder or whose folder cannot take it."""
+    relation = _relation(path.resolve(), Path.cwd().resolve())
+    if relation in ("is", "contains"):
+        raise InstasegError(f"output {relation} the current folder; choose another --out", file=path)
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise _cannot_write(path, os.strerror(errno.ENOTDIR))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and os.statvfs(folder).f_flag & os.ST_RDONLY
+        raise _cannot_write(path, os.strerror(errno.EROFS if read_only else errno.EACCES))
+
+
+def _cannot_write(path: Path, reason: str) -> InstasegError:
+    return InstasegError(f"cannot write ({reason})", file=path)
 
 
 @contextlib.contextmanager
@@ -44,21 +129,79 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
 
     Works for a file or a directory: whatever the caller creates at the yielded path is moved.
+    A failure to create or write the output (read-only, full or missing disk) is an
+    ``InstasegError`` naming ``path``.
     """
     path = check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise _cannot_write(path, exc.strerror or str(exc)) from None
     target = tmp / path.name
     try:
         yield target
         if path.is_dir() and not path.is_symlink():
             old = tmp / ".replaced"
             os.replace(path, old)
-            os.replace(target, path)
+            try:
+                os.replace(target, path)
+            except OSError:
+                os.replace(old, path)  # the earlier output must not go with the temporary folder
+                raise
         else:
             os.replace(target, path)
+    except OSError as exc:
+        # Only a failure on the temporary side is ours to name; reading an input fails on its own terms.
+        if not any(_lies_in(name, tmp) for name in (exc.filename, exc.filename2)):
+            raise
+        raise _cannot_write(path, exc.strerror or str(exc)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _lies_in(name: str | bytes | int | None, folder: Path) -> bool:
+    if not isinstance(name, (str, os.PathLike)):
+        return False
+    return Path(os.path.abspath(name)).is_relative_to(os.path.abspath(folder))
+
+
+# A temporary sibling of NAME: ``.NAME.<writer's process id>.<mkdtemp's random part, without dots>.tmp``.
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp")
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the temporary siblings of ``path`` whose process is gone: a killed command's leftovers.
+
+    Nothing is stale inside a temporary folder still being filled, so its many files are not scanned.
+    """
+    if any(_TEMP_NAME.fullmatch(part) for part in path.parent.absolute().parts):
+        return
+    with os.scandir(path.parent) as entries:
+        stale = [
+            entry.path
+            for entry in entries
+            if (match := _TEMP_NAME.fullmatch(entry.name))
+            and match["name"] == path.name
+            and entry.is_dir(follow_symlinks=False)
+            and not _process_alive(int(match["pid"]))
+        ]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists; where that cannot be asked safely, assume it does."""
+    if os.name != "posix":  # os.kill(pid, 0) would send CTRL_C_EVENT on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process; a number no process can have
+        pass
+    return True
 
 
 def write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
@@ -121,12 +264,13 @@ def read_json(path: str | Path) -> Any:
         raise InstasegError(f"malformed JSON ({str(exc).splitlines()[0]})", file=path) from None
 
 
-def safe_join(root: str | Path, relative: str, record: str | None = None) -> Path:
-    """Join ``relative`` to ``root``, refusing absolute paths and paths that climb out of ``root``."""
+def safe_join(root: str | Path, relative: str, record: str | None = None, file: str | Path | None = None) -> Path:
+    """Join ``relative`` to ``root``, refusing absolute paths and paths that climb out of ``root``
+    (the error names ``file`` and ``record``, where the path was read)."""
     root = Path(root)
     rel = Path(relative)
     if rel.is_absolute() or ".." in rel.parts:
-        raise InstasegError(f"path {relative!r} escapes the dataset root {str(root)!r}", record=record)
+        raise InstasegError(f"path {relative!r} escapes the dataset root {str(root)!r}", file=file, record=record)
     return root / rel
 
 

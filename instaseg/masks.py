@@ -67,6 +67,161 @@ def _bytes_counts(rle: dict) -> dict:
     return {"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
+# pycocotools shifts each character of a compressed number within a 32-bit int, so longer numbers come
+# out wrong; six characters (30 bits, signed) hold any run of a mask under 2^29 pixels, three times the
+# largest image instaseg decodes.
+_MAX_RLE_CHARS = 6
+
+
+def invalid_rles(rles: list[dict], sizes: list[tuple[int, int]]) -> dict[int, str]:
+    """Why each RLE of ``rles`` that is not a COCO RLE of its (height, width) in ``sizes`` is not, by position.
+
+    pycocotools trusts what it is given: run lengths that do not add up to the image, negative or
+    fractional runs, or a compressed string that stops in the middle of a number make it read past its
+    buffers (a different mask on every call) or overflow. Compressed strings are decoded here all at
+    once with NumPy, following pycocotools' ``rleFrString``, so that a check of every mask stays cheap
+    next to parsing the JSON that holds them.
+    """
+    problems: dict[int, str] = {}
+    strings: list[str | bytes] = []
+    string_owners: list[int] = []
+    for position, (rle, (height, width)) in enumerate(zip(rles, sizes, strict=True)):
+        problem = _rle_form_problem(rle, height, width)
+        if problem is None and type(rle["counts"]) is not list:
+            strings.append(rle["counts"])
+            string_owners.append(position)
+        elif problem is None:
+            problem = _run_list_problem(rle["counts"], height, width)
+        if problem is not None:
+            problems[position] = problem
+    for k, problem in _compressed_problems(strings, [sizes[p] for p in string_owners]).items():
+        problems[string_owners[k]] = problem
+    return dict(sorted(problems.items()))
+
+
+def _rle_form_problem(rle: Any, height: int, width: int) -> str | None:
+    if type(rle) is not dict or "size" not in rle or "counts" not in rle:
+        return "RLE segmentation needs 'size' [height, width] and 'counts'"
+    size = rle["size"]
+    if not (type(size) in (list, tuple) and len(size) == 2 and type(size[0]) is int and type(size[1]) is int):
+        return f"RLE 'size' must be [height, width] in whole pixels, got {size!r}"
+    if size[0] != height or size[1] != width:
+        return f"RLE size is {size[0]}x{size[1]} (h x w) but the image is {height}x{width}"
+    if type(rle["counts"]) not in (list, str, bytes):
+        return f"RLE 'counts' must be a string or a list of run lengths, got {type(rle['counts']).__name__}"
+    return None
+
+
+def _run_list_problem(counts: list, height: int, width: int) -> str | None:
+    if not set(map(type, counts)) <= {int}:
+        return "uncompressed RLE counts must be whole numbers"
+    if counts and min(counts) < 0:
+        return "uncompressed RLE counts hold a negative run length"
+    return _total_problem(sum(counts), height, width)
+
+
+def _total_problem(total: int, height: int, width: int) -> str | None:
+    if total == height * width:
+        return None
+    how = "run past the end of" if total > height * width else "stop short of"
+    return f"RLE counts {how} the image ({total} pixels, the {height}x{width} image has {height * width})"
+
+
+def _compressed_problems(strings: list[str | bytes], sizes: list[tuple[int, int]]) -> dict[int, str]:
+    """What is wrong with each bad compressed RLE string, by position, decoded in one pass.
+
+    Each number is a run of characters ``48 + 5 bits``, bit 0x20 of all but the last marking that more
+    follow and bit 0x10 of the last its sign; from the fourth number on, each is the difference to
+    the run two places before.
+    """
+    count = len(strings)
+    # NUL is outside the alphabet: a string that is not ASCII is reported as holding a bad character.
+    encoded = [s if type(s) is bytes else s.encode("ascii") if s.isascii() else b"\0" for s in strings]
+    lengths = np.fromiter(map(len, encoded), np.int64, count)
+    string_start = np.cumsum(lengths) - lengths
+    chars = np.frombuffer(b"".join(encoded), np.uint8) - np.uint8(48)  # bytes below '0' wrap past 63
+    more = ((chars >> 5) & 1).view(bool)
+    last_char = (string_start + lengths - 1)[lengths > 0]
+    unfinished = np.zeros(count, bool)
+    unfinished[lengths > 0] = more[last_char]
+    more[last_char] = False  # so that no number runs on into the next string
+    ends = np.flatnonzero(~more)  # the last character of each number
+    first = np.searchsorted(ends, np.r_[string_start, len(chars)])  # each string's first number
+
+    # Nearly every number is one character, read by table; the longer ones character by character.
+    values = _ONE_CHARACTER_NUMBER[chars[ends]]
+    number_length = np.diff(ends, prepend=-1)
+    longer = np.flatnonzero(number_length > 1)
+    values[longer] = _long_numbers(chars, ends[longer], number_length[longer])
+    runs = _undo_differences(values, first)
+    totals = np.diff(np.concatenate(([0], np.cumsum(runs)))[first])
+
+    flagged = {
+        "compressed RLE counts hold characters outside the COCO alphabet ('0' to 'o')": _strings_with(
+            np.flatnonzero(chars > 63), string_start, count
+        ),
+        "compressed RLE counts end in the middle of a number": unfinished,
+        "compressed RLE counts hold a number too large for any image": _strings_with(
+            ends[number_length > _MAX_RLE_CHARS], string_start, count
+        ),
+        "compressed RLE counts decode to a negative run length": _strings_with(ends[runs < 0], string_start, count),
+    }
+    pixels = np.fromiter((height * width for height, width in sizes), np.int64, count)
+    problems: dict[int, str] = {}
+    for k in np.flatnonzero(np.logical_or.reduce([*flagged.values(), totals != pixels])):
+        reason = next((message for message, where in flagged.items() if where[k]), None)
+        problems[int(k)] = reason or _total_problem(int(totals[k]), *sizes[k])
+    return problems
+
+
+# A number of one character: its five bits, bit 0x10 the sign.
+_ONE_CHARACTER_NUMBER = ((np.arange(256, dtype=np.int64) & 0x1F) ^ 0x10) - 0x10
+
+
+def _long_numbers(chars: np.ndarray, ends: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The numbers of ``lengths`` characters ending at ``ends`` (the first five bits come first)."""
+    lengths = np.minimum(lengths, _MAX_RLE_CHARS)  # longer ones are refused; this keeps the shifts in range
+    starts = ends - lengths + 1
+    values = np.zeros(len(ends), np.int64)
+    for k in range(_MAX_RLE_CHARS):
+        reaching = k < lengths
+        values[reaching] += (chars[starts[reaching] + k] & 0x1F).astype(np.int64) << (5 * k)
+    negative = (chars[ends] & 0x10).astype(bool)
+    return values - np.where(negative, np.int64(1) << (5 * lengths), 0)
+
+
+def _undo_differences(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Run lengths from the numbers of strings whose numbers start at ``first``.
+
+    From a string's fourth number on, each is the difference to the run two places before, so
+    the runs of a string at odd places, and those at even places after the first, are running sums.
+    Numbers of one parity of position are one stretch per string in ``values[parity::2]``: one
+    cumulative sum per parity does every string, once each stretch starts by taking off the sum of
+    the stretch before it.
+    """
+    leading = first[:-1][first[1:] > first[:-1]]  # each non-empty string's first run
+    deltas = values.copy()
+    deltas[leading] = 0
+    runs = np.empty_like(values)
+    for parity in (0, 1):
+        chain = deltas[parity::2]
+        bounds = (first - parity + 1) // 2
+        stretch_starts = bounds[:-1][bounds[1:] > bounds[:-1]]
+        if len(stretch_starts):
+            totals = np.add.reduceat(chain, stretch_starts)
+            chain[stretch_starts[1:]] -= totals[:-1]
+        runs[parity::2] = np.cumsum(chain)
+    runs[leading] = values[leading]
+    return runs
+
+
+def _strings_with(char_positions: np.ndarray, string_start: np.ndarray, count: int) -> np.ndarray:
+    """Which of ``count`` concatenated strings starting at ``string_start`` hold the given characters."""
+    hit = np.zeros(count, bool)
+    hit[np.searchsorted(string_start, char_positions, side="right") - 1] = True
+    return hit
+
+
 def encode(mask: np.ndarray) -> dict:
     """A boolean (H, W) mask as a compressed RLE dict with string counts (JSON-ready)."""
     return _str_counts(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))

@@ -83,7 +83,8 @@ def predict_images(
         max_detections: most instances per image (the model's own cap, usually 100, when None).
         out: the predictions folder to create.
         overlays: also draw each image's instances into ``out/overlays``.
-        overwrite: replace ``out`` if it exists (otherwise an existing ``out`` is an error).
+        overwrite: replace ``out`` if it exists (otherwise an existing ``out`` is an error); an
+            ``out`` that is, contains or lies inside one of ``images`` is refused all the same.
 
     Returns:
         A summary: ``out``, ``images`` (number predicted), ``skipped`` (list of
@@ -91,6 +92,7 @@ def predict_images(
         reached the cap, so that may hold more), ``max_detections`` (the cap), ``classes`` (the classes counted),
         ``counts`` (instances per class over all images) and ``total``.
     """
+    io.guard_outputs([out], images)
     class_names = list(predictor.class_names)
     classes = check_classes(classes, class_names)
     counted = classes if classes is not None else class_names
@@ -179,8 +181,8 @@ def _counts_csv(per_image: list[dict], totals: dict[str, int], classes: list[str
 def _relative_names(paths: list[Path]) -> list[str]:
     """Each image's path relative to the deepest folder holding them all (its basename for one folder).
 
-    Consumers match predictions to ground truth by basename; keeping the relative path as well
-    lets images with the same name in different sub-folders stay apart.
+    Consumers match predictions to ground truth by these paths (``evaluate.match_images``), so
+    images with the same name in different sub-folders stay apart.
     """
     resolved = [p.resolve() for p in paths]
     root = Path(os.path.commonpath([p.parent for p in resolved]))

@@ -25,7 +25,7 @@ from instaseg.evaluate import evaluate
 from instaseg.models import DEFAULT_MODEL
 from instaseg.predict import predict_images
 from instaseg.predictor import load
-from instaseg.train import train, usable_cores
+from instaseg.train import check_options, train, usable_cores
 
 # Tuned on a 2-core CPU (see BENCHMARKS.md): more distinct images beat more epochs.
 NUM_TRAIN_IMAGES = 1000
@@ -63,6 +63,7 @@ def quickstart(
         ``mask_mAP`` and ``box_mAP`` (COCO mAP@[.5:.95] on the val split), ``checkpoint`` (best.pt),
         ``eval`` (the metrics file) and ``overlays`` (the folder of pictures).
     """
+    check_options(minutes=minutes)  # before the data are made: a refused budget must leave nothing behind
     out = io.check_output(out, overwrite)
     train_json, val_json = make_synthetic(
         out / "data", num_train=num_train, num_val=num_val, seed=seed, overwrite=overwrite

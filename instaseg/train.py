@@ -42,10 +42,21 @@ from instaseg.data.stats import object_size
 from instaseg.errors import InstasegError
 from instaseg.models import DEFAULT_MODEL, model_entry
 from instaseg.models.registry import default_preset, resolve_config
-from instaseg.predictor import CHECKPOINT_FORMAT, Predictor, auto_device, input_scale, read_checkpoint, save_checkpoint
+from instaseg.predictor import (
+    CHECKPOINT_FORMAT,
+    Predictor,
+    auto_device,
+    checkpoint_config,
+    input_scale,
+    read_checkpoint,
+    save_checkpoint,
+)
 from instaseg.structures import Instances
 
 OUTPUT_FILES = ("best.pt", "last.pt", "metrics.jsonl", "curves.png")
+# What last.pt must hold to resume from (``_Run._save`` with the optimizer).
+TRAIN_STATE_KEYS = {"iteration", "epoch", "batch_in_epoch", "elapsed", "best_map", "history", "rng", "scaler",
+                    "optimizer"}
 WARMUP_ITERS = 100
 WARMUP_FRACTION = 0.1
 FLIPS = ("horizontal", "all")
@@ -78,6 +89,7 @@ def train(
     flips: str = "horizontal",
     photometric: str = "jitter",
     processes: int = 1,
+    resume_anyway: bool = False,
 ) -> Path:
     """Train an instance segmentation model and return the path of its best checkpoint.
 
@@ -94,7 +106,8 @@ def train(
         seed: seeds model initialisation, shuffling and augmentation.
         overwrite: replace an earlier run's files in ``out``.
         resume: continue the run in ``out`` from its ``last.pt``, with the model and augmentation
-            (``crop_size``, ``flips``, ``photometric``) it recorded.
+            (``crop_size``, ``flips``, ``photometric``) it recorded. Refused when the training images
+            are not the ones the run recorded (their SHA-1s), unless ``resume_anyway``.
         batch_size: images per step (per process under torchrun).
         lr: peak AdamW learning rate.
         preset: model preset ("cpu", "gpu", "small"); by default "gpu" with CUDA, else "cpu".
@@ -118,22 +131,20 @@ def train(
         processes: on a CPU, train as this many data-parallel processes (DDP over gloo), each
             with ``batch_size / processes`` images per step and an equal share of the cores: one
             process keeps only part of a small machine's cores busy (BENCHMARKS.md, quickstart).
+        resume_anyway: resume (as ``resume``) even on other training images than the run's.
     """
     if epochs is None and minutes is None:
         raise InstasegError("give a training length: --epochs N or --minutes M")
-    if (epochs is not None and epochs < 1) or (minutes is not None and minutes <= 0):
-        raise InstasegError("--epochs must be at least 1 and --minutes positive")
-    if crop_size is not None and crop_size < 32:
-        raise InstasegError("--crop-size must be at least 32 pixels")
-    if flips not in FLIPS:
-        raise InstasegError(f"--flips must be one of {', '.join(FLIPS)}, not {flips!r}")
-    if photometric not in PHOTOMETRIC:
-        raise InstasegError(f"--photometric must be one of {', '.join(PHOTOMETRIC)}, not {photometric!r}")
+    check_options(
+        model=model, preset=preset, model_kwargs=model_kwargs, epochs=epochs, minutes=minutes, batch_size=batch_size,
+        lr=lr, crop_size=crop_size, flips=flips, photometric=photometric, processes=processes, val_every=val_every,
+        checkpoint_every=checkpoint_every,
+    )
     options = dict(
         model=model, epochs=epochs, minutes=minutes, weights=weights, out=Path(out), seed=seed, overwrite=overwrite,
-        resume=resume, batch_size=batch_size, lr=lr, preset=preset, model_kwargs=model_kwargs or {},
-        val_every=val_every, checkpoint_every=checkpoint_every, progress=progress, crop_size=crop_size, flips=flips,
-        photometric=photometric,
+        resume=resume or resume_anyway, resume_anyway=resume_anyway, batch_size=batch_size, lr=lr, preset=preset,
+        model_kwargs=model_kwargs or {}, val_every=val_every, checkpoint_every=checkpoint_every, progress=progress,
+        crop_size=crop_size, flips=flips, photometric=photometric,
     )
     if processes != 1:
         return _train_in_processes(train, val, processes, options)
@@ -145,12 +156,77 @@ def train(
             dist.destroy_process_group()
 
 
+def check_options(
+    *,
+    model: str | None = None,
+    preset: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    minutes: float | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    crop_size: int | None = None,
+    flips: str | None = None,
+    photometric: str | None = None,
+    processes: int | None = None,
+    val_every: float | None = None,
+    checkpoint_every: int | None = None,
+) -> None:
+    """Refuse, naming the option, any ``train`` option that cannot make a run; those left None are not checked.
+
+    Called before anything is read or written, so a bad option never leaves a half-made output behind.
+    """
+    whole_numbers = {"--epochs": (epochs, 1), "--batch-size": (batch_size, 1), "--crop-size": (crop_size, 32),
+                     "--processes": (processes, 1), "checkpoint_every": (checkpoint_every, 1)}
+    for name, (value, least) in whole_numbers.items():
+        if value is not None and value < least:
+            raise InstasegError(f"{name} must be at least {least}, not {value}")
+    positive = {"--minutes": minutes, "--lr": lr, "val_every": val_every}
+    for name, value in positive.items():
+        if value is not None and not (0 < value < math.inf):
+            raise InstasegError(f"{name} must be a positive number, not {value}")
+    if flips is not None and flips not in FLIPS:
+        raise InstasegError(f"--flips must be one of {', '.join(FLIPS)}, not {flips!r}")
+    if photometric is not None and photometric not in PHOTOMETRIC:
+        raise InstasegError(f"--photometric must be one of {', '.join(PHOTOMETRIC)}, not {photometric!r}")
+    if model is not None:
+        resolve_config(model, preset, **(model_kwargs or {}))
+
+
 def earlier_run_files(out: Path, overwrite: bool) -> list[Path]:
     """The files of an earlier run in ``out`` that a new run replaces; refused unless ``overwrite``."""
     clashes = [out / name for name in OUTPUT_FILES if (out / name).exists()]
     if clashes and not overwrite:
         raise InstasegError("holds an earlier run; pass --overwrite to replace it or --resume to continue", file=out)
     return clashes
+
+
+def resume_checkpoint(out: Path, train_set: Dataset, anyway: bool = False) -> dict[str, Any]:
+    """``out``'s last.pt, refused when it cannot continue on ``train_set``: other classes, or other
+    images than the SHA-1s it records (unless ``anyway``)."""
+    last = out / "last.pt"
+    if not last.exists():
+        raise InstasegError("nothing to resume: no last.pt", file=out)
+    checkpoint = read_checkpoint(last)
+    config = checkpoint_config(checkpoint, last)
+    state = checkpoint.get("train_state")
+    if not isinstance(state, dict) or not TRAIN_STATE_KEYS <= state.keys():
+        raise InstasegError("holds no complete training state to resume from", file=last)
+    if config["class_names"] != list(train_set.class_names):
+        raise InstasegError(
+            f"last.pt was trained on classes {config['class_names']}, this data has {train_set.class_names}", file=last
+        )
+    if not anyway:
+        recorded = set(config.get("train_image_sha1", []))
+        current = {train_set.image_sha1(image) for image in train_set.images}
+        new, gone = len(current - recorded), len(recorded - current)
+        if new or gone:
+            raise InstasegError(
+                f"the run trained on other images: {new} of these {len(current)} training images are not among its "
+                f"{len(recorded)}, and {gone} of its images are not among these; pass --resume-anyway to continue",
+                file=last,
+            )
+    return checkpoint
 
 
 def usable_cores() -> int:
@@ -160,13 +236,13 @@ def usable_cores() -> int:
 
 def _train_in_processes(train_set: Dataset, val: Dataset | None, processes: int, options: dict[str, Any]) -> Path:
     """``train`` as ``processes`` CPU processes that meet on a free local port and share each batch."""
-    if processes < 1:
-        raise InstasegError("--processes must be at least 1")
     if options["batch_size"] % processes:
         raise InstasegError(f"--batch-size {options['batch_size']} must be a multiple of --processes {processes}")
     # Before starting processes, so that bad data or an occupied folder fails fast and plainly.
     check_training_data(train_set, val)
-    if not options["resume"]:
+    if options["resume"]:
+        resume_checkpoint(options["out"], train_set, options["resume_anyway"])
+    else:
         earlier_run_files(options["out"], options["overwrite"])
     if torch.cuda.is_available():
         raise InstasegError("--processes is for training on a CPU; for several GPUs launch one process each with torchrun")
@@ -341,6 +417,9 @@ def _collate(items: list) -> tuple[list, list]:
 # -- data checks ----------------------------------------------------------------------------------------
 def check_training_data(train: Dataset, val: Dataset | None) -> None:
     """Refuse data that cannot train a model; warn about classes that have no instances."""
+    for dataset in (train, val):
+        if dataset is not None:
+            dataset.validate()  # a Dataset made in Python was never validated; sizes of 0 would divide by zero
     if not train.images:
         raise InstasegError("the training set has no images", file=train.source)
     if not train.categories:
@@ -378,7 +457,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
     """
     stored = read_checkpoint(path)
     if isinstance(stored, dict) and stored.get("format") == CHECKPOINT_FORMAT:
-        stored = stored["model"]
+        stored = stored.get("model")
     elif isinstance(stored, dict):
         stored = stored.get("model", stored.get("state_dict", stored))
     if not isinstance(stored, dict) or not all(isinstance(v, torch.Tensor) for v in stored.values()):
@@ -428,31 +507,29 @@ class _Run:
         self.best_map = -1.0
         self.last_val_time = 0.0
         self.val_seconds = 0.0  # how long the last validation took: kept in reserve at the end of a budget
+        self.started = time.monotonic()  # the budget counts the setup too: users time the whole command
 
     # -- setup ---------------------------------------------------------------------------------------
-    def _prepare_out(self) -> dict | None:
-        """Check the out folder; returns the checkpoint to resume from, if resuming."""
+    def _check_out(self) -> tuple[dict | None, list[Path]]:
+        """The checkpoint to resume from, or the earlier run's files to replace; changes nothing."""
         if self.resume:
-            last = self.out / "last.pt"
-            if not last.exists():
-                raise InstasegError("nothing to resume: no last.pt", file=self.out)
-            return read_checkpoint(last)
-        clashes = earlier_run_files(self.out, self.overwrite)
+            return resume_checkpoint(self.out, self.train_set, self.resume_anyway), []
+        return None, earlier_run_files(self.out, self.overwrite)
+
+    def _claim_out(self, clashes: list[Path]) -> None:
+        """Remove the earlier run's files and make the folder, once the whole run is known to start."""
         if self.main:
             for path in clashes:
                 path.unlink()
             self.out.mkdir(parents=True, exist_ok=True)
-        return None
 
     def _build(self, resumed: dict | None) -> None:
         torch.manual_seed(self.seed)
         if resumed is not None:
             config = resumed["config"]
-            if config["class_names"] != list(self.class_names):
-                raise InstasegError(
-                    f"last.pt was trained on classes {config['class_names']}, this data has {self.class_names}",
-                    file=self.out / "last.pt",
-                )
+            if self.resume_anyway:  # the model has now seen these images too (see `instaseg review --model`)
+                seen = {self.train_set.image_sha1(image) for image in self.train_set.images}
+                config["train_image_sha1"] = sorted(seen | set(config.get("train_image_sha1", [])))
             self.config = config
             # The run goes on with the recipe it started with, whatever the resuming command says.
             self.crop_size = config.get("crop_size")
@@ -551,10 +628,11 @@ class _Run:
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> Path:
-        resumed = self._prepare_out()
+        resumed, clashes = self._check_out()
+        self._build(resumed)
+        self._claim_out(clashes)
         if self.world > 1:
             dist.barrier()
-        self._build(resumed)
         # Shrink images to the largest size the model trains at, so its resize never works on more pixels
         # (or, with crop_size, resize and crop them here instead of in the model).
         images = TrainingImages(
@@ -567,7 +645,6 @@ class _Run:
         # On a CPU the model needs every core; loading small images in the main process costs little.
         workers = min(4, os.cpu_count() or 1) if self.device.type == "cuda" else 0
         self.batches_per_epoch = len(epoch_batches(self.train_set, self.batch_size, self.seed, 0, self.rank, self.world))
-        self.started = time.monotonic()
         self.last_val_time = self.elapsed()
         total = self.epochs * self.batches_per_epoch if self.epochs is not None else None
         bar = tqdm(
@@ -605,6 +682,9 @@ class _Run:
                 validated = stopped or self._validation_due(end_of_epoch)
                 if validated:
                     self._validate()
+                    # A validation that used up the budget has just judged the final weights: stop here
+                    # rather than train one more step and validate them again.
+                    stopped = stopped or self.should_stop()
                 if validated or end_of_epoch or self.iteration % self.checkpoint_every == 0:
                     self._save("last.pt", with_optimizer=True)
                     self._write_logs()

@@ -256,12 +256,13 @@ def save_overlays(
         dataset: the annotated images to draw.
         out: the folder to create.
         limit: draw only the first ``limit`` images.
-        overwrite: replace ``out`` if it exists.
+        overwrite: replace ``out`` if it exists (never the dataset file or its image folder).
 
     Returns:
         The paths of the pictures written.
     """
     out = Path(out)
+    io.guard_outputs([out], [dataset.source], [dataset.image_root])
     io.check_output(out, overwrite)
     images = dataset.images[:limit] if limit is not None else dataset.images
     if not images:

@@ -33,6 +33,15 @@ def run_cli(*args: str | Path) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+def assert_one_line_error(result: CliResult, *culprits: object) -> None:
+    """The verb refused: exit 2, one ``error:`` line naming every culprit, no traceback."""
+    assert result.code == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "error: unexpected" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    for culprit in culprits:
+        assert str(culprit) in result.stderr, (culprit, result.stderr)
+
+
 @pytest.fixture
 def cli():
     return run_cli

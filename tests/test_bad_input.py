@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import assert_one_line_error
 from instaseg import io
 
 W, H = 32, 24
@@ -53,11 +54,7 @@ class Case:
 
     def refused(self, result, *culprits):
         """The verb refused with one line naming every culprit, and wrote nothing."""
-        assert result.code == 2, result.stdout + result.stderr
-        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-        assert "Traceback" not in result.stderr
-        for culprit in culprits:
-            assert str(culprit) in result.stderr, (culprit, result.stderr)
+        assert_one_line_error(result, *culprits)
         assert self.files() == self.before, "nothing may be written"
 
     def reported(self, result, *culprits, code=1):

@@ -16,7 +16,7 @@ from pycocotools import mask as coco_mask
 from instaseg import io, masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.convert import Report, detect_format, load_dataset, read_dataset, write_dataset
-from instaseg.data.formats._common import join_polygons
+from instaseg.geometry import join_polygons
 from instaseg.errors import InstasegError
 
 H, W = 40, 50

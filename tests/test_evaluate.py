@@ -317,7 +317,7 @@ def _good_result(**changes) -> dict:
     "results, message",
     [
         ([_good_result(image_id=6)], r"result 0: unknown image id 6"),
-        ([_good_result(), _good_result(category_id=7)], r"result 1 \(image id 5\): unknown category id 7"),
+        ([_good_result(), _good_result(category_id="7")], r"result 1 \(image id 5\): category id must be an integer"),
         ([_good_result(segmentation=_rle(np.zeros((12, 10), bool)))], r"mask is 10x12 but image id 5 is 12x10"),
         ([_good_result(score=float("nan"))], r"score must be a finite number >= 0, got nan"),
         ([_good_result(score=-0.1)], r"score must be a finite number >= 0"),

@@ -15,8 +15,8 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path):
     make_synthetic(tmp_path / "c", num_train=6, num_val=3, size=64, seed=2)
     for x, y in zip(a, b):
         assert x.read_bytes() == y.read_bytes()
-    assert (tmp_path / "a/train/000001.png").read_bytes() == (tmp_path / "b/train/000001.png").read_bytes()
-    assert (tmp_path / "a/train/000001.png").read_bytes() != (tmp_path / "c/train/000001.png").read_bytes()
+    assert (tmp_path / "a/train/train_000001.png").read_bytes() == (tmp_path / "b/train/train_000001.png").read_bytes()
+    assert (tmp_path / "a/train/train_000001.png").read_bytes() != (tmp_path / "c/train/train_000001.png").read_bytes()
 
 
 def test_val_split_does_not_depend_on_train_size(tmp_path):
@@ -47,7 +47,7 @@ def test_annotations_are_visible_disjoint_masks_matching_the_images(tmp_path):
 def test_cli_synth_refuses_to_overwrite(tmp_path, cli):
     out = tmp_path / "shapes"
     first = cli("synth", out, "--num-train", "2", "--num-val", "1", "--size", "48")
-    assert first.code == 0 and (out / "train.json").exists() and (out / "val/000001.png").exists()
+    assert first.code == 0 and (out / "train.json").exists() and (out / "val/val_000001.png").exists()
     again = cli("synth", out, "--num-train", "2", "--num-val", "1")
     assert again.code == 2 and again.stderr.startswith("error:") and "--overwrite" in again.stderr
     replaced = cli("synth", out, "--num-train", "3", "--num-val", "1", "--size", "48", "--overwrite")

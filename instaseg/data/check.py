@@ -8,8 +8,9 @@ Speed matters because datasets can hold hundreds of thousands of polygons: the p
 only does cheap type checks and gathers coordinates, and the geometry (bounds, extents, areas,
 self-intersections) is then checked on all polygons at once with NumPy and shapely's vectorised
 functions, and the box and area of RLE masks are read by pycocotools straight from the run
-lengths. Only suspects are rasterised: near-empty polygons, and polygons whose stored box or area
-disagrees with the polygon itself.
+lengths. Only suspects are rasterised: near-empty polygons, polygons that are not simple (to tell
+zero-width bridges from real problems), and polygons whose stored box or area disagrees with the
+polygon itself.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from instaseg import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
 from instaseg.errors import InstasegError
+from instaseg.geometry import coco_polygons, even_odd_shape
 
 ERROR = "error"
 WARNING = "warning"
@@ -215,8 +217,7 @@ class _Checker:
         annotations = self.dataset.annotations
         count = len(annotations)
         polygons = _PolygonBatch()
-        rles: list[dict] = []  # RLE masks with bytes counts, for pycocotools
-        rle_owners: list[int] = []
+        rle_candidates: list[int] = []  # annotations with an RLE of their image's size
         # Per annotation: [x1, y1, x2, y2] of the declared bbox and the declared area, NaN where
         # missing or malformed (already reported), filled by the loop and checked in bulk after it.
         boxes = np.full((count, 4), np.nan)
@@ -242,10 +243,8 @@ class _Checker:
             if type(segmentation) is list and segmentation:
                 self._gather_polygons(index, segmentation, width, height, polygons)
             elif type(segmentation) is dict:
-                rle = self._rle(index, segmentation, width, height)
-                if rle is not None:
-                    rles.append(rle)
-                    rle_owners.append(index)
+                if self._rle_size_ok(index, segmentation, width, height):
+                    rle_candidates.append(index)
             elif not segmentation:
                 self._add(ERROR, "no-segmentation", "annotation has no mask (segmentation missing or empty)", **self._where(index))
             else:
@@ -271,19 +270,7 @@ class _Checker:
         self._check_boxes(box_records, box_values, boxes)
         self._check_areas(area_records, area_values, declared_area)
         extents, areas = self._check_polygons(polygons, count)
-        if rles:
-            owners = np.asarray(rle_owners)
-            x, y, w, h = mask_utils.toBbox(rles).reshape(-1, 4).T
-            extents[owners] = np.stack([x, y, x + w, y + h], axis=1)
-            # pycocotools' area() overflows on lists of more than 255 masks under NumPy 2: go in chunks.
-            areas[owners] = np.concatenate([mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255)])
-            # Runs that add up to more pixels than the image has put mask pixels past its edge.
-            heights, widths = np.asarray([rle["size"] for rle in rles], np.float64).T
-            overflow = (x + w > widths) | (y + h > heights)
-            for k in np.flatnonzero(overflow):
-                self._add(ERROR, "bad-rle", "RLE counts run past the end of the image", **self._where(owners[k]))
-            areas[owners[overflow]] = np.nan
-            extents[owners[overflow]] = np.nan
+        rle_owners = self._check_rles(rle_candidates, extents, areas)
         exact = np.zeros(count, bool)
         exact[rle_owners] = True
         self._check_consistency(boxes, declared_area, extents, areas, exact)
@@ -314,24 +301,35 @@ class _Checker:
                 batch.widths.append(width)
                 batch.heights.append(height)
 
-    def _rle(self, index: int, segmentation: dict, width: int, height: int) -> dict | None:
-        size, counts = segmentation.get("size"), segmentation.get("counts")
-        if not (type(size) is list and len(size) == 2 and all(type(v) is int for v in size)):
-            self._add(ERROR, "bad-rle", "RLE has no valid 'size' [height, width]", **self._where(index))
-            return None
-        if size != [height, width]:
+    def _rle_size_ok(self, index: int, segmentation: dict, width: int, height: int) -> bool:
+        """False, reported, for an RLE of another size than its image; a malformed size is left to ``_check_rles``."""
+        size = segmentation.get("size")
+        well_formed = type(size) is list and len(size) == 2 and all(type(v) is int for v in size)
+        if well_formed and size != [height, width]:
             message = f"RLE size is {size[0]}x{size[1]} (h x w) but the image is {height}x{width}"
             self._add(ERROR, "rle-size-mismatch", message, **self._where(index))
-            return None
-        if type(counts) is list:
-            if not all(type(v) is int and v >= 0 for v in counts) or sum(counts) != height * width:
-                self._add(ERROR, "bad-rle", f"uncompressed RLE counts do not add up to {height}x{width} pixels", **self._where(index))
-                return None
-            return mask_utils.frPyObjects(segmentation, height, width)
-        if type(counts) is str and counts:
-            return {"size": size, "counts": counts.encode("ascii", "replace")}
-        self._add(ERROR, "bad-rle", "RLE 'counts' is neither a string nor a list of run lengths", **self._where(index))
-        return None
+            return False
+        return True
+
+    def _check_rles(self, candidates: list[int], extents: np.ndarray, areas: np.ndarray) -> list[int]:
+        """Report malformed RLE masks; fill ``extents`` and ``areas`` for the others and return their indexes."""
+        annotations = self.dataset.annotations
+        segmentations = [annotations[i]["segmentation"] for i in candidates]
+        image_sizes = [self.image_size_by_id[annotations[i]["image_id"]] for i in candidates]
+        sizes = [(height, width) for width, height in image_sizes]
+        problems = mask_ops.invalid_rles(segmentations, sizes)
+        for position, problem in problems.items():
+            self._add(ERROR, "bad-rle", problem, **self._where(candidates[position]))
+        usable = [k for k in range(len(candidates)) if k not in problems]
+        if not usable:
+            return []
+        rles = [mask_ops.to_rle(segmentations[k], *sizes[k]) for k in usable]
+        owners = np.asarray([candidates[k] for k in usable])
+        x, y, w, h = mask_utils.toBbox(rles).reshape(-1, 4).T
+        extents[owners] = np.stack([x, y, x + w, y + h], axis=1)
+        # pycocotools' area() overflows on lists of more than 255 masks under NumPy 2: go in chunks.
+        areas[owners] = np.concatenate([mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255)])
+        return owners.tolist()
 
     def _check_boxes(self, records: list[int], values: list[list], boxes: np.ndarray) -> None:
         """Check well-shaped bboxes in bulk; fill ``boxes`` with the usable ones as x1, y1, x2, y2."""
@@ -388,10 +386,11 @@ class _Checker:
             shapely.GeometryType.POLYGON, np.where(np.isfinite(coords), coords, 0.0), (ring_offsets, np.arange(len(starts) + 1))
         )
         valid = shapely.is_valid(shapes)
-        # The shoelace area of a self-intersecting polygon cancels out; measure its repaired shape instead.
+        # The shoelace area of a self-intersecting polygon cancels out; measure the area it fills instead.
         invalid = np.flatnonzero(finite & ~valid)
+        filled = [even_odd_shape(coords[ring_offsets[p] : ring_offsets[p + 1]]) for p in invalid]
         polygon_areas = np.where(finite, shapely.area(shapes), 0.0)
-        polygon_areas[invalid] = shapely.area(shapely.make_valid(shapes[invalid]))
+        polygon_areas[invalid] = shapely.area(filled)
 
         for p in np.flatnonzero(~finite):
             self._add(ERROR, "bad-polygon", f"{batch.label(p)} has coordinates that are not finite numbers", **self._where(owners[p]))
@@ -410,10 +409,11 @@ class _Checker:
             if drawn == 0:
                 empty[p] = True
                 self._add(ERROR, "zero-area", f"{batch.label(p)} encloses no pixel", **self._where(owners[p]))
-        for p in invalid:
-            if not empty[p]:
-                reason = shapely.is_valid_reason(shapes[p])
-                self._add(WARNING, "self-intersection", f"{batch.label(p)} is not a simple polygon ({reason})", **self._where(owners[p]))
+        for p, shape in zip(invalid, filled):
+            points = coords[ring_offsets[p] : ring_offsets[p + 1]]
+            problem = None if empty[p] else _self_intersection(batch.polygons[p], points, shape, batch.widths[p], batch.heights[p])
+            if problem:
+                self._add(WARNING, "self-intersection", f"{batch.label(p)} {problem}", **self._where(owners[p]))
 
         # Per annotation: the union of its polygons' extents (clipped to the image) and the sum of their areas.
         keep = finite & ~empty
@@ -482,6 +482,49 @@ class _Checker:
         rle = mask_ops.to_rle(ann["segmentation"], height, width)
         x, y, w, h = mask_ops.bbox(rle)
         return np.asarray([x, y, x + w, y + h]), float(mask_ops.area(rle))
+
+
+def _self_intersection(polygon: list, points: np.ndarray, filled: shapely.Geometry, width: int, height: int) -> str | None:
+    """What is wrong with a polygon that is not simple, or None when nothing is.
+
+    ``filled`` is ``even_odd_shape(points)``. Zero-width bridges walked there and back, which YOLO
+    and VIA files (this tool's own included) use to join holes and parts into one outline, are no
+    problem as long as the polygon draws exactly the pixels of its simple parts. Edges that cross
+    (a bow-tie) are reported even when the pixels agree: such an outline is likely a slip.
+    """
+    crossing = _crossing(points)
+    if crossing is not None:
+        return f"crosses itself at ({crossing[0]:.6g}, {crossing[1]:.6g})"
+    changed = _changed_pixels([polygon], coco_polygons(filled), width, height)
+    if changed:
+        reason = shapely.is_valid_reason(shapely.Polygon(points))
+        return f"is not a simple polygon ({reason}) and its simple parts would draw {changed} pixel(s) differently"
+    return None
+
+
+def _crossing(points: np.ndarray) -> tuple[float, float] | None:
+    """A point where two edges of a ring cross, leaving out zero-width bridges (edges walked back the
+    other way as well), which cancel out in an even-odd fill; None when no edges cross."""
+    edges = np.concatenate([points, np.roll(points, -1, axis=0)], axis=1)
+    walked = set(map(tuple, edges.tolist()))
+    kept = [i for i, (x1, y1, x2, y2) in enumerate(edges.tolist()) if (x2, y2, x1, y1) not in walked]
+    segments = shapely.linestrings(edges[kept].reshape(-1, 2, 2))
+    first, second = shapely.STRtree(segments).query(segments)  # pairs whose boxes meet
+    first, second = first[first < second], second[first < second]
+    # "crosses" leaves out edges that only meet at a vertex or overlap along a line.
+    crossed = np.flatnonzero(shapely.crosses(segments[first], segments[second]))
+    if not len(crossed):
+        return None
+    point = shapely.intersection(segments[first[crossed[0]]], segments[second[crossed[0]]])
+    return float(point.x), float(point.y)
+
+
+def _changed_pixels(before: list, after: list, width: int, height: int) -> int:
+    """How many pixels pycocotools draws differently for two lists of polygons."""
+    old, new = mask_ops.to_rle(before, height, width), mask_ops.to_rle(after, height, width)
+    if old["counts"] == new["counts"]:
+        return 0
+    return int((mask_ops.decode(old, height, width) != mask_ops.decode(new, height, width)).sum())
 
 
 def _area_off(area: float, expected: float) -> bool:
@@ -559,10 +602,13 @@ def fix_dataset(dataset: Dataset, problems: list[Problem]) -> tuple[Dataset, lis
     unreadable, truncated, too large or outside the dataset folder are dropped with their
     annotations; duplicate ids are renumbered (annotations stay with the first record of an id);
     categories sharing a name are merged into the first; annotations with no usable mask, an
-    unknown image or an unknown category are dropped; broken polygons are dropped, the rest are
-    made simple (shapely ``make_valid``) and clipped to the image; bbox and area are recomputed
+    unknown image or an unknown category are dropped; broken polygons and polygons that draw no
+    pixel are dropped, polygons that cross themselves are split into simple parts and polygons
+    reaching outside the image are clipped to it, each only if pycocotools draws the same pixels
+    afterwards (zero-width bridges joining holes and parts are kept); bbox and area are recomputed
     from the repaired mask. Problems that cannot be repaired safely (a file whose size differs
-    from the JSON, an image without annotations) are listed as left unchanged.
+    from the JSON, an image without annotations, a repair that would change a mask's pixels) are
+    listed as left unchanged.
     """
     coco = copy.deepcopy(dataset.coco)
     changes: list[str] = []
@@ -718,10 +764,11 @@ _AREA_KINDS = {"missing-area", "bad-area", "area-mismatch"} | _POLYGON_KINDS
 
 
 def _repair_polygons(segmentation: list, width: int, height: int) -> tuple[list[list[float]], list[str]]:
-    """Drop malformed polygons, make the rest simple and clip them to the image."""
+    """Drop malformed polygons and those that draw no pixel, split the ones that cross themselves into
+    simple parts and clip the rest to the image. A repair that would change the pixels pycocotools
+    draws is not made: the polygon is kept as it is and the note says so."""
     if segmentation and not isinstance(segmentation[0], list):
         segmentation = [segmentation]  # a flat list is one polygon missing its brackets
-    frame = shapely.box(0, 0, width, height)
     repaired: list[list[float]] = []
     notes: list[str] = []
     for part, polygon in enumerate(segmentation):
@@ -730,23 +777,35 @@ def _repair_polygons(segmentation: list, width: int, height: int) -> tuple[list[
         if len(coords) % 2 or len(coords) < 6 or not np.isfinite(coords).all():
             notes.append(f"{label} removed (malformed)")
             continue
-        shape = shapely.Polygon(coords.reshape(-1, 2))
-        changed = []
-        if not shape.is_valid:
-            shape = shapely.make_valid(shape)
-            changed.append("made simple")
-        if not frame.contains(shape):
-            shape = shape.intersection(frame)
-            changed.append("clipped to the image")
-        # make_valid and clipping may give a collection of polygons, multipolygons and lines.
-        parts = shapely.get_parts(shapely.get_parts(shape))
-        pieces = [g for g in parts if isinstance(g, shapely.Polygon) and g.area > 0]
-        if not pieces:
-            notes.append(f"{label} removed (no area)")
-            continue
-        for piece in pieces:
-            ring = np.asarray(piece.exterior.coords)[:-1]
-            repaired.append([round(float(v), 2) for v in ring.reshape(-1)])
+        points = coords.reshape(-1, 2)
+        pieces, steps = _simple_clipped(polygon, points, width, height)
+        drawn = [p for p in pieces if mask_ops.area(mask_ops.to_rle([p], height, width)) > 0]
+        # pycocotools cannot draw a polygon reaching that far (to_rle keeps its largest part in the
+        # image), so there are no pixels to hold its clipped parts to.
+        far = (np.abs(points) > FAR_OUTSIDE * np.array([width, height])).any()
+        changed = 0 if far or not steps else _changed_pixels([polygon], drawn, width, height)
         if changed:
-            notes.append(f"{label} {' and '.join(changed)}" + (f" ({len(pieces)} pieces)" if len(pieces) > 1 else ""))
+            notes.append(f"{label} left unchanged: once {' and '.join(steps)} it would draw {changed} pixel(s) differently")
+            repaired.append(polygon)
+        elif not drawn:
+            notes.append(f"{label} removed (encloses no pixel)")
+        else:
+            repaired.extend(drawn)
+            if steps:
+                notes.append(f"{label} {' and '.join(steps)}" + (f" ({len(drawn)} pieces)" if len(drawn) > 1 else ""))
     return repaired, notes
+
+
+def _simple_clipped(polygon: list, points: np.ndarray, width: int, height: int) -> tuple[list[list[float]], list[str]]:
+    """A polygon made simple where ``_self_intersection`` finds it wrong and clipped to the image,
+    as COCO polygons, with the steps taken (none: the polygon as it is)."""
+    shape = shapely.Polygon(points)
+    steps = []
+    if not shape.is_valid:
+        shape = even_odd_shape(points)
+        if _self_intersection(polygon, points, shape, width, height):
+            steps.append("made simple")
+    if not shapely.box(0, 0, width, height).contains(shape):
+        shape = shape.intersection(shapely.box(0, 0, width, height))
+        steps.append("clipped to the image")
+    return (coco_polygons(shape) if steps else [polygon]), steps

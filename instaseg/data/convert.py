@@ -2,7 +2,8 @@
 
 ``read_dataset`` is what every verb uses to accept "any format convert reads"; ``convert`` is the
 ``instaseg convert`` verb. Readers keep every instance they can and record each one they cannot
-(file and record named) in a ``Report``; malformed input raises ``InstasegError``. Folder outputs
+(file and record named) in a ``Report``; malformed input raises ``InstasegError``, and so does a read
+that keeps none, or under half, of the label records it saw (``check_kept``). Folder outputs
 are built in a temporary folder and renamed into place, so a failed conversion writes nothing
 (which is why the files inside a folder output are written directly, not one by one atomically).
 """
@@ -18,7 +19,7 @@ from instaseg.data.formats import coco, labelme, mask_files, masks, panoptic, se
 from instaseg.data.formats._common import Report
 from instaseg.errors import InstasegError
 
-__all__ = ["READERS", "WRITERS", "Report", "convert", "detect_format", "read_dataset", "write_dataset"]
+__all__ = ["READERS", "WRITERS", "Report", "check_kept", "convert", "detect_format", "read_dataset", "write_dataset"]
 
 READERS: dict[str, Callable[..., Dataset]] = {
     "coco": coco.read,
@@ -40,6 +41,9 @@ WRITERS: dict[str, Callable[..., Path]] = {
 }
 # Detection reads only the start of a JSON file: the keys that tell the formats apart come early.
 SNIFF_BYTES = 1 << 20
+# A read keeping under this share of the label records it saw is refused unless allowed: losing most
+# of a dataset far more often means a layout the reader misunderstood than labels meant to go.
+MIN_KEPT_SHARE = 0.5
 
 logger = logging.getLogger("instaseg")
 
@@ -91,7 +95,7 @@ def _looks_like_yolo(src: Path) -> bool:
 
 
 def _looks_like_masks(src: Path) -> bool:
-    return src.is_dir() and any(masks.mask_folder(src).glob("*.png")) and (src / "images").is_dir()
+    return src.is_dir() and masks.image_folder(src) is not None and any(masks.mask_folder(src).glob("*.png"))
 
 
 def _looks_like_mask_files(src: Path) -> bool:
@@ -108,11 +112,21 @@ _DETECTORS: dict[str, Callable[[Path], bool]] = {
 }
 
 
-def load_dataset(src: str | Path, fmt: str | None = None, *, images: str | Path | None = None) -> Dataset:
+def load_dataset(
+    src: str | Path,
+    fmt: str | None = None,
+    *,
+    images: str | Path | None = None,
+    class_name: str | None = None,
+    classes: str | Path | None = None,
+    validate: bool = True,
+) -> Dataset:
     """What every verb's DATA argument means: a COCO JSON read as it is, any other format converted.
 
     A COCO file is not passed through the converter, which drops records it cannot use: ``check``
-    must see them, and ``review apply`` must leave untouched records byte-identical.
+    must see them, and ``review apply`` must leave untouched records byte-identical. ``class_name``
+    and ``classes`` are ``read_dataset``'s, for the formats that need them; ``validate`` is
+    ``Dataset.load``'s (``check`` reports what it would refuse).
     """
     src = Path(src)
     if fmt in (None, "coco") and src.suffix.lower() == ".json" and src.is_file():
@@ -121,9 +135,9 @@ def load_dataset(src: str | Path, fmt: str | None = None, *, images: str | Path 
         except InstasegError:  # not recognisably anything: let the COCO reader name what is wrong
             detected = "coco"
         if detected == "coco":
-            return Dataset.load(src, images)
+            return Dataset.load(src, images, validate=validate)
         fmt = detected
-    return read_dataset(src, fmt, images=images)
+    return read_dataset(src, fmt, images=images, class_name=class_name, classes=classes)
 
 
 def read_dataset(
@@ -133,6 +147,10 @@ def read_dataset(
     images: str | Path | None = None,
     class_name: str | None = None,
     classes: str | Path | None = None,
+    mask_suffix: str | None = None,
+    ignore_value: int | str | None = "auto",
+    allow_skipped: bool = False,
+    polylines_as_polygons: bool = False,
     report: Report | None = None,
 ) -> Dataset:
     """Read a dataset in any supported format as a COCO ``Dataset``.
@@ -142,11 +160,17 @@ def read_dataset(
         fmt: one of ``coco``, ``yolo``, ``via``, ``labelme``, ``masks``, ``mask-files``; detected when None.
         images: the image folder, where the format does not say (``--images``).
         class_name: the class of instances whose format carries none (``--class``, default ``object``).
-        classes: a names file (YOLO) or a mapping file (instance-id masks) (``--classes``).
-        report: receives counts and warnings; without one, warnings go to the ``instaseg`` logger.
+        classes: a names file (YOLO, LabelMe) or a mapping file (instance-id masks) (``--classes``).
+        mask_suffix: what follows the image's stem in a mask's (masks only; ``--mask-suffix``).
+        ignore_value: the void value of instance-id masks: a number, None or ``"auto"`` (``--ignore-value``).
+        allow_skipped: accept a read that keeps under half of the label records (``--allow-skipped``).
+        polylines_as_polygons: read every VIA polyline as a polygon, not only closed ones (``--polylines-as-polygons``).
+        report: receives counts and warnings (one report per read); without one, warnings go to the
+            ``instaseg`` logger.
 
     Raises:
-        InstasegError: malformed or unrecognised input, naming the file and the record.
+        InstasegError: malformed or unrecognised input, naming the file and the record; labels read
+            but none, or under half of them without ``allow_skipped``, kept.
     """
     src = Path(src)
     own_report = report is None
@@ -158,6 +182,10 @@ def read_dataset(
         raise InstasegError(f"cannot read format {fmt!r}; readable formats: {', '.join(READERS)}")
     if not src.exists():
         raise InstasegError("no such file or folder", file=src)
+    if fmt != "masks" and (mask_suffix is not None or ignore_value != "auto"):
+        raise InstasegError(f"--mask-suffix and --ignore-value are for masks input, not {fmt}", file=src)
+    if fmt != "via" and polylines_as_polygons:
+        raise InstasegError(f"--polylines-as-polygons is for via input, not {fmt}", file=src)
     report.source_format = fmt
     dataset = READERS[fmt](
         src,
@@ -165,11 +193,34 @@ def read_dataset(
         images=Path(images) if images is not None else None,
         class_name=class_name,
         classes=Path(classes) if classes is not None else None,
+        mask_suffix=mask_suffix,
+        ignore_value=ignore_value,
+        polylines_as_polygons=polylines_as_polygons,
     )
     if own_report:
         for warning in report.warnings:
             logger.warning(warning)
+    check_kept(report, src, allow_skipped)
     return dataset
+
+
+def check_kept(report: Report, src: Path, allow_skipped: bool = False) -> None:
+    """Refuse a read that kept none of the label records it saw, or under ``MIN_KEPT_SHARE`` of them.
+
+    Records are what the readers kept (``instances_read``) plus what they skipped (``Report.skip``);
+    the error names the most common reason with its first occurrence.
+    """
+    skipped = sum(report.skipped.values())
+    kept = report.instances_read
+    if not skipped or (kept and (allow_skipped or kept >= MIN_KEPT_SHARE * (kept + skipped))):
+        return
+    message, count = max(report.skipped.items(), key=lambda item: item[1])
+    advice = "; pass --allow-skipped to keep only these" if kept else ""
+    raise InstasegError(
+        f"kept {kept} of {kept + skipped} label records; {count} skipped like this one: "
+        f"{report.first_skipped[message]}{advice}",
+        file=src,
+    )
 
 
 def write_dataset(
@@ -211,13 +262,18 @@ def convert(
     images: str | Path | None = None,
     class_name: str | None = None,
     classes: str | Path | None = None,
+    mask_suffix: str | None = None,
+    ignore_value: int | str | None = "auto",
+    allow_skipped: bool = False,
+    polylines_as_polygons: bool = False,
     split: str = "train",
     overwrite: bool = False,
 ) -> Report:
     """Convert a dataset between formats (``instaseg convert``) and return what was done.
 
     ``out_format`` defaults to ``coco`` when ``out`` ends in ``.json``. The output is checked
-    before reading, so an existing ``out`` fails fast without ``overwrite``.
+    before reading, so an existing ``out`` fails fast without ``overwrite``. The reading options are
+    ``read_dataset``'s.
     """
     out = Path(out)
     if out_format is None:
@@ -229,6 +285,17 @@ def convert(
     if out.exists() and not overwrite:
         raise InstasegError("already exists; pass --overwrite to replace it", file=out)
     report = Report()
-    dataset = read_dataset(src, src_format, images=images, class_name=class_name, classes=classes, report=report)
+    dataset = read_dataset(
+        src,
+        src_format,
+        images=images,
+        class_name=class_name,
+        classes=classes,
+        mask_suffix=mask_suffix,
+        ignore_value=ignore_value,
+        allow_skipped=allow_skipped,
+        polylines_as_polygons=polylines_as_polygons,
+        report=report,
+    )
     write_dataset(dataset, out, out_format, overwrite=overwrite, split=split, report=report)
     return report

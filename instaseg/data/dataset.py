@@ -43,11 +43,12 @@ class Dataset:
 
     # -- loading and saving -------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, images: str | Path | None = None) -> "Dataset":
-        """Read a COCO instances JSON.
+    def load(cls, path: str | Path, images: str | Path | None = None, *, validate: bool = True) -> "Dataset":
+        """Read a COCO instances JSON, refusing content every step would misread (see ``validate``).
 
         The image root defaults to the JSON's folder, or to ``info.image_root`` (relative to that
         folder) when the file names one, as ``instaseg convert`` does for images kept elsewhere.
+        ``validate=False`` is for ``instaseg check``, which reports those problems with all the others.
         """
         path = Path(path)
         coco = io.read_json(path)
@@ -55,7 +56,54 @@ class Dataset:
             info = coco.get("info") if isinstance(coco, dict) else None
             relative_root = info.get("image_root") if isinstance(info, dict) else None
             images = path.parent / relative_root if isinstance(relative_root, str) else path.parent
-        return cls(coco, images, source=path)
+        dataset = cls(coco, images, source=path)
+        if validate:
+            dataset.validate()
+        return dataset
+
+    def validate(self) -> None:
+        """Refuse, naming the first record at fault, what would make any step silently misread the data.
+
+        That is: an image, category or annotation id used twice (labels would be joined to the wrong
+        image or class, and pycocotools keeps one annotation of an id); an image size that is not
+        positive or too large to decode; a ``file_name`` naming a folder or a place outside the image
+        root; an RLE mask that is malformed or not of its image's size (pycocotools would draw garbage
+        from it). ``instaseg check`` loads without it, to list such problems among all the others;
+        ``check --fix`` repairs what it can.
+        """
+        for key in ("images", "categories", "annotations"):
+            _refuse_duplicate_ids(self.coco[key], key, self.source)
+        for image in self.images:
+            self._validate_image(image)
+        self._validate_rles()
+
+    def _validate_image(self, image: dict) -> None:
+        record = f"image id {image['id']}"
+        name = image["file_name"]
+        path = io.safe_join(self.image_root, name, record=record, file=self.source)
+        if not Path(name).name or path.is_dir():
+            raise InstasegError(f"file_name {name!r} names a folder, not an image file", file=self.source, record=record)
+        width, height = image["width"], image["height"]
+        if width <= 0 or height <= 0:
+            raise InstasegError(f"declared size {width}x{height} is not positive", file=self.source, record=record)
+        if width * height > io.MAX_IMAGE_PIXELS:
+            # Each of its masks would take a byte per pixel whenever one is drawn.
+            raise InstasegError(
+                f"declared size {width}x{height} is over {io.MAX_IMAGE_PIXELS:,} pixels, too large to decode ({path})",
+                file=self.source,
+                record=record,
+            )
+
+    def _validate_rles(self) -> None:
+        images = self.image_by_id
+        # Annotations of unknown images are refused or skipped by each step, RLE or not.
+        owners = [ann for ann in self.annotations if type(ann.get("segmentation")) is dict and ann["image_id"] in images]
+        sizes = [(images[ann["image_id"]]["height"], images[ann["image_id"]]["width"]) for ann in owners]
+        problems = mask_ops.invalid_rles([ann["segmentation"] for ann in owners], sizes)
+        if problems:
+            position, problem = next(iter(problems.items()))
+            ann = owners[position]
+            raise InstasegError(problem, file=self.source, record=f"annotation id {ann['id']} (image id {ann['image_id']})")
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the COCO JSON atomically."""
@@ -165,6 +213,20 @@ class Dataset:
         coco["images"] = [img for img in self.images if img["id"] in wanted]
         coco["annotations"] = [ann for ann in self.annotations if ann["image_id"] in wanted]
         return Dataset(copy.deepcopy(coco), self.image_root, self.source)
+
+
+def _refuse_duplicate_ids(records: list[dict], key: str, source: Path | None) -> None:
+    if len({record["id"] for record in records}) == len(records):
+        return
+    first: dict[int, int] = {}
+    for position, record in enumerate(records):
+        earlier = first.setdefault(record["id"], position)
+        if earlier != position:
+            raise InstasegError(
+                f"id {record['id']} is also used by {key}[{earlier}] ('instaseg check --fix' renumbers duplicates)",
+                file=source,
+                record=f"{key}[{position}]",
+            )
 
 
 def _validate_schema(coco: Any, source: Path | None) -> None:

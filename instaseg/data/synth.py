@@ -34,8 +34,9 @@ def make_synthetic(
 ) -> tuple[Path, Path]:
     """Write a train and a val split of synthetic shape images with COCO annotations.
 
-    Layout: ``OUT/train.json``, ``OUT/val.json`` and the images in ``OUT/train/`` and ``OUT/val/``
-    (``file_name`` is relative to the JSON's folder). Masks are stored as compressed RLE.
+    Layout: ``OUT/train.json``, ``OUT/val.json`` and the images ``OUT/train/train_000001.png``, ...
+    and ``OUT/val/val_000001.png``, ... (``file_name`` is relative to the JSON's folder). Masks are
+    stored as compressed RLE.
     The folder is written atomically: it appears complete or not at all.
 
     Args:
@@ -66,7 +67,9 @@ def _make_split(root: Path, split: str, count: int, size: int, rng: np.random.Ge
     for index in range(count):
         image_id = index + 1
         pixels, visible, class_ids = draw_image(size, rng)
-        file_name = f"{split}/{image_id:06d}.png"
+        # the split in the name too: predictions are matched to images by name, so a train image
+        # must never pass for the val image with the same number
+        file_name = f"{split}/{split}_{image_id:06d}.png"
         Image.fromarray(pixels).save(root / file_name)
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
         for mask, class_id in zip(visible, class_ids):

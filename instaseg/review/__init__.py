@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from instaseg import io
 from instaseg.data.dataset import Dataset
 from instaseg.errors import InstasegError
-from instaseg.review.apply import apply_review
+from instaseg.review.apply import IdRanges, apply_review
 from instaseg.review.noise import inject_noise
 from instaseg.review.report import write_outputs
 from instaseg.review.score import SUGGESTION_TYPES, ReviewSettings, Suggestion, boundary_iou, review
@@ -165,12 +165,15 @@ def read_review(path: str | Path) -> dict[str, Any]:
 def apply_review_file(
     review_path: str | Path,
     *,
-    accept: Iterable[int] = (),
+    accept: IdRanges | Iterable[int] = (),
     accept_above: float | None = None,
-    reject: Iterable[int] = (),
+    reject: IdRanges | Iterable[int] = (),
     data: str | Path | None = None,
 ) -> tuple[Dataset, list[dict]]:
-    """Apply accepted suggestions of a saved review to the dataset it was made on (or ``data``)."""
+    """Apply accepted suggestions of a saved review to the dataset it was made on (or ``data``).
+
+    ``accept`` and ``reject`` are ids (``apply.parse_ids`` reads ranges like ``"3,7,10-12"``); see ``apply_review``.
+    """
     document = read_review(review_path)
     path = Path(data) if data is not None else Path(document["dataset"])
     dataset = Dataset.load(path, None if data is not None else document.get("image_root"))

@@ -18,6 +18,7 @@ only by their outline), the held-out half comes out no more object-like than the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -33,6 +34,8 @@ from instaseg import masks as mask_ops
 # close surroundings, and the object as a whole.
 FEATURE_SCALES = (0.0, 0.1, 0.25, 0.5)
 MIN_SIGMA = 0.7
+# Blurs wider than this many pixels are done on a shrunk copy (``_scale_features``).
+MAX_DIRECT_SIGMA = 16.0
 # Pixels drawn from each class to fit a regression: plenty for a few dozen weights, and quick.
 SAMPLES_PER_CLASS = 10_000
 # Labels whose outline is within this many pixels are neither object nor background for fitting:
@@ -82,14 +85,33 @@ def pixel_features(pixels: np.ndarray, object_side: float) -> np.ndarray:
         lab = cv2.cvtColor(image, cv2.COLOR_RGB2Lab)
         channels = [lab[..., 0] / 100.0, lab[..., 1] / 128.0, lab[..., 2] / 128.0]
     sigmas = sorted({max(MIN_SIGMA, object_side * scale) for scale in FEATURE_SCALES})
-    features = []
-    for channel in channels:
-        for sigma in sigmas:
-            smooth = cv2.GaussianBlur(channel, (0, 0), sigma)
-            features.append(smooth)
-            features.append(cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1)))
-            features.append(cv2.Laplacian(smooth, cv2.CV_32F) * sigma * sigma)
+    features = [feature for channel in channels for sigma in sigmas for feature in _scale_features(channel, sigma)]
     return np.stack(features, -1).reshape(-1, len(features))
+
+
+def _scale_features(channel: np.ndarray, sigma: float) -> tuple[np.ndarray, ...]:
+    """The smoothed ``channel`` at ``sigma``, its gradient magnitude and its scale-normalised Laplacian.
+
+    A blur costs in proportion to its sigma, so a wide one (over ``MAX_DIRECT_SIGMA``) is done on a
+    copy shrunk to that sigma, which loses nothing the blur keeps, and the three are scaled back.
+    """
+    height, width = channel.shape
+    shrink = sigma / MAX_DIRECT_SIGMA
+    if shrink <= 1.0 or min(height, width) / shrink < 2:
+        return _direct_scale_features(channel, sigma)
+    small_width = math.floor(width / shrink)  # rounded down, so the shrunk sigma stays within the limit
+    factor = width / small_width
+    small = cv2.resize(channel, (small_width, math.floor(height / shrink)), interpolation=cv2.INTER_AREA)
+    # The scale-normalised Laplacian is the same at any size; a gradient per shrunk pixel spans ``factor`` pixels.
+    smooth, gradient, laplacian = _direct_scale_features(small, sigma / factor)
+    return tuple(cv2.resize(feature, (width, height), interpolation=cv2.INTER_LINEAR)
+                 for feature in (smooth, gradient / factor, laplacian))
+
+
+def _direct_scale_features(channel: np.ndarray, sigma: float) -> tuple[np.ndarray, ...]:
+    smooth = cv2.GaussianBlur(channel, (0, 0), sigma)
+    gradient = cv2.magnitude(cv2.Sobel(smooth, cv2.CV_32F, 1, 0), cv2.Sobel(smooth, cv2.CV_32F, 0, 1))
+    return smooth, gradient, cv2.Laplacian(smooth, cv2.CV_32F) * sigma * sigma
 
 
 def _fit_and_predict(features: np.ndarray, objects: np.ndarray, background: np.ndarray,
@@ -119,16 +141,32 @@ def appearance(pixels: np.ndarray, label_masks: np.ndarray, object_side: float, 
     masks = np.asarray(label_masks, bool)
     if len(masks) < 2:
         return None
-    if height * width > MAX_PIXELS:
-        factor = (MAX_PIXELS / (height * width)) ** 0.5
-        size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        small = appearance(cv2.resize(np.ascontiguousarray(pixels), size, interpolation=cv2.INTER_AREA),
-                           np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) for m in masks]),
-                           object_side * factor, seed)
-        if small is None:
-            return None
-        return Appearance(cv2.resize(small.probability, (width, height), interpolation=cv2.INTER_LINEAR),
-                          small.reliability, object_side)
+    size = reduced_size(height, width)
+    if size == (width, height):
+        return _appearance(pixels, masks, object_side, seed)
+    small = _appearance(cv2.resize(np.ascontiguousarray(pixels), size, interpolation=cv2.INTER_AREA),
+                        mask_ops.resize(masks, size[1], size[0]), object_side * size[0] / width, seed)
+    if small is None:
+        return None
+    return Appearance(cv2.resize(small.probability, (width, height), interpolation=cv2.INTER_LINEAR),
+                      small.reliability, object_side)
+
+
+def reduced_size(height: int, width: int) -> tuple[int, int]:
+    """(width, height) at which an image is judged: its own, or the largest of its shape within ``MAX_PIXELS``.
+
+    Sides are rounded down, so the product never exceeds the limit; a side that would fall under one
+    pixel stays one pixel, and the other is then capped at ``MAX_PIXELS``.
+    """
+    if height * width <= MAX_PIXELS:
+        return width, height
+    factor = min((MAX_PIXELS / (height * width)) ** 0.5, MAX_PIXELS / max(height, width))
+    return max(1, math.floor(width * factor)), max(1, math.floor(height * factor))
+
+
+def _appearance(pixels: np.ndarray, masks: np.ndarray, object_side: float, seed: int) -> Appearance | None:
+    """``appearance`` of an image small enough to judge at its own size."""
+    height, width = pixels.shape[:2]
     labelled = masks.any(0)
     kernel = np.ones((3, 3), np.uint8)
     near_labels = cv2.dilate(labelled.astype(np.uint8), kernel, iterations=MARGIN).astype(bool)
@@ -207,9 +245,14 @@ def unlabelled_objects(found: Appearance, label_masks: np.ndarray) -> list[tuple
     count, regions, stats, _ = cv2.connectedComponentsWithStats(free, connectivity=4)
     found_regions = []
     for region in range(1, count):
-        if stats[region, cv2.CC_STAT_AREA] < REGION_MIN_AREA * typical_area:
+        x, y, w, h, area = (int(v) for v in stats[region])
+        if area < REGION_MIN_AREA * typical_area:
             continue
-        mask = cv2.dilate((regions == region).astype(np.uint8), kernel).astype(bool) & ~labelled
+        # Within the region's box grown by the dilation's reach: a large image holds many regions.
+        rows, cols = slice(max(0, y - 1), y + h + 1), slice(max(0, x - 1), x + w + 1)
+        mask = np.zeros(labelled.shape, bool)
+        mask[rows, cols] = (cv2.dilate((regions[rows, cols] == region).astype(np.uint8), kernel).astype(bool)
+                            & ~labelled[rows, cols])
         score = object_likeness(found, mask) * min(1.0, mask.sum() / (REGION_FULL_AREA * typical_area)) * found.reliability
         found_regions.append((mask, float(score)))
     return sorted(found_regions, key=lambda item: -item[1])

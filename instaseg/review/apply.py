@@ -7,6 +7,7 @@ changed by another: that one is reported as skipped.
 
 from __future__ import annotations
 
+import bisect
 import re
 from typing import Iterable
 
@@ -17,9 +18,57 @@ from instaseg.errors import InstasegError
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
-def parse_ids(text: str | None) -> set[int]:
+class IdRanges:
+    """A set of suggestion ids held as inclusive intervals, so that ``1-1000000000`` costs two numbers.
+
+    ``id in ranges`` tests membership; ``ranges.outside(ids)`` says which of its ids are not in ``ids``.
+    """
+
+    def __init__(self, intervals: Iterable[tuple[int, int]] = ()) -> None:
+        merged: list[tuple[int, int]] = []
+        for first, last in sorted(intervals):
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+            else:
+                merged.append((first, last))
+        self.intervals = merged
+        self._firsts = [first for first, _ in merged]
+
+    @classmethod
+    def of(cls, ids: Iterable[int]) -> IdRanges:
+        """The ranges of some ids (themselves ranges, or any iterable of ints)."""
+        return ids if isinstance(ids, IdRanges) else cls((int(i), int(i)) for i in ids)
+
+    def __contains__(self, id_: object) -> bool:
+        if not isinstance(id_, int):
+            return False
+        k = bisect.bisect_right(self._firsts, id_) - 1
+        return k >= 0 and id_ <= self.intervals[k][1]
+
+    def __bool__(self) -> bool:
+        return bool(self.intervals)
+
+    def outside(self, ids: Iterable[int]) -> IdRanges:
+        """The ids of these ranges that are not among ``ids``."""
+        known = sorted(set(ids))
+        gaps = []
+        for first, last in self.intervals:
+            start = first
+            for id_ in known[bisect.bisect_left(known, first):bisect.bisect_right(known, last)]:
+                if id_ > start:
+                    gaps.append((start, id_ - 1))
+                start = id_ + 1
+            if start <= last:
+                gaps.append((start, last))
+        return IdRanges(gaps)
+
+    def __str__(self) -> str:
+        return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in self.intervals)
+
+
+def parse_ids(text: str | None) -> IdRanges:
     """Suggestion ids from ``"3,7,10-12"`` (ranges inclusive); empty for None or ``""``."""
-    ids: set[int] = set()
+    intervals = []
     for part in (text or "").replace(" ", "").split(","):
         if not part:
             continue
@@ -27,19 +76,21 @@ def parse_ids(text: str | None) -> set[int]:
         if not found:
             raise InstasegError(f"cannot read suggestion ids {text!r}: expected e.g. 3,7,10-12")
         first, last = int(found[1]), int(found[2] or found[1])
-        ids.update(range(first, last + 1))
-    return ids
+        if last < first:
+            raise InstasegError(f"cannot read suggestion ids {text!r}: the range {part} runs backwards")
+        intervals.append((first, last))
+    return IdRanges(intervals)
 
 
-def parse_accept(text: str) -> tuple[set[int], float | None]:
+def parse_accept(text: str) -> tuple[IdRanges, float | None]:
     """``--accept`` as (ids, min score): ``"3,7,10-12"``, ``"all"`` or ``"all-above 0.8"`` (also ``all-above=0.8``)."""
     value = text.strip()
     if value == "all":
-        return set(), 0.0
+        return IdRanges(), 0.0
     if value.startswith("all-above"):
         rest = value[len("all-above"):].strip().lstrip("=:").strip()
         try:
-            return set(), float(rest)
+            return IdRanges(), float(rest)
         except ValueError:
             raise InstasegError(f"cannot read --accept {text!r}: expected all-above SCORE, e.g. 'all-above 0.8'") from None
     return parse_ids(value), None
@@ -49,24 +100,28 @@ def apply_review(
     review: dict,
     dataset: Dataset,
     *,
-    accept: Iterable[int] = (),
+    accept: IdRanges | Iterable[int] = (),
     accept_above: float | None = None,
-    reject: Iterable[int] = (),
+    reject: IdRanges | Iterable[int] = (),
 ) -> tuple[Dataset, list[dict]]:
     """Return the corrected dataset and the list of changes made (or skipped).
 
     Args:
         review: the ``review.json`` document.
         dataset: the dataset the review was made on (it is not modified).
-        accept: ids of the suggestions to apply.
+        accept: ids of the suggestions to apply (an ``IdRanges`` or any iterable of ints).
         accept_above: also apply every suggestion scoring at least this.
-        reject: ids never to apply, whatever ``accept`` and ``accept_above`` say.
+        reject: ids never to apply, whatever ``accept`` and ``accept_above`` say (the same two kinds).
+
+    Raises:
+        InstasegError: if ``accept`` or ``reject`` names an id that no suggestion has.
     """
     suggestions = {s["id"]: s for s in review.get("suggestions", [])}
-    accept, reject = set(accept), set(reject)
-    unknown = sorted((accept | reject) - suggestions.keys())
+    accept, reject = IdRanges.of(accept), IdRanges.of(reject)
+    unknown = IdRanges(accept.intervals + reject.intervals).outside(suggestions)
     if unknown:
-        raise InstasegError(f"the review has no suggestion with id {', '.join(map(str, unknown[:10]))}")
+        held = IdRanges.of(suggestions) or "none"
+        raise InstasegError(f"the review has no suggestion with id {_shortened(str(unknown))} (its ids: {_shortened(str(held))})")
     chosen = [s for s in suggestions.values()
               if (s["id"] in accept or (accept_above is not None and s["score"] >= accept_above)) and s["id"] not in reject]
     # Removals first, so that a removed label is not also edited; then in rank order.
@@ -131,3 +186,9 @@ def _set_mask(ann: dict, segmentation: dict | None, image: dict, polygons: bool)
         raise InstasegError("has no suggested mask", record=f"annotation id {ann['id']}")
     mask = mask_ops.decode(segmentation, image["height"], image["width"])
     ann.update(mask_ops.annotation_fields(mask, polygons))
+
+
+def _shortened(text: str, limit: int = 80) -> str:
+    """``text`` cut at a comma near ``limit`` characters: an error line names ids, it does not list thousands."""
+    cut = text.rfind(",", 0, limit)
+    return text if len(text) <= limit or cut < 0 else text[:cut] + ",..."

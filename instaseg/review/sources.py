@@ -72,10 +72,15 @@ def load_prediction_file(dataset: Dataset, path: str | Path) -> tuple[dict[int, 
     """Predictions from an ``instaseg predict`` folder or a COCO results JSON, and the review's warnings.
 
     A file cannot say what the model thinks of the labels' boxes, so the label probabilities are None.
+    Images are matched as ``instaseg eval`` matches them (``evaluate.match_images``); a predictions
+    folder that covers only some of the images draws a warning, since the others are judged as
+    images on which the model found nothing.
     """
-    from instaseg.evaluate import load_predictions  # matches images by file name and classes by name
+    from instaseg.evaluate import load_predictions
 
-    return predictions_from_results(dataset, load_predictions(dataset, path)), None, [UNSEEN_WARNING]
+    warnings = [UNSEEN_WARNING]
+    results = load_predictions(dataset, path, warnings)
+    return predictions_from_results(dataset, results), None, warnings
 
 
 def predict_with_model(dataset: Dataset, model_path: str | Path) -> tuple[dict[int, Instances], LabelProbs, list[str]]:

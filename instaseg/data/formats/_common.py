@@ -16,6 +16,7 @@ from PIL import Image
 from instaseg import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
 from instaseg.errors import InstasegError
+from instaseg.geometry import join_polygons
 
 DEFAULT_CLASS = "object"
 # zlib level for label PNGs: flat label maps compress nearly as well at 1 as at PIL's default 6, several times faster.
@@ -32,10 +33,22 @@ class Report:
     instances_read: int = 0
     instances_written: int = 0
     warnings: list[str] = field(default_factory=list)
+    # label records read but not kept, by message; the first warning of each names an example
+    skipped: dict[str, int] = field(default_factory=dict)
+    first_skipped: dict[str, str] = field(default_factory=dict)
 
     def warn(self, message: str, *, file: str | Path | None = None, record: str | None = None) -> None:
         """Record one problem that was skipped rather than fatal."""
         self.warnings.append(": ".join([*(str(p) for p in (file, record) if p not in (None, "")), message]))
+
+    def skip(self, message: str, *, file: str | Path | None = None, record: str | None = None, count: int = 1) -> None:
+        """Warn that ``count`` label records (instances, or label files whose content is unknown) were not kept.
+
+        ``read_dataset`` refuses a read that keeps none, or under half, of the records it saw.
+        """
+        self.warn(message, file=file, record=record)
+        self.skipped[message] = self.skipped.get(message, 0) + count
+        self.first_skipped.setdefault(message, self.warnings[-1])
 
 
 class DatasetBuilder:
@@ -85,7 +98,7 @@ class DatasetBuilder:
         rle = mask_ops.to_rle(segmentation, image["height"], image["width"])
         area = mask_ops.area(rle)
         if area == 0:
-            self.report.warn("instance draws an empty mask, skipped", file=file, record=record)
+            self.report.skip("instance draws an empty mask, skipped", file=file, record=record)
             return
         self.annotations.append(
             {
@@ -192,12 +205,22 @@ def _is_int(value: Any) -> bool:
         return False
 
 
-def clip_polygon(points: np.ndarray, width: int, height: int) -> list[float]:
-    """(K, 2) vertices clipped to the image rectangle, flattened to a COCO polygon."""
-    points = np.asarray(points, np.float64).reshape(-1, 2)
-    points[:, 0] = points[:, 0].clip(0, width)
-    points[:, 1] = points[:, 1].clip(0, height)
-    return [round(float(v), 3) for v in points.reshape(-1)]
+def coordinates(values: Any) -> np.ndarray:
+    """A JSON list of coordinates (nested lists allowed) as a float array, refusing anything but numbers.
+
+    ``np.asarray(values, float)`` would take ``true`` for 1 and the string ``"12"`` for 12.
+
+    Raises:
+        ValueError: a value is not a number (booleans and strings included).
+    """
+    if not isinstance(values, list):
+        raise ValueError(f"expected a list of coordinates, got {type(values).__name__}")
+    flat = values
+    while flat and all(isinstance(v, list) for v in flat):
+        flat = [v for item in flat for v in item]
+    if any(type(v) not in (int, float) for v in flat):
+        raise ValueError("coordinates must be numbers")
+    return np.asarray(values, float)
 
 
 def read_mask_png(path: Path) -> np.ndarray:
@@ -291,27 +314,6 @@ def _even_odd_outlines(mask: np.ndarray, max_levels: int = 8) -> list[list[float
         polygons += level
         drawn ^= mask_ops.decode(level, height, width)
     return polygons
-
-
-def join_polygons(polygons: list[list[float]]) -> list[float]:
-    """Several polygons as one, each part reached from the first by a bridge walked there and back.
-
-    The bridge from the first part starts at the vertex nearest to the part it reaches, which keeps
-    the bridges short.
-    """
-    if len(polygons) == 1:
-        return polygons[0]
-    first = np.asarray(polygons[0]).reshape(-1, 2)
-    joined = [*polygons[0], *polygons[0][:2]]  # the first part, closed back to its start
-    for polygon in polygons[1:]:
-        part = np.asarray(polygon).reshape(-1, 2)
-        distances = ((first[:, None, :] - part[None, :, :]) ** 2).sum(-1)
-        a, b = np.unravel_index(int(distances.argmin()), distances.shape)
-        anchor = first[a].tolist()
-        loop = np.concatenate([part[b:], part[:b], part[b : b + 1]]).reshape(-1).tolist()
-        # first part's start -> anchor -> the part, closed -> anchor -> back to the start
-        joined += [*anchor, *loop, *anchor, *polygons[0][:2]]
-    return joined
 
 
 def single_outline(dataset: Dataset, image: dict, annotation: dict, report: Report) -> np.ndarray | None:

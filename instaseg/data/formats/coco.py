@@ -7,6 +7,7 @@ which ``Dataset.load`` follows.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -34,39 +35,29 @@ def read(src: Path, *, report: Report, images: Path | None = None, **_) -> Datas
 
 def _usable(ann: dict, dataset: Dataset, src: Path, report: Report) -> bool:
     record = f"annotation id {ann['id']}"
-    image = dataset.image_by_id.get(ann["image_id"])
-    if image is None:
-        report.warn(f"image id {ann['image_id']} is not in 'images', skipped", file=src, record=record)
+    if ann["image_id"] not in dataset.image_by_id:
+        report.skip(f"image id {ann['image_id']} is not in 'images', skipped", file=src, record=record)
         return False
     if ann["category_id"] not in dataset.category_index:
-        report.warn(f"category id {ann['category_id']} is not in 'categories', skipped", file=src, record=record)
+        report.skip(f"category id {ann['category_id']} is not in 'categories', skipped", file=src, record=record)
         return False
     segmentation = ann.get("segmentation")
     if isinstance(segmentation, list) and segmentation:
         for polygon in segmentation:
-            if not isinstance(polygon, list) or not all(isinstance(v, (int, float)) for v in polygon):
+            # type(), not isinstance(): JSON's true and false are not coordinates.
+            if not isinstance(polygon, list) or not all(type(v) in (int, float) and math.isfinite(v) for v in polygon):
                 raise InstasegError("polygon is not a list of numbers", file=src, record=record)
             if len(polygon) % 2:
                 raise InstasegError(
                     f"polygon has an odd number of coordinates ({len(polygon)})", file=src, record=record
                 )
         if all(len(p) < 6 for p in segmentation):
-            report.warn("no polygon with 3 or more points, skipped", file=src, record=record)
+            report.skip("no polygon with 3 or more points, skipped", file=src, record=record)
             return False
         return True
     if isinstance(segmentation, dict):
-        size = segmentation.get("size")
-        if not isinstance(size, list) or len(size) != 2 or "counts" not in segmentation:
-            raise InstasegError("RLE segmentation needs 'size' [h, w] and 'counts'", file=src, record=record)
-        if list(size) != [image["height"], image["width"]]:
-            report.warn(
-                f"RLE size {size} differs from the image's [{image['height']}, {image['width']}], skipped",
-                file=src,
-                record=record,
-            )
-            return False
-        return True
-    report.warn("no segmentation, skipped", file=src, record=record)
+        return True  # Dataset.load has refused malformed RLE and RLE of another size
+    report.skip("no segmentation, skipped", file=src, record=record)
     return False
 
 

@@ -39,14 +39,19 @@ def read(src: Path, *, report: Report, class_name: str | None = None, **_) -> Da
     for folder in tqdm(folders, desc="reading mask files", unit="image", disable=None):
         candidates = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in io.IMAGE_SUFFIXES)
         preferred = [p for p in candidates if p.stem == folder.name]
+        mask_files = sorted((folder / "masks").glob("*.png"))
         if len(preferred) != 1 and len(candidates) != 1:
-            report.warn(f"expected one image in images/, found {len(candidates)}; folder skipped", file=folder)
+            report.skip(
+                f"expected one image in images/, found {len(candidates)}; folder skipped",
+                file=folder,
+                count=len(mask_files),
+            )
             continue
         image = builder.add_image((preferred or candidates)[0])
-        for mask_file in sorted((folder / "masks").glob("*.png")):
+        for mask_file in mask_files:
             mask = read_mask_png(mask_file) > 0
             if mask.shape != (image["height"], image["width"]):
-                report.warn(
+                report.skip(
                     f"mask is {mask.shape[1]}x{mask.shape[0]}, image {image['width']}x{image['height']}; skipped",
                     file=mask_file,
                 )

@@ -1,8 +1,8 @@
 """VGG Image Annotator (VIA) 1.x and 2.x region JSON.
 
 Entries are matched to images by ``filename``: the dict key (``<filename><size>``) and ``size`` are
-ignored, since files are often re-saved. Polygons, rectangles, circles and ellipses become polygons
-(vertices clipped to the image); points and polylines enclose no area and are reported.
+ignored, since files are often re-saved. Polygons, rectangles, circles, ellipses and closed polylines
+become polygons (clipped to the image); points and open polylines enclose no area and are reported.
 The class comes from ``region_attributes`` (a ``class``/``label``/``name``/``type``/``category``
 attribute, or the only one there is), else from ``--class``, else ``object``.
 
@@ -27,16 +27,19 @@ from instaseg.data.formats._common import (
     DEFAULT_CLASS,
     DatasetBuilder,
     Report,
-    clip_polygon,
+    coordinates,
     copy_image,
     output_names,
     single_outline,
 )
 from instaseg.errors import InstasegError
+from instaseg.geometry import clip_to_image
 
 CLASS_ATTRIBUTES = ("class", "label", "name", "type", "category")
 # Circles and ellipses become polygons with this many vertices (under 1% area error at any size).
 ELLIPSE_VERTICES = 64
+# A polyline closed by clicking its first point again ends within a pixel or two of where it starts.
+CLOSED_POLYLINE_GAP = 2.0
 
 
 def find_json(src: Path) -> Path | None:
@@ -50,8 +53,20 @@ def find_json(src: Path) -> Path | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
-def read(src: Path, *, report: Report, images: Path | None = None, class_name: str | None = None, **_) -> Dataset:
-    """Read a VIA JSON (SRC is the file or the folder holding it and the images)."""
+def read(
+    src: Path,
+    *,
+    report: Report,
+    images: Path | None = None,
+    class_name: str | None = None,
+    polylines_as_polygons: bool = False,
+    **_,
+) -> Dataset:
+    """Read a VIA JSON (SRC is the file or the folder holding it and the images).
+
+    A polyline whose ends meet (within ``CLOSED_POLYLINE_GAP`` pixels) is read as a polygon, as is
+    every polyline with ``polylines_as_polygons``; other polylines are reported and skipped.
+    """
     json_file = find_json(src)
     if json_file is None:
         raise InstasegError("no via_region_data.json (or single .json) in this folder", file=src)
@@ -63,24 +78,32 @@ def read(src: Path, *, report: Report, images: Path | None = None, class_name: s
     if not image_dir.is_dir():
         raise InstasegError("image folder not found", file=image_dir)
     regions_by_file: dict[str, list[tuple[str, dict]]] = defaultdict(list)
-    for entry in entries.values():
+    for key, entry in entries.items():
+        if not isinstance(entry["filename"], str) or not entry["filename"]:
+            raise InstasegError(f"'filename' must be a file name, got {entry['filename']!r}", file=json_file, record=f"entry {key!r}")
         regions = entry.get("regions") or []
         items = regions.items() if isinstance(regions, dict) else enumerate(regions)
         regions_by_file[str(entry["filename"])] += [(f"{entry['filename']} region {k}", r) for k, r in items]
     builder = DatasetBuilder(report)
     for filename, regions in tqdm(sorted(regions_by_file.items()), desc="reading VIA", unit="image", disable=None):
-        path = io.safe_join(image_dir, filename, record=filename)
+        path = io.safe_join(image_dir, filename, record=filename, file=json_file)
         if not path.is_file():
-            report.warn(f"image file not found, its {len(regions)} regions skipped", file=path)
+            report.skip(f"image file not found, its {len(regions)} regions skipped", file=path, count=len(regions))
             continue
         image = builder.add_image(path)
         for record, region in regions:
-            _add_region(builder, image, region, class_name, json_file, record)
+            _add_region(builder, image, region, class_name, json_file, record, polylines_as_polygons)
     return builder.build(image_dir)
 
 
 def _add_region(
-    builder: DatasetBuilder, image: dict, region: Any, class_name: str | None, json_file: Path, record: str
+    builder: DatasetBuilder,
+    image: dict,
+    region: Any,
+    class_name: str | None,
+    json_file: Path,
+    record: str,
+    polylines_as_polygons: bool,
 ) -> None:
     report = builder.report
     if not isinstance(region, dict) or not isinstance(region.get("shape_attributes"), dict):
@@ -88,26 +111,38 @@ def _add_region(
     shape = region["shape_attributes"]
     try:
         points = _shape_points(shape)
+        enough = points is not None and len(points) >= 3
+        polygons = clip_to_image(points, image["width"], image["height"]) if enough else None
     except (KeyError, TypeError, ValueError) as exc:
         raise InstasegError(f"malformed {shape.get('name')} shape ({exc})", file=json_file, record=record) from None
     if points is None:
-        report.warn(f"{shape.get('name')!r} shape encloses no area, skipped", file=json_file, record=record)
-        return
-    if len(points) < 3:
-        report.warn("polygon with fewer than 3 points, skipped", file=json_file, record=record)
-        return
-    name = _region_class(region.get("region_attributes"), report, json_file, record) or class_name or DEFAULT_CLASS
-    polygon = clip_polygon(points, image["width"], image["height"])
-    builder.add_instance(image, [polygon], name, file=json_file, record=record)
+        report.skip(f"{shape.get('name')!r} shape encloses no area, skipped", file=json_file, record=record)
+    elif shape.get("name") == "polyline" and not (polylines_as_polygons or _is_closed(points)):
+        report.skip(
+            f"open polyline (ends over {CLOSED_POLYLINE_GAP:g} px apart) encloses no area, skipped; "
+            "pass --polylines-as-polygons if the polylines are outlines",
+            file=json_file,
+            record=record,
+        )
+    elif polygons is None:
+        report.skip("polygon with fewer than 3 points, skipped", file=json_file, record=record)
+    else:
+        name = _region_class(region.get("region_attributes"), report, json_file, record) or class_name or DEFAULT_CLASS
+        builder.add_instance(image, polygons, name, file=json_file, record=record)
+
+
+def _is_closed(points: np.ndarray) -> bool:
+    """Whether a polyline ends where it starts, as one drawn round an outline does."""
+    return len(points) >= 4 and math.dist(points[0], points[-1]) <= CLOSED_POLYLINE_GAP
 
 
 def _shape_points(shape: dict) -> np.ndarray | None:
     kind = shape.get("name")
-    if kind == "polygon":
+    if kind in ("polygon", "polyline"):
         xs, ys = shape["all_points_x"], shape["all_points_y"]
         if len(xs) != len(ys):
             raise ValueError(f"{len(xs)} x values but {len(ys)} y values")
-        return np.stack([np.asarray(xs, float), np.asarray(ys, float)], 1)
+        return np.stack([coordinates(xs), coordinates(ys)], 1)
     if kind == "rect":
         x, y, w, h = (float(shape[k]) for k in ("x", "y", "width", "height"))
         return np.asarray([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])

@@ -13,6 +13,7 @@ OpenCV) leaves them empty, so masks come back exactly.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,6 @@ from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import (
     DatasetBuilder,
     Report,
-    clip_polygon,
     copy_image,
     names_from_mapping,
     output_names,
@@ -33,6 +33,7 @@ from instaseg.data.formats._common import (
     single_outline,
 )
 from instaseg.errors import InstasegError
+from instaseg.geometry import clip_to_image
 
 
 def label_path(image: Path) -> Path | None:
@@ -67,31 +68,45 @@ def read(src: Path, *, report: Report, classes: Path | None = None, **_) -> Data
         label_file = base / label_path(image_file.relative_to(base))
         if label_file.is_file():
             labelled.add(label_file)
-            parsed.append((image_file, label_file, _parse(label_file, names)))
+            lines = _parse(label_file, names)
+            _warn_unnormalised(lines, label_file, report)
+            parsed.append((image_file, label_file, lines))
         else:
             report.warn("no label file, kept as a background image", file=image_file)
             parsed.append((image_file, label_file, []))
     labels_root = base / label_path((root / "-").relative_to(base)).parent if root != base else base
     for label_file in sorted(labels_root.rglob("*.txt")):
         if "labels" in label_file.relative_to(base).parts[:-1] and label_file not in labelled:
-            report.warn("label file without an image, skipped", file=label_file)
+            report.skip("label file without an image, skipped", file=label_file)
     if names is None:
         top = max((cls for *_, lines in parsed for cls, _, _ in lines), default=-1)
         names = [f"class_{k}" for k in range(top + 1)]
     builder = DatasetBuilder(report, names)
     for image_file, label_file, lines in parsed:
         image = builder.add_image(image_file)
-        width, height = image["width"], image["height"]
         for class_id, coords, number in lines:
-            if len(coords) == 4:
-                cx, cy, w, h = coords
-                x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-                coords = [x1, y1, x2, y1, x2, y2, x1, y2]
-            points = np.asarray(coords).reshape(-1, 2) * (width, height)
-            builder.add_instance(
-                image, [clip_polygon(points, width, height)], names[class_id], file=label_file, record=f"line {number}"
-            )
+            _add_line(builder, image, names[class_id], coords, label_file, f"line {number}")
     return builder.build(root)
+
+
+def _add_line(
+    builder: DatasetBuilder, image: dict, name: str, coords: list[float], label_file: Path, record: str
+) -> None:
+    if len(coords) == 4:
+        cx, cy, w, h = coords
+        x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        coords = [x1, y1, x2, y1, x2, y2, x1, y2]
+    width, height = image["width"], image["height"]
+    polygons = clip_to_image(np.asarray(coords).reshape(-1, 2) * (width, height), width, height)
+    if polygons:
+        builder.add_instance(image, polygons, name, file=label_file, record=record)
+    else:
+        builder.report.skip(
+            "polygon entirely outside the image, skipped; YOLO coordinates are fractions of the image size: "
+            "were these written in pixels?",
+            file=label_file,
+            record=record,
+        )
 
 
 def _names(classes: Path | None, yaml_file: Path | None) -> list[str] | None:
@@ -112,6 +127,8 @@ def _parse(label_file: Path, names: list[str] | None) -> list[tuple[int, list[fl
             coords = [float(t) for t in tokens[1:]]
         except ValueError:
             raise InstasegError("expected numbers: <class> x1 y1 x2 y2 ...", file=label_file, record=record) from None
+        if not all(math.isfinite(v) for v in (class_value, *coords)):
+            raise InstasegError("values must be finite numbers (found nan or inf)", file=label_file, record=record)
         if class_value != int(class_value) or class_value < 0:
             raise InstasegError(f"class id {tokens[0]} is not a non-negative integer", file=label_file, record=record)
         class_id = int(class_value)
@@ -125,6 +142,17 @@ def _parse(label_file: Path, names: list[str] | None) -> list[tuple[int, list[fl
             raise InstasegError("a polygon needs at least 3 points", file=label_file, record=record)
         lines.append((class_id, coords, number))
     return lines
+
+
+def _warn_unnormalised(lines: list[tuple[int, list[float], int]], label_file: Path, report: Report) -> None:
+    """One warning per file with coordinates outside [0, 1], which are clipped to the image when read."""
+    outside = next(((number, v) for _, coords, number in lines for v in coords if not 0 <= v <= 1), None)
+    if outside is not None:
+        report.warn(
+            f"coordinates outside [0, 1] (first: {outside[1]:g} on line {outside[0]}), clipped to the image; "
+            "YOLO coordinates are fractions of the image width and height: were these written in pixels?",
+            file=label_file,
+        )
 
 
 def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = False, split: str = "train", **_) -> Path:
