@@ -40,7 +40,7 @@ def check(
     io.guard_outputs([fix], [data], [images or data])
     if fix is not None:
         io.check_output(fix, overwrite)
-    dataset = load_dataset(data, images=images, validate=False)
+    dataset = load_dataset(data, images=images, validate=False, outputs=[fix])
     problems = check_dataset(dataset, check_files=not no_files)
     errors, warnings = count_problems(problems)
     report: dict = {"file": str(data), "errors": errors, "warnings": warnings, "problems": [p.to_dict() for p in problems]}
@@ -80,7 +80,7 @@ def stats(
     io.guard_outputs([plot], [data], [images or data])
     if plot is not None:
         io.check_output(plot, overwrite)
-    result = dataset_stats(load_dataset(data, images=images))
+    result = dataset_stats(load_dataset(data, images=images, outputs=[plot]))
     if plot is not None:
         plot_stats(result, plot, overwrite=overwrite)
     if as_json:

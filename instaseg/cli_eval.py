@@ -79,7 +79,7 @@ def eval_command(
     io.guard_outputs([out], [gt, pred, classes], [images or gt])
     if out is not None:
         io.check_output(out, overwrite)  # before minutes of work, not after
-    dataset = load_dataset(gt, gt_format, images=images, class_name=class_name, classes=classes)
+    dataset = load_dataset(gt, gt_format, images=images, class_name=class_name, classes=classes, outputs=[out])
     warnings: list[str] = []
     results = load_predictions(dataset, pred, warnings)
     iou_types = ("segm", "bbox") if iou_type is IouType.both else (iou_type.value,)

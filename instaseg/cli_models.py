@@ -69,8 +69,8 @@ def train(
 
     io.guard_outputs([out], [data, val, weights], [data, val])
     best = run_training(
-        load_dataset(data),
-        load_dataset(val) if val is not None else None,
+        load_dataset(data, outputs=[out]),
+        load_dataset(val, outputs=[out]) if val is not None else None,
         model=model, epochs=epochs, minutes=minutes, weights=weights, out=out, seed=seed,
         overwrite=overwrite, resume=resume, batch_size=batch_size, lr=lr, preset=preset, crop_size=crop_size,
         flips=flips, photometric=photometric, processes=processes, resume_anyway=resume_anyway,

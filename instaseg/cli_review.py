@@ -61,9 +61,9 @@ def review_run(
     from instaseg.data.convert import load_dataset
     from instaseg.review import ReviewSettings, run_review
 
-    io.guard_outputs([out], [data, model, pred], [images or data])
-    dataset = load_dataset(data, images=images)
     target = out if out is not None else Path(f"review-{data.stem}")
+    io.guard_outputs([target], [data, model, pred], [images or data])
+    dataset = load_dataset(data, images=images, outputs=[target])
     document = run_review(
         dataset, out=target, model=model, pred=pred, folds=folds, minutes_per_fold=None if epochs_per_fold else minutes_per_fold,
         epochs_per_fold=epochs_per_fold, architecture=arch, preset=preset, crop_size=crop_size, flips=flips, photometric=photometric,
@@ -98,6 +98,7 @@ def review_apply(
     io.check_output(out, overwrite)
     ids, above = parse_accept(accept)
     fixed, changes = apply_review_file(review, accept=ids, accept_above=above, reject=parse_ids(reject), data=data)
+    io.guard_outputs([out], [fixed.source], [fixed.image_root])  # the reviewed dataset, when --data did not name it
     save_dataset(fixed, out, overwrite=overwrite)
     for change in changes:
         detail = change.get("reason") or (f"category {change['from']} -> {change['to']}" if "to" in change else "")
@@ -125,7 +126,7 @@ def noise(
     io.guard_outputs([out, errors_path], [data], [images or data])
     io.check_output(out, overwrite)
     io.check_output(errors_path, overwrite)
-    noisy, injected = inject_noise(load_dataset(data, images=images), **_parse_rates(rates), seed=seed)
+    noisy, injected = inject_noise(load_dataset(data, images=images, outputs=[out, errors_path]), **_parse_rates(rates), seed=seed)
     save_dataset(noisy, out, overwrite=overwrite)
     io.write_json(errors_path, injected, overwrite=overwrite, indent=True)
     counts = {t: sum(e["type"] == t for e in injected) for t in dict.fromkeys(e["type"] for e in injected)}

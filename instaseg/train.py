@@ -656,6 +656,12 @@ class _Run:
         while not stopped:
             images.epoch = self.epoch
             batches = epoch_batches(self.train_set, self.batch_size, self.seed, self.epoch, self.rank, self.world)
+            if self.batch_in_epoch >= len(batches):
+                # Resumed past the end of this epoch's batches (fewer images or a larger batch than the run had).
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                stopped = self.should_stop()
+                continue
             loader = torch.utils.data.DataLoader(
                 images, batch_sampler=batches[self.batch_in_epoch :], collate_fn=_collate, num_workers=workers,
                 generator=torch.Generator(),  # leaves the global RNG (restored on resume) untouched

@@ -152,3 +152,17 @@ def test_coco128_fix_changes_no_pixels_and_adds_no_error(tmp_path, cli):
     invalid = sum(not shapely.Polygon(np.reshape(p, (-1, 2))).is_valid for ann in before.annotations for p in ann["segmentation"])
     reported = [p for p in report["problems"] if p["kind"] == "self-intersection"]
     assert 0 < len(reported) < invalid / 2
+
+
+@pytest.mark.parametrize("height", [0, -5])
+def test_a_bridge_polygon_on_an_image_of_unusable_size_is_reported_not_a_crash(tmp_path, cli, height):
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": height}],
+        "categories": [{"id": 1, "name": "ring"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [RING], "bbox": [2, 2, 20, 20],
+                         "area": 300, "iscrowd": 0}],
+    }
+    (tmp_path / "data.json").write_text(json.dumps(coco))
+    result = cli("check", tmp_path / "data.json", "--no-files")
+    assert result.code == 1, result.stdout + result.stderr
+    assert "image id 1" in result.stdout and "Traceback" not in result.stderr + result.stdout

@@ -287,3 +287,34 @@ def test_python_warnings_are_one_line_without_source_paths(cli, tree, monkeypatc
         "error: data.json: stop here",
     ]
     assert warnings.showwarning is shown
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["convert", "{json}", "{imgs}", "--to", "yolo"],
+        ["check", "{json}", "--fix", "{imgs}"],
+        ["eval", "{json}", "{json}", "--out", "{imgs}"],
+        ["noise", "{json}", "--out", "{imgs}"],
+        ["review", "{json}", "--pred", "{json}", "--out", "{imgs}"],
+    ],
+    ids=lambda verb: verb[0],
+)
+def test_an_image_folder_kept_elsewhere_is_never_an_output(tmp_path, cli, verb):
+    # The images lie beside the dataset's folder, named by info.image_root, as `instaseg convert` writes it.
+    imgs, data = tmp_path / "imgs", tmp_path / "data"
+    imgs.mkdir()
+    data.mkdir()
+    Image.new("RGB", (W, H), (40, 80, 120)).save(imgs / "a.png")
+    square = [4, 4, 14, 4, 14, 14, 4, 14]
+    io.write_json(data / "t.json", {
+        "info": {"image_root": "../imgs"},
+        "images": [{"id": 1, "file_name": "a.png", "width": W, "height": H}],
+        "categories": [{"id": 1, "name": "disc"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [square], "bbox": [4, 4, 10, 10],
+                         "area": 100, "iscrowd": 0, "score": 0.9}],
+    })
+    args = [a.format(json=data / "t.json", imgs=imgs) for a in verb]
+    result = cli(*args, "--overwrite")
+    assert_one_line_error(result, imgs, "the input")
+    assert sorted(p.name for p in imgs.iterdir()) == ["a.png"]

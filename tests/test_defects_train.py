@@ -175,6 +175,18 @@ def test_resume_refuses_other_training_images_unless_resume_anyway(shapes, tmp_p
     assert same.code == 0, same.stderr
 
 
+def test_resuming_past_the_end_of_an_epochs_batches_goes_on_with_the_next_epoch(shapes, tmp_path):
+    run = tmp_path / "run"
+    _train((shapes[0], None), run, batch_size=2)  # 8 images: 4 batches an epoch
+    checkpoint = read_checkpoint(run / "last.pt")
+    checkpoint["train_state"].update(epoch=0, batch_in_epoch=3)  # as if killed after the 3rd of 4 batches
+    save_checkpoint(run / "last.pt", checkpoint)
+    # With 4 images a batch the epoch has 2 batches, both behind the resumed position.
+    _train((shapes[0], None), run, epochs=3, batch_size=4, resume=True)  # 6 steps: 2 more after the 4 done
+    state = read_checkpoint(run / "last.pt")["train_state"]
+    assert (state["epoch"], state["batch_in_epoch"]) == (2, 0)
+
+
 def test_resume_refuses_a_last_pt_without_training_state(shapes, tmp_path):
     run = tmp_path / "run"
     _train((shapes[0], None), run)

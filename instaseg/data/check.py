@@ -411,7 +411,9 @@ class _Checker:
                 self._add(ERROR, "zero-area", f"{batch.label(p)} encloses no pixel", **self._where(owners[p]))
         for p, shape in zip(invalid, filled):
             points = coords[ring_offsets[p] : ring_offsets[p + 1]]
-            problem = None if empty[p] else _self_intersection(batch.polygons[p], points, shape, batch.widths[p], batch.heights[p])
+            # No pixels to compare where the image size is unusable (reported with the image) or the polygon far outside.
+            drawable = not (empty[p] or far[p]) and min(batch.widths[p], batch.heights[p]) > 0
+            problem = _self_intersection(batch.polygons[p], points, shape, batch.widths[p], batch.heights[p]) if drawable else None
             if problem:
                 self._add(WARNING, "self-intersection", f"{batch.label(p)} {problem}", **self._where(owners[p]))
 

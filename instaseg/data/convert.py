@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
+from instaseg import io
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats import coco, labelme, mask_files, masks, panoptic, semantic, via, yolo
 from instaseg.data.formats._common import Report
@@ -120,14 +121,30 @@ def load_dataset(
     class_name: str | None = None,
     classes: str | Path | None = None,
     validate: bool = True,
+    outputs: Iterable[str | Path | None] = (),
 ) -> Dataset:
     """What every verb's DATA argument means: a COCO JSON read as it is, any other format converted.
 
     A COCO file is not passed through the converter, which drops records it cannot use: ``check``
     must see them, and ``review apply`` must leave untouched records byte-identical. ``class_name``
     and ``classes`` are ``read_dataset``'s, for the formats that need them; ``validate`` is
-    ``Dataset.load``'s (``check`` reports what it would refuse).
+    ``Dataset.load``'s (``check`` reports what it would refuse). ``outputs``, the paths the verb
+    will write, are refused if they are or contain the dataset's image folder, which only the
+    loaded dataset knows (a COCO file may keep its images elsewhere, in ``info.image_root``).
     """
+    dataset = _load(src, fmt, images, class_name, classes, validate)
+    io.guard_outputs(outputs, image_roots=[dataset.image_root])
+    return dataset
+
+
+def _load(
+    src: str | Path,
+    fmt: str | None,
+    images: str | Path | None,
+    class_name: str | None,
+    classes: str | Path | None,
+    validate: bool,
+) -> Dataset:
     src = Path(src)
     if fmt in (None, "coco") and src.suffix.lower() == ".json" and src.is_file():
         try:
@@ -215,7 +232,8 @@ def check_kept(report: Report, src: Path, allow_skipped: bool = False) -> None:
     if not skipped or (kept and (allow_skipped or kept >= MIN_KEPT_SHARE * (kept + skipped))):
         return
     message, count = max(report.skipped.items(), key=lambda item: item[1])
-    advice = "; pass --allow-skipped to keep only these" if kept else ""
+    # Only `convert` takes --allow-skipped: a verb that trains or evaluates on a fraction of the labels would mislead.
+    advice = "; `instaseg convert --allow-skipped` keeps only these" if kept else ""
     raise InstasegError(
         f"kept {kept} of {kept + skipped} label records; {count} skipped like this one: "
         f"{report.first_skipped[message]}{advice}",
@@ -297,5 +315,6 @@ def convert(
         polylines_as_polygons=polylines_as_polygons,
         report=report,
     )
+    io.guard_outputs([out], image_roots=[dataset.image_root])
     write_dataset(dataset, out, out_format, overwrite=overwrite, split=split, report=report)
     return report
