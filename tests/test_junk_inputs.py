@@ -147,9 +147,9 @@ def _json_case(name: str):
     ).map(lambda junk: (file_name, set_path(make(), *junk), junk))
 
 
-def assert_refused(tmp_path: Path, src: Path, culprit: Path, junk: Any) -> None:
+def assert_refused(tmp_path: Path, src: Path, culprit: Path, junk: Any, *options: str) -> None:
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    result = run_cli("convert", src, tmp_path.parent / "out.json", "--class", "cell")
+    result = run_cli("convert", src, tmp_path.parent / "out.json", "--class", "cell", *options)
     assert_one_line_error(result)
     # A reader refuses the record itself, or drops it and then refuses a source that kept no label.
     assert str(culprit) in result.stderr or result.stderr.startswith(f"error: {src}: kept 0 of"), (junk, result.stderr)
@@ -204,3 +204,40 @@ def test_the_yolo_reader_refuses_junk_in_one_located_line(tmp_path_factory, posi
     (root / "labels" / "a.txt").write_text(line + "\n")
     (root / "data.yaml").write_text("names: [cell]\n")
     assert_refused(root, root, root / "labels" / "a.txt", line)
+
+
+# The PNG readers have no fields to spoil: their junk is the file itself (not a PNG, cut short, or a
+# label map that fits no image; big enough to hold its one label, which an empty map would not lose).
+JUNK_MASK = st.one_of(
+    st.binary(max_size=64).map(lambda data: ("bytes", data)),
+    st.floats(0.05, 0.6).map(lambda share: ("truncated", share)),  # cut inside the pixel data, before IEND
+    st.tuples(st.integers(15, 3 * W), st.integers(15, 3 * H)).filter(lambda size: size != (W, H)).map(lambda size: ("size", size)),
+)
+
+
+def _junk_png(path: Path, junk: tuple) -> None:
+    kind, value = junk
+    if kind == "bytes":
+        path.write_bytes(value)
+        return
+    ids = Image.new("L", value if kind == "size" else (W, H), 0)
+    ids.paste(1, (4, 4, 14, 14))
+    ids.save(path)
+    if kind == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * value)])
+
+
+@JUNK_SETTINGS
+@given(fmt=st.sampled_from(["masks", "mask-files"]), junk=JUNK_MASK)
+def test_the_png_readers_refuse_a_junk_mask_in_one_located_line(tmp_path_factory, fmt, junk):
+    root = _fresh(tmp_path_factory)
+    # masks: images/ beside masks/, one instance-id PNG per image;
+    # mask-files (DSB2018): <id>/images/<id>.png and <id>/masks/, one PNG per instance.
+    sample = root if fmt == "masks" else root / "a"
+    (sample / "images").mkdir(parents=True)
+    (root / "a.png").rename(sample / "images" / "a.png")
+    (sample / "masks").mkdir()
+    mask = sample / "masks" / ("a.png" if fmt == "masks" else "0.png")
+    _junk_png(mask, junk)
+    assert_refused(root, root, mask, junk, "--from", fmt)
