@@ -22,7 +22,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from instaseg.data import Dataset
-from instaseg.evaluate import evaluate_results
+from instaseg.evaluation import evaluate_results
 
 NUM_CLASSES = 10
 

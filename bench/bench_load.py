@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from pycocotools.coco import COCO
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.check import check_dataset
 

@@ -24,7 +24,7 @@ import torchvision
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
 from instaseg.models import count_parameters, get_model, list_models
-from instaseg.train import TrainingImages, _collate
+from instaseg.engine.train import TrainingImages, _collate
 
 
 def step_seconds(model: torch.nn.Module, batches: list, steps: int) -> float:

@@ -1,4 +1,4 @@
-"""Mask pasting: ``instaseg.masks.paste`` against torchvision's ``paste_masks_in_image``.
+"""Mask pasting: ``instaseg.core.masks.paste`` against torchvision's ``paste_masks_in_image``.
 
 Two numbers, same run: the time to paste 100 masks of 28 x 28 into a 2000 x 1500 image (boxes of
 25-1000 px), and how well each inverts the mask head's training targets: a disc mask is turned into
@@ -18,7 +18,7 @@ import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import roi_align
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 
 
 def best_of(repeats: int, work) -> float:

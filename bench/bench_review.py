@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
 from instaseg.review import inject_noise, review, review_document, save_dataset
@@ -43,7 +43,7 @@ from instaseg.review.noise import BAD_MASK_MAX_IOU
 from instaseg.review.report import write_outputs
 from instaseg.review.score import CONFIDENT_MATCH, ReviewSettings
 from instaseg.review.sources import assign_folds, judge_held_out, out_of_fold_predictions
-from instaseg.train import FLIPS, PHOTOMETRIC
+from instaseg.engine.train import FLIPS, PHOTOMETRIC
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TYPES = ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
@@ -253,7 +253,7 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     report.mkdir()
     write_outputs(report, document, noisy, max_pictures=60)
 
-    from instaseg.evaluate import evaluate
+    from instaseg.evaluation import evaluate
 
     mask_ap = float(evaluate(clean, predictions).stats["segm"][0])  # of the fold models, against the clean labels
     result = {"name": name, "images": len(noisy.images), "labels": len(noisy.annotations), "injected": len(injected),
@@ -348,7 +348,7 @@ def markdown(results: list[dict], args, command: str) -> str:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU only. "
         f"Out-of-fold models: K = {args.folds} folds, {budget(args)} of training per fold "
-        f"(default architecture of `instaseg.train.train`, preset 'small' for the synthetic shapes, 'cpu' for the nuclei), trained on the noisy labels.",
+        f"(default architecture of `instaseg.engine.train.train`, preset 'small' for the synthetic shapes, 'cpu' for the nuclei), trained on the noisy labels.",
         "",
         f"Injected (seed {args.noise_seed}): 10% missing, 10% extra, 5% wrong class (multi-class data only), 10% bad masks, "
         "3% duplicates. AP = average precision of each type's ranking; P@k / R@k = precision / recall "

@@ -126,8 +126,8 @@ def ours_child(args: argparse.Namespace) -> None:
     """(Child process.) Train our model for the budget, predict val, time 512 px inference."""
     import torch
 
-    from instaseg.predictor import load
-    from instaseg.train import train
+    from instaseg.engine.predictor import load
+    from instaseg.engine.train import train
 
     torch.set_num_threads(THREADS)
     folder, out = Path(args.data), Path(args.run_dir)
@@ -163,8 +163,8 @@ def _latency_image(dataset) -> np.ndarray:
 
 
 def run_dataset(name: str, minutes: float, out: Path, models: list[str], recipe: list[str]) -> None:
-    from instaseg.evaluate import evaluate, evaluate_results
-    from instaseg.structures import Instances
+    from instaseg.evaluation import evaluate, evaluate_results
+    from instaseg.core.structures import Instances
 
     folder = prepare(name, out / "data")
     _, val_set = splits(folder)
@@ -287,7 +287,7 @@ How it was measured:
 
 - Both models train from scratch (no pretrained weights anywhere) for the same wall-clock budget,
   validation included, with `torch.set_num_threads(2)`, one run after the other on the same
-  machine. instaseg: `instaseg.train.train(..., minutes=M)` with the preset named in
+  machine. instaseg: `instaseg.engine.train.train(..., minutes=M)` with the preset named in
   `bench/bench_train.py` (its cosine schedule is fitted to the budget; `val_every=M/2`, i.e. two
   validations instead of the default eight, because each costs minutes on large images). YOLOv8n-seg:
   `YOLO("yolov8n-seg.yaml").train(time=M/60, pretrained=False, amp=False, plots=False, batch=8)`

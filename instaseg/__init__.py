@@ -16,8 +16,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from instaseg.data import Dataset  # noqa: E402
-from instaseg.errors import InstasegError  # noqa: E402
-from instaseg.structures import Instances  # noqa: E402
+from instaseg.core.errors import InstasegError  # noqa: E402
+from instaseg.core.structures import Instances  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -27,7 +27,7 @@ __all__ = ["Dataset", "Instances", "InstasegError", "__version__", "get_model", 
 def __getattr__(name: str):
     # torch and torchvision take seconds to import; only pay for them when a model is wanted.
     if name == "load":
-        from instaseg.predictor import load
+        from instaseg.engine.predictor import load
 
         return load
     if name in ("get_model", "list_models"):

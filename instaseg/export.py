@@ -33,8 +33,8 @@ import onnx
 import torch
 from torch import nn
 
-from instaseg import io
-from instaseg.errors import InstasegError
+from instaseg.core import io
+from instaseg.core.errors import InstasegError
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
 INPUT_NAMES = ["image"]

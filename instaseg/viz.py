@@ -17,11 +17,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from instaseg import io
+from instaseg.core import io
 from instaseg.data.check import check_dataset
 from instaseg.data.dataset import Dataset
-from instaseg.errors import InstasegError
-from instaseg.structures import Instances
+from instaseg.core.errors import InstasegError
+from instaseg.core.structures import Instances
 
 # Labels stop once they cover this share of the picture: beyond it they hide what they name.
 LABEL_AREA_BUDGET = 0.2

@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.review import appearance as look_module
 from instaseg.review import review
 from instaseg.review.appearance import appearance, object_likeness, outline_fit, unlabelled_objects
-from instaseg.structures import Instances
+from instaseg.core.structures import Instances
 
 SIZE = 96
 CENTRES = [(14, 14), (14, 48), (14, 82), (48, 14), (48, 48), (48, 82), (82, 14), (82, 48), (82, 82)]

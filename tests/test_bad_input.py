@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error
-from instaseg import io
+from instaseg.core import io
 
 W, H = 32, 24
 SQUARE = [4, 4, 14, 4, 14, 14, 4, 14]

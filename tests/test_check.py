@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.check import check_dataset, count_problems, fix_dataset
 

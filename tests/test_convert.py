@@ -13,11 +13,11 @@ import yaml
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.convert import Report, detect_format, load_dataset, read_dataset, write_dataset
-from instaseg.geometry import join_polygons
-from instaseg.errors import InstasegError
+from instaseg.core.geometry import join_polygons
+from instaseg.core.errors import InstasegError
 
 H, W = 40, 50
 

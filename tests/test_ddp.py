@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from instaseg.data.synth import make_synthetic
-from instaseg.predictor import read_checkpoint
+from instaseg.engine.checkpoint import read_checkpoint
 
 
 def test_two_processes_train_with_ddp(tmp_path):
@@ -37,9 +37,9 @@ NAN_ON_RANK_1 = """
 import os
 import sys
 import torch.distributed as dist
-from instaseg import train as training
+from instaseg.engine import train as training
 from instaseg.data import Dataset
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 
 build = training._Run._build
 

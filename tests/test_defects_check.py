@@ -14,10 +14,10 @@ import pytest
 import shapely
 from PIL import Image
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.check import check_dataset, count_problems, fix_dataset
-from instaseg.geometry import join_polygons
+from instaseg.core.geometry import join_polygons
 from conftest import shared_dataset
 
 W, H = 40, 30

@@ -10,7 +10,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from test_bad_input import Case, H, W, _coco
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 
 
 @pytest.fixture

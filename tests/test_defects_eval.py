@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.convert import read_dataset
 from instaseg.data.synth import make_synthetic
-from instaseg.errors import InstasegError
-from instaseg.evaluate import evaluate_results, load_predictions
-from instaseg.predict import predict_images
+from instaseg.core.errors import InstasegError
+from instaseg.evaluation import evaluate_results, load_predictions
+from instaseg.engine.predict import predict_images
 from instaseg.review.sources import load_prediction_file
 from conftest import assert_one_line_error, shared_dataset
 from test_evaluate import TOLERANCE, make_case, pycocotools_eval

@@ -16,7 +16,7 @@ from pycocotools import mask as coco_mask
 from conftest import assert_one_line_error
 from instaseg.data import Dataset
 from instaseg.data.convert import Report, read_dataset
-from instaseg.geometry import join_polygons
+from instaseg.core.geometry import join_polygons
 
 W, H = 32, 24
 SQUARE = [[4, 4], [14, 4], [14, 14], [4, 14]]

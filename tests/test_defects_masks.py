@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error
-from instaseg import io
+from instaseg.core import io
 from instaseg.data.convert import read_dataset, write_dataset
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import Report

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error
-from instaseg import io
-from instaseg.errors import InstasegError
-from instaseg.structures import Instances
+from instaseg.core import io
+from instaseg.core.errors import InstasegError
+from instaseg.core.structures import Instances
 
 W, H = 32, 24
 
@@ -41,9 +41,9 @@ def tree(tmp_path, monkeypatch):
     """tmp/ds/{data.json, a.png, results.json, preds/, rev/}, tmp/imgs/{a,b}.png, tmp/link -> imgs, tmp/m.pt."""
     # Modules the verbs import lazily bind ``load`` when first imported: import them before patching,
     # so that they keep the real one once this test is over.
-    import instaseg.quickstart  # noqa: F401
+    import instaseg.cli.quickstart  # noqa: F401
 
-    monkeypatch.setattr("instaseg.predictor.load", lambda path: FakePredictor())
+    monkeypatch.setattr("instaseg.engine.predictor.load", lambda path: FakePredictor())
     ds, imgs = tmp_path / "ds", tmp_path / "imgs"
     ds.mkdir()
     imgs.mkdir()
@@ -242,7 +242,7 @@ def test_an_earlier_output_folder_survives_a_failed_rename(tmp_path, monkeypatch
 
 KILLED_WRITE = """
 import os, sys
-from instaseg import io
+from instaseg.core import io
 writing = io.atomic_path(sys.argv[1])
 writing.__enter__().write_text("half")
 os._exit(9)  # as if killed: no clean-up runs
@@ -278,7 +278,7 @@ def test_python_warnings_are_one_line_without_source_paths(cli, tree, monkeypatc
         warnings.warn("first line\n  second line", UserWarning)
         raise InstasegError("stop here", file="data.json")
 
-    monkeypatch.setattr("instaseg.cli_check.load_dataset", warns)
+    monkeypatch.setattr("instaseg.cli.check.load_dataset", warns)
     shown = warnings.showwarning
     result = cli("check", tree / "ds" / "data.json")
     assert result.stderr.splitlines() == [

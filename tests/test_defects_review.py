@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from instaseg import io
-from instaseg import masks as mask_ops
+from instaseg.core import io
+from instaseg.core import masks as mask_ops
 from instaseg.review.appearance import MAX_PIXELS, reduced_size
 
 BOUND = 3 << 30
@@ -64,7 +64,7 @@ def run_bounded(code: str) -> subprocess.CompletedProcess:
     prelude = textwrap.dedent(f"""
         import resource, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import test_defects_review, instaseg.cli, instaseg.cli_review, instaseg.evaluate, instaseg.review
+        import test_defects_review, instaseg.cli, instaseg.cli.review, instaseg.evaluation, instaseg.review
         try:
             import torch  # a lazy import of it later would count against the bound
         except ImportError:

@@ -21,12 +21,13 @@ from conftest import assert_one_line_error
 from instaseg.cli import app
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 from instaseg.export import FORMATS
 from instaseg.models import MODELS
 from instaseg.models.maskrcnn import PRESETS
-from instaseg.predictor import CHECKPOINT_FORMAT, Predictor, read_checkpoint, save_checkpoint
-from instaseg.train import _Run, train
+from instaseg.engine.predictor import Predictor
+from instaseg.engine.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
+from instaseg.engine.train import _Run, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough that one iteration takes well under a second on one core.

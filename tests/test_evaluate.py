@@ -15,11 +15,11 @@ from pycocotools import mask as pycoco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
-from instaseg.errors import InstasegError
-from instaseg.evaluate import STAT_NAMES, evaluate, evaluate_results, load_predictions
-from instaseg.structures import Instances
+from instaseg.core.errors import InstasegError
+from instaseg.evaluation import STAT_NAMES, evaluate, evaluate_results, load_predictions
+from instaseg.core.structures import Instances
 
 TOLERANCE = 1e-9
 
@@ -517,7 +517,7 @@ def test_nan_and_infinite_scores_in_json_are_refused(tmp_path, cli):
 
 
 def test_pycocotools_mask_codec_agrees_with_ours():
-    """The cases above build RLE through instaseg.masks; pycocotools must read them the same way."""
+    """The cases above build RLE through instaseg.core.masks; pycocotools must read them the same way."""
     mask = _blob(np.random.default_rng(0), 30, 40, "normal")
     ours = _rle(mask)
     decoded = pycoco_mask.decode({"size": ours["size"], "counts": ours["counts"].encode()})

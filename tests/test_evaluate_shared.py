@@ -7,8 +7,8 @@ import copy
 import cv2
 import numpy as np
 
-from instaseg import masks as mask_ops
-from instaseg.evaluate import evaluate_results
+from instaseg.core import masks as mask_ops
+from instaseg.evaluation import evaluate_results
 from conftest import shared_dataset
 from test_evaluate import TOLERANCE, pycocotools_eval
 

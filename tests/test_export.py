@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 from instaseg.export import OUTPUT_NAMES, ExportModule, export_model
-from instaseg.predictor import load
+from instaseg.engine.predictor import load
 from test_predict import write_tiny_checkpoint
 
 ort = pytest.importorskip("onnxruntime")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data import Dataset
-from instaseg.errors import InstasegError
-from instaseg.structures import Instances
+from instaseg.core.errors import InstasegError
+from instaseg.core.structures import Instances
 
 
 def _disc(h, w, cy, cx, r):

@@ -9,11 +9,12 @@ import torch
 from PIL import Image
 
 import instaseg
-from instaseg import predictor as predictor_module
-from instaseg.errors import InstasegError
+from instaseg.engine import predictor as predictor_module
+from instaseg.core.errors import InstasegError
 from instaseg.models import MODELS, count_parameters, get_model, list_models, register_model
 from instaseg.models.maskrcnn import BACKBONES, PRESETS
-from instaseg.predictor import CHECKPOINT_FORMAT, load, read_checkpoint, save_checkpoint
+from instaseg.engine.predictor import load
+from instaseg.engine.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 
 CLASSES = ["circle", "square", "triangle"]
 TINY = {"min_size": 64, "max_size": 64, "train_scales": (1.0,), "box_detections_per_img": 10}

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
 from instaseg.review import inject_noise, review

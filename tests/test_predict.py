@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
-from instaseg.errors import InstasegError
-from instaseg.predict import predict_images
-from instaseg.structures import Instances
+from instaseg.core.errors import InstasegError
+from instaseg.engine.predict import predict_images
+from instaseg.core.structures import Instances
 
 
 class FakePredictor:
@@ -96,7 +96,7 @@ def test_images_that_reach_the_detection_cap_are_named(tmp_path, image_dir, cli,
     assert counts["max_detections"] == 1 and counts["capped"] == ["a.png", "sub/b.jpg"]
     assert predict_images(FakePredictor(), [image_dir], score_threshold=0.1, out=tmp_path / "q", overlays=False)["capped"] == []
 
-    monkeypatch.setattr("instaseg.predictor.load", lambda path: FakePredictor())
+    monkeypatch.setattr("instaseg.engine.predictor.load", lambda path: FakePredictor())
     r = cli("predict", "fake.pt", image_dir, "--score", "0.1", "--max-detections", "1", "--out", tmp_path / "r", "--no-overlays")
     assert r.code == 0 and "2 image(s) reached the cap of 1 instances" in r.stderr and "--max-detections" in r.stderr
     r = cli("predict", "fake.pt", image_dir, "--max-detections", "0", "--out", tmp_path / "s")
@@ -162,7 +162,7 @@ def write_tiny_checkpoint(path, class_names=("a", "b")):
     import torch
 
     from instaseg.models.registry import resolve_config
-    from instaseg.predictor import CHECKPOINT_FORMAT, save_checkpoint
+    from instaseg.engine.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
     torch.manual_seed(0)
     kwargs = resolve_config("maskrcnn_resnet18_fpn", "small", min_size=64, max_size=64, fpn_channels=32, box_head_fc=64)

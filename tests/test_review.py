@@ -14,14 +14,14 @@ import pytest
 from PIL import Image
 
 import instaseg
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.stats import object_size
-from instaseg.predictor import read_checkpoint
+from instaseg.engine.checkpoint import read_checkpoint
 from instaseg.review import apply_review, review
 from instaseg.review.score import ReviewSettings, boundary_band, boundary_iou, edge_alignment, image_edges
 from instaseg.review.sources import assign_folds, out_of_fold_predictions, seen_warning, training_image_digests
-from instaseg.structures import Instances
+from instaseg.core.structures import Instances
 
 H = W = 64
 CLASSES = ("cat", "dog")
@@ -433,7 +433,7 @@ def test_out_of_fold_models_never_judge_images_they_trained_on(monkeypatch, tmp_
             asked.append((None, object_size))
             return np.tile([[0.1, 0.2, 0.3, 0.4]], (len(boxes), 1))  # background, dog, cat, bird
 
-    monkeypatch.setitem(sys.modules, "instaseg.train", types.SimpleNamespace(train=fake_train))
+    monkeypatch.setitem(sys.modules, "instaseg.engine.train", types.SimpleNamespace(train=fake_train))
     monkeypatch.setattr(instaseg, "load", FakePredictor, raising=False)
     predictions, label_probs, info = out_of_fold_predictions(ds, 2, out=tmp_path, minutes_per_fold=1)
     assert sorted(predictions) == [img["id"] for img in ds.images]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from instaseg import io
+from instaseg.core import io
 from instaseg.data import Dataset
 from instaseg.data.stats import dataset_stats, object_size
 

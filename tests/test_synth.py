@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.synth import CLASS_NAMES, MIN_VISIBLE_PIXELS, make_synthetic
 

@@ -13,11 +13,12 @@ from PIL import Image
 from instaseg.data import Dataset
 from instaseg.data.stats import object_size
 from instaseg.data.synth import make_synthetic
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 from instaseg.models import get_model
-from instaseg.predictor import load, read_checkpoint
+from instaseg.engine.predictor import load
+from instaseg.engine.checkpoint import read_checkpoint
 from instaseg.review.sources import seen_warning, training_image_digests
-from instaseg.train import WARMUP_ITERS, TrainingImages, _Run, epoch_batches, load_weights, train
+from instaseg.engine.train import WARMUP_ITERS, TrainingImages, _Run, epoch_batches, load_weights, train
 
 # Small enough that one iteration takes well under a second on one core.
 TINY = {"min_size": 64, "max_size": 64, "train_scales": (1.0,), "box_detections_per_img": 10,
@@ -166,7 +167,7 @@ def test_batches_group_orientations_and_shard_evenly():
 
 
 def test_quickstart_runs_every_step(tmp_path):
-    from instaseg.quickstart import quickstart
+    from instaseg.cli.quickstart import quickstart
 
     summary = quickstart(tmp_path / "qs", minutes=0.05, num_train=8, num_val=2)
     assert 0.0 <= summary["mask_mAP"] <= 1.0

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from conftest import shared_dataset
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.convert import read_dataset
-from instaseg.structures import Instances
+from instaseg.core.structures import Instances
 from instaseg.viz import draw_instances, enlarge, instance_color, save_overlays, side_by_side
 
 

@@ -29,10 +29,10 @@ import shapely
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
-from instaseg.errors import InstasegError
-from instaseg.geometry import coco_polygons, even_odd_shape
+from instaseg.core.errors import InstasegError
+from instaseg.core.geometry import coco_polygons, even_odd_shape
 
 ERROR = "error"
 WARNING = "warning"

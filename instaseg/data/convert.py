@@ -14,11 +14,11 @@ import logging
 from pathlib import Path
 from typing import Callable, Iterable
 
-from instaseg import io
+from instaseg.core import io
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats import coco, labelme, mask_files, masks, panoptic, semantic, via, yolo
 from instaseg.data.formats._common import Report
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 
 __all__ = ["READERS", "WRITERS", "Report", "check_kept", "convert", "detect_format", "read_dataset", "write_dataset"]
 

@@ -15,9 +15,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from instaseg import io, masks as mask_ops
-from instaseg.errors import InstasegError
-from instaseg.structures import Instances
+from instaseg.core import io, masks as mask_ops
+from instaseg.core.errors import InstasegError
+from instaseg.core.structures import Instances
 
 _REQUIRED = {
     "images": (("id", int), ("file_name", str), ("width", int), ("height", int)),

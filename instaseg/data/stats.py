@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import shapely
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 
 SMALL_AREA = 32**2
 MEDIUM_AREA = 96**2

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 
 CLASS_NAMES = ("circle", "square", "triangle", "star")
 # Fragments smaller than this (after occlusion) are dropped rather than labelled: too few pixels to tell the shape.

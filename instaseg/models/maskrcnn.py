@@ -34,6 +34,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from instaseg.models.base import InputSizes, InstanceSegmenter
 from instaseg.models.registry import register_model
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d")
@@ -129,6 +130,37 @@ class RoIHeadsWithProbs(RoIHeads):
         return results
 
 
+class MaskRCNNSegmenter(MaskRCNN, InstanceSegmenter):
+    """torchvision's ``MaskRCNN`` behind the model protocol (same modules, so the same state dict)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, **kwargs) -> None:
+        super().__init__(backbone, **kwargs)
+        self.num_classes = num_classes
+
+    @property
+    def input_sizes(self) -> InputSizes:
+        sizes = tuple(int(s) for s in self.transform.min_size)
+        return InputSizes(short_side=sizes[-1], max_side=int(self.transform.max_size), train_short_sides=sizes)
+
+    @property
+    def max_detections(self) -> int:
+        return self.roi_heads.detections_per_img
+
+    def losses(self, images, targets, *, resize=True):
+        # torchvision's transform resizes only in training and only when _skip_resize is unset.
+        self.transform._skip_resize = not resize
+        return self(images, targets)
+
+    def detect(self, images, *, scales=None, score_threshold=0.05, max_detections=None):
+        raise NotImplementedError  # TODO(H1)
+
+    def predict_boxes(self, images, boxes, *, scales=None):
+        raise NotImplementedError  # TODO(H1)
+
+    def export_module(self, size):
+        raise NotImplementedError  # TODO(H1)
+
+
 def build_maskrcnn(
     *,
     num_classes: int,
@@ -151,7 +183,7 @@ def build_maskrcnn(
     box_head_fc: int = 1024,
     mask_head_convs: int = 4,
     box_detections_per_img: int = 100,
-) -> MaskRCNN:
+) -> MaskRCNNSegmenter:
     """A Mask R-CNN with random weights; the defaults are the paper's (torchvision's "v2" heads).
 
     Args:
@@ -183,8 +215,9 @@ def build_maskrcnn(
         (fpn_channels, 7, 7), [fpn_channels] * box_head_convs, [box_head_fc], norm_layer=head_norm
     )
     min_sizes = tuple(sorted({round(min_size * s) for s in train_scales} - {min_size})) + (min_size,)
-    model = MaskRCNN(
+    model = MaskRCNNSegmenter(
         body,
+        num_classes,
         min_size=min_sizes,
         max_size=max(max_size, round(max_size * max(train_scales))),
         rpn_anchor_generator=anchors,
@@ -269,36 +302,36 @@ PRESETS: dict[str, dict] = {
         "balloon val mask mAP": "0.084 after 15 minutes, cpu preset",
     },
 )
-def maskrcnn_resnet18_fpn(*, num_classes: int, **kw) -> MaskRCNN:
+def maskrcnn_resnet18_fpn(*, num_classes: int, **kw) -> MaskRCNNSegmenter:
     """Mask R-CNN with a resnet18 backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="resnet18", **kw)
 
 
 @register_model("maskrcnn_resnet34_fpn", description="ResNet-34 + FPN", backbone="resnet34", presets=PRESETS)
-def maskrcnn_resnet34_fpn(*, num_classes: int, **kw) -> MaskRCNN:
+def maskrcnn_resnet34_fpn(*, num_classes: int, **kw) -> MaskRCNNSegmenter:
     """Mask R-CNN with a resnet34 backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="resnet34", **kw)
 
 
 @register_model("maskrcnn_resnet50_fpn", description="ResNet-50 + FPN: the paper's baseline", backbone="resnet50", presets=PRESETS)
-def maskrcnn_resnet50_fpn(*, num_classes: int, **kw) -> MaskRCNN:
+def maskrcnn_resnet50_fpn(*, num_classes: int, **kw) -> MaskRCNNSegmenter:
     """Mask R-CNN with a resnet50 backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="resnet50", **kw)
 
 
 @register_model("maskrcnn_resnet101_fpn", description="ResNet-101 + FPN: the most accurate and slowest", backbone="resnet101", presets=PRESETS)
-def maskrcnn_resnet101_fpn(*, num_classes: int, **kw) -> MaskRCNN:
+def maskrcnn_resnet101_fpn(*, num_classes: int, **kw) -> MaskRCNNSegmenter:
     """Mask R-CNN with a resnet101 backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="resnet101", **kw)
 
 
 @register_model("maskrcnn_resnext50_32x4d_fpn", description="ResNeXt-50 32x4d + FPN", backbone="resnext50_32x4d", presets=PRESETS)
-def maskrcnn_resnext50_32x4d_fpn(*, num_classes: int, **kw) -> MaskRCNN:
+def maskrcnn_resnext50_32x4d_fpn(*, num_classes: int, **kw) -> MaskRCNNSegmenter:
     """Mask R-CNN with a resnext50_32x4d backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="resnext50_32x4d", **kw)
 
 
 @register_model("maskrcnn_mobilenet_v3_large_fpn", description="MobileNetV3-Large + FPN: the fewest FLOPs", backbone="mobilenet_v3_large", presets=PRESETS)
-def maskrcnn_mobilenet_v3_large_fpn(*, num_classes: int, **kw) -> MaskRCNN:
+def maskrcnn_mobilenet_v3_large_fpn(*, num_classes: int, **kw) -> MaskRCNNSegmenter:
     """Mask R-CNN with a mobilenet_v3_large backbone; ``kw`` as in ``build_maskrcnn``."""
     return build_maskrcnn(num_classes=num_classes, backbone="mobilenet_v3_large", **kw)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 
 
 @dataclass(frozen=True)

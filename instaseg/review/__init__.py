@@ -17,9 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from instaseg import io
+from instaseg.core import io
 from instaseg.data.dataset import Dataset
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 from instaseg.review.apply import IdRanges, apply_review
 from instaseg.review.noise import inject_noise
 from instaseg.review.report import write_outputs
@@ -88,7 +88,7 @@ def run_review(
         minutes_per_fold, epochs_per_fold: training budget of each fold model.
         architecture: model name for the fold models (the trainer's default when None).
         preset: model preset for the fold models ("cpu", "gpu", "small"; the trainer's default when None).
-        crop_size, flips, photometric, processes: how the fold models train (see ``instaseg.train.train``).
+        crop_size, flips, photometric, processes: how the fold models train (see ``instaseg.engine.train.train``).
         max_pictures: draw pictures for this many suggestions, worst first.
         seed: fixes the fold split and training.
         settings: thresholds of the rules (the defaults suit most datasets).

@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 
 # Gaussian scales of the features, in object sides (at least MIN_SIGMA pixels): the pixel itself, its
 # close surroundings, and the object as a whole.

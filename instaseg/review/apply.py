@@ -11,9 +11,9 @@ import bisect
 import re
 from typing import Iterable
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 from instaseg.data.dataset import Dataset
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 

@@ -24,9 +24,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 from instaseg.data.dataset import Dataset
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 
 ERROR_TYPES = ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
 # A distortion milder than this could pass for annotator style rather than an error.

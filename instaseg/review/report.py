@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
 from instaseg.review.score import SUGGESTION_TYPES
-from instaseg.structures import Instances
+from instaseg.core.structures import Instances
 
 PANEL_SIZE = 256  # long side of each half of a picture, in pixels
 _HEADER = 22

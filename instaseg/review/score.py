@@ -50,11 +50,11 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 from instaseg.data.dataset import Dataset
 from instaseg.data.stats import object_size
 from instaseg.review.appearance import Appearance, appearance, object_likeness, outline_fit, unlabelled_objects
-from instaseg.structures import Instances
+from instaseg.core.structures import Instances
 
 SUGGESTION_TYPES = ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
 

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 from instaseg.data.dataset import Dataset
 from instaseg.data.stats import object_size
-from instaseg.errors import InstasegError
-from instaseg.structures import Instances
+from instaseg.core.errors import InstasegError
+from instaseg.core.structures import Instances
 
 if TYPE_CHECKING:
-    from instaseg.predictor import Predictor
+    from instaseg.engine.predictor import Predictor
 
 PREDICT_SCORE_THRESHOLD = 0.05
 # Detections allowed per labelled instance, above the model's own cap: a crowded image (hundreds of
@@ -76,7 +76,7 @@ def load_prediction_file(dataset: Dataset, path: str | Path) -> tuple[dict[int, 
     folder that covers only some of the images draws a warning, since the others are judged as
     images on which the model found nothing.
     """
-    from instaseg.evaluate import load_predictions
+    from instaseg.evaluation import load_predictions
 
     warnings = [UNSEEN_WARNING]
     results = load_predictions(dataset, path, warnings)
@@ -175,14 +175,14 @@ def out_of_fold_predictions(
         model: architecture name (the trainer's default when None).
         minutes_per_fold, epochs_per_fold: training budget of each fold.
         seed: fixes the fold split and the training.
-        train_options: further keyword arguments for ``instaseg.train.train``.
+        train_options: further keyword arguments for ``instaseg.engine.train.train``.
 
     Returns:
         ``(predictions, label_probs, info)``: image id -> Instances for every image, annotation id
         -> the held-out model's class probabilities for that label's box (see ``judge``), and
         ``info`` with the fold of each image and the checkpoint of each fold.
     """
-    from instaseg.train import train
+    from instaseg.engine.train import train
 
     folds = assign_folds(dataset, k, seed)
     checkpoints = []

@@ -13,10 +13,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
-from instaseg.errors import InstasegError
-from instaseg.geometry import join_polygons
+from instaseg.core.errors import InstasegError
+from instaseg.core.geometry import join_polygons
 
 DEFAULT_CLASS = "object"
 # zlib level for label PNGs: flat label maps compress nearly as well at 1 as at PIL's default 6, several times faster.

@@ -11,10 +11,10 @@ import math
 import os
 from pathlib import Path
 
-from instaseg import io
+from instaseg.core import io
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import Report
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 
 
 def read(src: Path, *, report: Report, images: Path | None = None, **_) -> Dataset:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import (
     DatasetBuilder,
@@ -33,8 +33,8 @@ from instaseg.data.formats._common import (
     output_names,
     read_class_file,
 )
-from instaseg.errors import InstasegError
-from instaseg.geometry import clip_to_image
+from instaseg.core.errors import InstasegError
+from instaseg.core.geometry import clip_to_image
 
 LABELME_VERSION = "5.5.0"
 CIRCLE_VERTICES = 64

@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import DEFAULT_CLASS, DatasetBuilder, Report, copy_image, output_names, read_mask_png
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 
 
 def sample_folders(src: Path) -> list[Path]:

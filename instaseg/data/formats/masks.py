@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import (
     DEFAULT_CLASS,
@@ -40,7 +40,7 @@ from instaseg.data.formats._common import (
     read_class_file,
     read_mask_png,
 )
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 
 
 # What often follows the image's stem in a mask's (PNGImages/FudanPed00001.png, PedMasks/FudanPed00001_mask.png).

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import FAST_PNG, Report, output_names
 from instaseg.data.formats.masks import paint

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from instaseg import io
+from instaseg.core import io
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import FAST_PNG, Report, output_names
 from instaseg.data.formats.masks import paint

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from instaseg import io
+from instaseg.core import io
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import (
     DEFAULT_CLASS,
@@ -32,8 +32,8 @@ from instaseg.data.formats._common import (
     output_names,
     single_outline,
 )
-from instaseg.errors import InstasegError
-from instaseg.geometry import clip_to_image
+from instaseg.core.errors import InstasegError
+from instaseg.core.geometry import clip_to_image
 
 CLASS_ATTRIBUTES = ("class", "label", "name", "type", "category")
 # Circles and ellipses become polygons with this many vertices (under 1% area error at any size).

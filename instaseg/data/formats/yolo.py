@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from instaseg import io
+from instaseg.core import io
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import (
     DatasetBuilder,
@@ -32,8 +32,8 @@ from instaseg.data.formats._common import (
     read_text,
     single_outline,
 )
-from instaseg.errors import InstasegError
-from instaseg.geometry import clip_to_image
+from instaseg.core.errors import InstasegError
+from instaseg.core.geometry import clip_to_image
 
 
 def label_path(image: Path) -> Path | None:

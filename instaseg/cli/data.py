@@ -1,4 +1,4 @@
-"""CLI verbs for the data step (registered on ``instaseg.cli.app``)."""
+"""CLI verbs that make datasets: ``convert`` and ``synth``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ from typing import Optional
 
 import typer
 
-from instaseg.cli import app
 from instaseg.data.convert import READERS, WRITERS, convert as convert_dataset
 
 
-@app.command()
 def convert(
     src: Path = typer.Argument(..., help="Dataset to read: a JSON file or a folder, depending on the format."),
     out: Path = typer.Argument(..., help="Output: a .json file for coco, a folder for the other formats."),
@@ -54,7 +52,7 @@ def convert(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Convert a dataset between coco, yolo, via, labelme, masks, mask-files, semantic and panoptic."""
-    from instaseg import io
+    from instaseg.core import io
 
     io.guard_outputs([out], [src, classes], [images or src])
     report = convert_dataset(
@@ -80,3 +78,22 @@ def convert(
         f"read {report.images} images, {report.instances_read} instances ({report.source_format}); "
         f"wrote {report.instances_written} instances to {out}; {len(report.warnings)} warnings"
     )
+
+
+def synth(
+    out: Path = typer.Argument(..., help="Folder to create (train.json, val.json and the images)."),
+    num_train: int = typer.Option(200, "--num-train", min=0, help="Training images."),
+    num_val: int = typer.Option(50, "--num-val", min=0, help="Validation images."),
+    size: int = typer.Option(128, "--size", min=32, help="Image width and height in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Make a synthetic dataset of coloured shapes (circle, square, triangle, star) with COCO masks."""
+    from instaseg.core import io
+    from instaseg.data.synth import make_synthetic
+
+    io.guard_outputs([out])
+    train_json, val_json = make_synthetic(
+        out, num_train=num_train, num_val=num_val, size=size, seed=seed, overwrite=overwrite
+    )
+    typer.echo(f"wrote {train_json} and {val_json}")

@@ -1,4 +1,4 @@
-"""CLI verbs to inspect a dataset: ``check``, ``stats`` and ``show`` (registered on ``instaseg.cli.app``)."""
+"""CLI verbs to inspect a dataset: ``check``, ``stats`` and ``show``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from typing import Optional
 
 import typer
 
-from instaseg import io
-from instaseg.cli import app
+from instaseg.core import io
 from instaseg.data.check import check_dataset, count_problems, fix_dataset, save_fixed
 from instaseg.data.convert import load_dataset
 from instaseg.data.stats import dataset_stats, plot_stats, stats_tables
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 from instaseg.viz import save_overlays
 
 EXIT_PROBLEMS = 1
@@ -23,7 +22,6 @@ DataArgument = typer.Argument(..., help="The dataset: a COCO JSON file (or any f
 ImagesOption = typer.Option(None, "--images", help="Folder the image file names are relative to (default: beside DATA).")
 
 
-@app.command()
 def check(
     data: Path = DataArgument,
     images: Optional[Path] = ImagesOption,
@@ -68,7 +66,6 @@ def check(
         raise typer.Exit(EXIT_PROBLEMS)
 
 
-@app.command()
 def stats(
     data: Path = DataArgument,
     images: Optional[Path] = ImagesOption,
@@ -95,7 +92,6 @@ def stats(
         console.print(f"wrote {plot}")
 
 
-@app.command()
 def show(
     data: Path = DataArgument,
     out: Path = typer.Option(..., "--out", help="Folder to write one overlay PNG per image into."),

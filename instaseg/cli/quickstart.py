@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from instaseg import io
+from instaseg.core import io
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
-from instaseg.evaluate import evaluate
+from instaseg.evaluation import evaluate
 from instaseg.models import DEFAULT_MODEL
-from instaseg.predict import predict_images
-from instaseg.predictor import load
-from instaseg.train import check_options, train, usable_cores
+from instaseg.engine.predict import predict_images
+from instaseg.engine.predictor import load
+from instaseg.engine.train import check_options, train, usable_cores
 
 # Tuned on a 2-core CPU (see BENCHMARKS.md): more distinct images beat more epochs.
 NUM_TRAIN_IMAGES = 1000

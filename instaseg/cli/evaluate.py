@@ -1,4 +1,4 @@
-"""CLI verb ``eval``: the COCO metric of predictions against ground truth (registered on ``instaseg.cli.app``)."""
+"""CLI verb ``eval``: the COCO metric of predictions against ground truth."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from instaseg import io
-from instaseg.cli import app
+from instaseg.core import io
 from instaseg.data.convert import load_dataset
-from instaseg.evaluate import ERROR_KINDS, EvalResult, evaluate_results, load_predictions, write_report
+from instaseg.evaluation import ERROR_KINDS, EvalResult, evaluate_results, load_predictions, write_report
 
 TOP_IMAGES = 10
 # short column headings keep the worst-images table inside an 80-column terminal
@@ -33,7 +32,6 @@ class IouType(str, Enum):
     both = "both"
 
 
-@app.command("eval")
 def eval_command(
     gt: Annotated[Path, typer.Argument(help="Ground truth: a COCO JSON (or any dataset 'instaseg convert' reads).")],
     pred: Annotated[

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from instaseg import masks as mask_ops
+from instaseg.core import masks as mask_ops
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Training: ``instaseg.train.train(train, val, model=..., epochs=... | minutes=..., out=...)``.
+"""Training: ``instaseg.engine.train.train(train, val, model=..., epochs=... | minutes=..., out=...)``.
 
 One loop serves a laptop CPU, a GPU (with mixed precision) and several processes under
 ``torchrun`` (DistributedDataParallel: gloo on CPU, NCCL on GPU; only rank 0 writes files).
@@ -35,23 +35,16 @@ import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from instaseg import io
-from instaseg import masks as mask_ops
+from instaseg.core import io
+from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.stats import object_size
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 from instaseg.models import DEFAULT_MODEL, model_entry
 from instaseg.models.registry import default_preset, resolve_config
-from instaseg.predictor import (
-    CHECKPOINT_FORMAT,
-    Predictor,
-    auto_device,
-    checkpoint_config,
-    input_scale,
-    read_checkpoint,
-    save_checkpoint,
-)
-from instaseg.structures import Instances
+from instaseg.engine.checkpoint import CHECKPOINT_FORMAT, checkpoint_config, read_checkpoint, save_checkpoint
+from instaseg.engine.predictor import Predictor, auto_device, input_scale
+from instaseg.core.structures import Instances
 
 OUTPUT_FILES = ("best.pt", "last.pt", "metrics.jsonl", "curves.png")
 # What last.pt must hold to resume from (``_Run._save`` with the optimizer).
@@ -743,7 +736,7 @@ class _Run:
             return
         started = self.elapsed()
         if self.main:
-            from instaseg.evaluate import evaluate
+            from instaseg.evaluation import evaluate
 
             predictor = Predictor(self.net, self.class_names, device=self.device)
             predictions = predictor.iter_dataset(self.val_set, score_threshold=0.05, progress=self.progress)

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from instaseg.errors import InstasegError
+from instaseg.core.errors import InstasegError
 
 try:  # orjson parses COCO files several times faster than the standard library
     import orjson

@@ -1,4 +1,4 @@
-"""CLI verbs ``review`` (with ``review apply``) and ``noise`` (registered on ``instaseg.cli.app``).
+"""CLI verbs ``review`` (with ``review apply``) and ``noise``.
 
 ``instaseg review DATA ...`` runs a review and ``instaseg review apply REVIEW ...`` applies one:
 the ``review`` group falls back to its ``run`` command when the first word is not a subcommand.
@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from instaseg.cli import app
 
 
 class _RunByDefault(TyperGroup):
@@ -29,7 +28,6 @@ review_app = typer.Typer(
     no_args_is_help=True,
     help="Find label errors: instaseg review DATA (--model M | --pred P | --folds K); then instaseg review apply.",
 )
-app.add_typer(review_app, name="review")
 
 
 @review_app.command("run")
@@ -57,7 +55,7 @@ def review_run(
 
     OUT holds review.json, review.csv, report.html and pictures/ (label | suggested fix).
     """
-    from instaseg import io
+    from instaseg.core import io
     from instaseg.data.convert import load_dataset
     from instaseg.review import ReviewSettings, run_review
 
@@ -90,7 +88,7 @@ def review_apply(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write the dataset with the accepted suggestions applied; everything else stays exactly as it was."""
-    from instaseg import io
+    from instaseg.core import io
     from instaseg.review import apply_review_file, save_dataset
     from instaseg.review.apply import parse_accept, parse_ids
 
@@ -108,7 +106,6 @@ def review_apply(
     typer.echo(f"applied {applied} of {len(changes)} accepted suggestions; wrote {out}")
 
 
-@app.command()
 def noise(
     data: Annotated[Path, typer.Argument(help="Clean dataset: a COCO JSON, or any format `instaseg convert` reads.")],
     out: Annotated[Path, typer.Option(help="Noisy COCO JSON to write (the list of errors goes beside it).")],
@@ -118,7 +115,7 @@ def noise(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Inject known label errors into a dataset; the list of errors goes beside OUT as <OUT>.errors.json."""
-    from instaseg import io
+    from instaseg.core import io
     from instaseg.data.convert import load_dataset
     from instaseg.review import inject_noise, save_dataset
 
@@ -135,7 +132,7 @@ def noise(
 
 
 def _parse_rates(text: str | None) -> dict[str, float]:
-    from instaseg.errors import InstasegError
+    from instaseg.core.errors import InstasegError
 
     names = ("missing", "extra", "wrong_class", "bad_mask", "duplicate")
     rates: dict[str, float] = {}

@@ -1,9 +1,7 @@
-"""``instaseg <verb>``: a thin command line over the Python API.
+"""The ``instaseg`` command: its verbs in pipeline order, and one-line errors.
 
-Each group of verbs lives beside this file (``cli_data``, ``cli_models``, ``cli_eval``,
-``cli_review``) and registers itself on ``app``. Errors in the user's input arrive here as
-``InstasegError`` and leave as one line on stderr with exit status 2; Python warnings leave as
-one ``warning:`` line each.
+Errors in the user's input arrive here as ``InstasegError`` and leave as one line on stderr with
+exit status 2; Python warnings leave as one ``warning:`` line each.
 """
 
 from __future__ import annotations
@@ -16,7 +14,10 @@ from typing import Iterator
 
 import typer
 
-from instaseg.errors import InstasegError
+from instaseg.cli import check, data, evaluate, export, models, predict, review, train
+from instaseg.cli.progress import ConsoleListener
+from instaseg.core import events
+from instaseg.core.errors import InstasegError
 
 app = typer.Typer(
     name="instaseg",
@@ -27,13 +28,23 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+# Verbs in the order of the pipeline: data, models, training, prediction, the metric, the review, export.
+for verb in (data.convert, check.check, check.stats, check.show, data.synth, models.models, train.train,
+             train.quickstart, predict.predict):
+    app.command()(verb)
+app.command("eval")(evaluate.eval_command)
+app.add_typer(review.review_app, name="review")
+app.command()(review.noise)
+app.command()(export.export)
+
 EXIT_INPUT_ERROR = 2
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run ``app`` and turn every failure into a one-line message and an exit status."""
+    console = ConsoleListener()
     try:
-        with _one_line_warnings():
+        with _one_line_warnings(), events.listen(console):
             app(args=argv, prog_name="instaseg")
     except InstasegError as exc:
         # A value quoted from the user's file may hold line breaks; the message stays one line.
@@ -51,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(3)
+    finally:
+        console.close()
 
 
 @contextlib.contextmanager
@@ -66,7 +79,3 @@ def _one_line_warnings() -> Iterator[None]:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
-
-
-# Importing the verb groups registers their commands on ``app``.
-from instaseg import cli_check, cli_data, cli_eval, cli_models, cli_predict, cli_review  # noqa: E402,F401

@@ -22,10 +22,10 @@ from faster_coco_eval import COCO as _EngineCOCO, COCOeval_faster
 from faster_coco_eval.core import mask as engine_mask
 from tqdm import tqdm
 
-from instaseg import io, masks as mask_ops
+from instaseg.core import io, masks as mask_ops
 from instaseg.data import Dataset
-from instaseg.errors import InstasegError
-from instaseg.structures import Instances
+from instaseg.core.errors import InstasegError
+from instaseg.core.structures import Instances
 
 IOU_TYPES = ("segm", "bbox")
 STAT_NAMES = (

@@ -1,4 +1,4 @@
-"""CLI verbs ``predict`` and ``export`` (registered on ``instaseg.cli.app``).
+"""CLI verb ``predict``: instances in images, as COCO results and overlays.
 
 Models are imported inside the commands: torch takes seconds to import and ``instaseg --help``
 should not wait for it.
@@ -13,13 +13,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from instaseg import io
-from instaseg.cli import app
+from instaseg.core import io
 
 DEFAULT_PREDICT_DIR = Path("runs/predict")
 
 
-@app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="Checkpoint file (best.pt / last.pt from `instaseg train`).")],
     images: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
@@ -41,8 +39,8 @@ def predict(
     OUT holds predictions.json (COCO dict with scores), results.json (COCO results list),
     counts.csv / counts.json (instances per class, per image and in total) and overlays/*.png.
     """
-    from instaseg.predictor import load
-    from instaseg.predict import predict_images
+    from instaseg.engine.predictor import load
+    from instaseg.engine.predict import predict_images
 
     target = out if out is not None else _free_folder(DEFAULT_PREDICT_DIR)
     io.guard_outputs([target], [model, *images])
@@ -75,24 +73,6 @@ def predict(
     table.add_row("total", str(summary["total"]))
     console.print(table)
     console.print(f"wrote {summary['out']}", markup=False)
-
-
-@app.command()
-def export(
-    model: Annotated[Path, typer.Argument(help="Checkpoint file (best.pt / last.pt from `instaseg train`).")],
-    format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")] = "onnx",
-    out: Annotated[
-        Optional[Path], typer.Option(help="Output file (default: beside MODEL, .onnx or .torchscript).")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
-) -> None:
-    """Export a trained model to ONNX (runs in onnxruntime) or TorchScript, with a fixed input size."""
-    from instaseg.predictor import load
-    from instaseg.export import export_model
-
-    io.guard_outputs([out], [model])
-    path = export_model(load(model), format, out=out, overwrite=overwrite, source=model)
-    typer.echo(f"wrote {path}")
 
 
 def _free_folder(base: Path) -> Path:

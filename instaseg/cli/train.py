@@ -1,47 +1,13 @@
-"""CLI verbs for models: ``models``, ``train``, ``synth`` and ``quickstart`` (registered on ``instaseg.cli.app``)."""
+"""CLI verbs ``train`` and ``quickstart``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from instaseg.cli import app
 
-
-@app.command()
-def models(
-    num_classes: int = typer.Option(80, "--num-classes", help="Class count the parameter counts assume."),
-) -> None:
-    """List the model architectures with their backbones, parameter counts and measured results."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from instaseg.errors import InstasegError
-    from instaseg.models import DEFAULT_MODEL, MODELS, count_parameters, list_models
-
-    if num_classes < 1:
-        raise InstasegError(f"--num-classes must be at least 1, not {num_classes}")
-    table = Table(title=f"Mask R-CNN models (parameters for {num_classes} classes; presets: cpu, gpu, small)")
-    table.add_column("name", no_wrap=True)
-    table.add_column("params cpu", no_wrap=True, justify="right")
-    table.add_column("params gpu", no_wrap=True, justify="right")
-    table.add_column("about", overflow="fold")
-    for name in list_models():
-        entry = MODELS[name]
-        measured = "; ".join(f"{k}: {v}" for k, v in entry.metrics.items())
-        table.add_row(
-            name + (" *" if name == DEFAULT_MODEL else ""),
-            f"{count_parameters(name, num_classes, 'cpu') / 1e6:.1f} M",
-            f"{count_parameters(name, num_classes, 'gpu') / 1e6:.1f} M",
-            entry.description + (f" ({measured})" if measured else ""),
-        )
-    table.caption = "* default. cpu preset: BatchNorm backbone, lighter heads; gpu: GroupNorm, paper sizes."
-    Console().print(table)
-
-
-@app.command()
 def train(
     data: Path = typer.Argument(..., help="Training set: a COCO JSON (images beside it) or any format 'instaseg convert' reads."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation set (any readable format); best.pt is chosen by its mask mAP."),
@@ -63,9 +29,9 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out."),
 ) -> None:
     """Train a model from scratch (or from --weights) and write best.pt, last.pt, metrics.jsonl and curves.png."""
-    from instaseg import io
+    from instaseg.core import io
     from instaseg.data.convert import load_dataset
-    from instaseg.train import train as run_training
+    from instaseg.engine.train import train as run_training
 
     io.guard_outputs([out], [data, val, weights], [data, val])
     best = run_training(
@@ -78,35 +44,14 @@ def train(
     typer.echo(f"best checkpoint: {best}")
 
 
-@app.command()
-def synth(
-    out: Path = typer.Argument(..., help="Folder to create (train.json, val.json and the images)."),
-    num_train: int = typer.Option(200, "--num-train", min=0, help="Training images."),
-    num_val: int = typer.Option(50, "--num-val", min=0, help="Validation images."),
-    size: int = typer.Option(128, "--size", min=32, help="Image width and height in pixels."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
-) -> None:
-    """Make a synthetic dataset of coloured shapes (circle, square, triangle, star) with COCO masks."""
-    from instaseg import io
-    from instaseg.data.synth import make_synthetic
-
-    io.guard_outputs([out])
-    train_json, val_json = make_synthetic(
-        out, num_train=num_train, num_val=num_val, size=size, seed=seed, overwrite=overwrite
-    )
-    typer.echo(f"wrote {train_json} and {val_json}")
-
-
-@app.command()
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Folder for data, model, evaluation and pictures."),
     minutes: float = typer.Option(10.0, "--minutes", help="Training budget in minutes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Synthetic data -> train on the CPU -> evaluate -> predict with overlays, in about --minutes."""
-    from instaseg import io
-    from instaseg.quickstart import quickstart as run_quickstart
+    from instaseg.core import io
+    from instaseg.cli.quickstart import quickstart as run_quickstart
 
     io.guard_outputs([out])
     summary = run_quickstart(out, minutes=minutes, overwrite=overwrite)

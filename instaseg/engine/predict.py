@@ -27,9 +27,9 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from instaseg import io
-from instaseg.errors import InstasegError
-from instaseg.structures import Instances
+from instaseg.core import io
+from instaseg.core.errors import InstasegError
+from instaseg.core.structures import Instances
 
 
 class Predictor(Protocol):

@@ -1,0 +1,5 @@
+"""``python -m instaseg`` is the ``instaseg`` command."""
+
+from instaseg.cli import main
+
+main()

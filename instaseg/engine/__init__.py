@@ -1,0 +1,1 @@
+"""Running models: training (``train``), checkpoints, and inference (``predictor``, ``predict``)."""
