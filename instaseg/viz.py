@@ -10,18 +10,17 @@ same colour in every picture. OpenCV does the drawing: it is fast and already a 
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from instaseg.core import io
-from instaseg.data.check import check_dataset
-from instaseg.data.dataset import Dataset
+from instaseg.core import events, io
 from instaseg.core.errors import InstasegError
 from instaseg.core.structures import Instances
+from instaseg.data.check import check_dataset
+from instaseg.data.dataset import Dataset
 
 # Labels stop once they cover this share of the picture: beyond it they hide what they name.
 LABEL_AREA_BUDGET = 0.2
@@ -236,10 +235,6 @@ def side_by_side(
     return sheet
 
 
-# Problems that leave an annotation without a mask or a class to draw.
-_UNDRAWABLE = {"unknown-category", "bad-segmentation", "bad-polygon", "odd-coordinates", "bad-rle", "rle-size-mismatch", "points-far-outside", "path-escapes"}
-
-
 def save_overlays(
     dataset: Dataset,
     out: str | Path,
@@ -268,7 +263,7 @@ def save_overlays(
     if not images:
         raise InstasegError("the dataset has no images to draw", file=dataset.source)
     # Annotations that cannot be drawn are named precisely by the checker, before any drawing starts.
-    undrawable = [p for p in check_dataset(dataset.subset(img["id"] for img in images), check_files=False) if p.kind in _UNDRAWABLE]
+    undrawable = [p for p in check_dataset(dataset.subset(img["id"] for img in images), check_files=False) if p.kind.stops_show]
     if undrawable:
         more = f" (and {len(undrawable) - 1} more; run 'instaseg check')" if len(undrawable) > 1 else ""
         raise InstasegError(f"cannot draw: {str(undrawable[0]).removeprefix('error: ')}{more}")
@@ -277,7 +272,7 @@ def save_overlays(
     written: dict[Path, int] = {}  # picture -> image id
     with io.atomic_path(out, overwrite) as tmp:
         tmp.mkdir()
-        for image in tqdm(images, desc="drawing", unit="img", disable=None):
+        for image in events.track(images, "drawing", unit="img"):
             record = f"image id {image['id']}"
             relative = Path(image["file_name"]).with_suffix(".png")
             if relative in written:

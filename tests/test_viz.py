@@ -21,14 +21,15 @@ def _disc(h, w, cy, cx, r):
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
-def _two_discs(h=120, w=160):
-    masks = np.stack([_disc(h, w, 60, 40, 20), _disc(h, w, 70, 115, 25)])
+def _two_discs(h=120, w=220):
+    # Far enough apart that each label fits above its disc whatever the font's metrics.
+    masks = np.stack([_disc(h, w, 60, 40, 20), _disc(h, w, 70, 170, 25)])
     return Instances.from_masks(masks, [0, 1], [0.9, 0.4], ("balloon", "cat"))
 
 
 @pytest.mark.parametrize("background", [0, 255])
 def test_fill_outline_and_label_on_dark_and_light(background):
-    h, w = 120, 160
+    h, w = 120, 220
     image = np.full((h, w, 3), background, np.uint8)
     instances = _two_discs(h, w)
     picture = draw_instances(image, instances, alpha=0.5)
@@ -36,13 +37,13 @@ def test_fill_outline_and_label_on_dark_and_light(background):
     assert picture.shape == image.shape and picture.dtype == np.uint8
     assert (image == background).all(), "the input image must not be modified"
     # Deep inside each disc: the background blended half-way towards the instance colour.
-    for k, (cy, cx) in enumerate([(60, 40), (75, 115)]):
+    for k, (cy, cx) in enumerate([(60, 40), (75, 170)]):
         expected = np.round(background * 0.5 + np.asarray(instance_color(k)) * 0.5)
         assert np.abs(picture[cy, cx].astype(int) - expected).max() <= 1
     # Far from every instance and label (bottom-left corner): untouched.
     assert (picture[h - 5 :, :10] == background).all()
     # A label sits just above each disc; it holds the instance colour and black or white text.
-    for k, (top, left) in enumerate([(40, 20), (45, 90)]):
+    for k, (top, left) in enumerate([(40, 20), (45, 145)]):
         region = picture[max(0, top - 20) : top, left : left + 40].reshape(-1, 3)
         colors = {tuple(int(v) for v in c) for c in region}
         assert instance_color(k) in colors
@@ -50,7 +51,7 @@ def test_fill_outline_and_label_on_dark_and_light(background):
 
 
 def test_scores_make_the_label_wider():
-    image = np.zeros((120, 160, 3), np.uint8)
+    image = np.zeros((120, 220, 3), np.uint8)
     instances = _two_discs()
     with_scores = draw_instances(image, instances, alpha=0.0, show_scores=True)
     without = draw_instances(image, instances, alpha=0.0, show_scores=False)
@@ -61,7 +62,7 @@ def test_scores_make_the_label_wider():
 
 
 def test_alpha_zero_keeps_the_interior():
-    image = np.full((120, 160, 3), 90, np.uint8)
+    image = np.full((120, 220, 3), 90, np.uint8)
     picture = draw_instances(image, _two_discs(), alpha=0.0)
     assert (picture[55:65, 35:45] == 90).all()
 
@@ -77,8 +78,8 @@ def test_palette_is_stable_and_distinct():
 
 
 def test_grayscale_input_and_size_mismatch():
-    gray = np.zeros((120, 160), np.uint8)
-    assert draw_instances(gray, _two_discs()).shape == (120, 160, 3)
+    gray = np.zeros((120, 220), np.uint8)
+    assert draw_instances(gray, _two_discs()).shape == (120, 220, 3)
     with pytest.raises(ValueError, match="masks are"):
         draw_instances(np.zeros((50, 50, 3), np.uint8), _two_discs())
 

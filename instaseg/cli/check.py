@@ -10,10 +10,9 @@ from typing import Optional
 import typer
 
 from instaseg.core import io
-from instaseg.data.check import check_dataset, count_problems, fix_dataset, save_fixed
+from instaseg.data.check import Severity, check_dataset, count_problems, fix_dataset, save_fixed
 from instaseg.data.convert import load_dataset
 from instaseg.data.stats import dataset_stats, plot_stats, stats_tables
-from instaseg.core.errors import InstasegError
 from instaseg.viz import save_overlays
 
 EXIT_PROBLEMS = 1
@@ -56,7 +55,7 @@ def check(
         report["fix"] = {"file": str(fix), "changes": changes, "errors_left": errors}
         lines += [f"fixed: {change}" for change in changes]
         lines.append(f"wrote {fix}: {len(changes)} change(s), {errors} error(s) left")
-        lines += [f"  {p}" for p in remaining if p.severity == "error"]
+        lines += [f"  {p}" for p in remaining if p.severity is Severity.ERROR]
 
     if as_json:
         sys.stdout.write(io.dumps_json(report, indent=True).decode() + "\n")

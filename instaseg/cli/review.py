@@ -13,7 +13,6 @@ import typer
 from typer.core import TyperGroup
 
 
-
 class _RunByDefault(TyperGroup):
     """A group whose ``run`` command is used when the first argument names no subcommand."""
 
@@ -68,8 +67,6 @@ def review_run(
         processes=processes, max_pictures=max_pictures, seed=seed,
         settings=ReviewSettings(min_score=min_score), overwrite=overwrite,
     )
-    for warning in document["warnings"]:
-        typer.echo(f"warning: {warning}", err=True)
     counts = ", ".join(f"{n} {t}" for t, n in document["counts"].items() if n) or "no suggestions"
     typer.echo(f"{len(document['suggestions'])} suggestions ({counts})")
     for s in document["suggestions"][:10]:

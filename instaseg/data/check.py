@@ -3,6 +3,7 @@
 ``check_dataset`` reports every problem it finds, each with its place: the file, the image id,
 the annotation id. Errors make a dataset unfit for training or evaluation as it stands; warnings
 are worth a look but harmless. ``fix_dataset`` writes a repaired copy and lists every change.
+Each ``ProblemKind`` carries its severity, what ``--fix`` does about it and a description.
 
 Speed matters because datasets can hold hundreds of thousands of polygons: the per-record loop
 only does cheap type checks and gathers coordinates, and the geometry (bounds, extents, areas,
@@ -20,22 +21,125 @@ import itertools
 import math
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import shapely
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
-from instaseg.core import io, masks as mask_ops
-from instaseg.data.dataset import Dataset
+from instaseg.core import events, io
+from instaseg.core import masks as mask_ops
 from instaseg.core.errors import InstasegError
 from instaseg.core.geometry import coco_polygons, even_odd_shape
+from instaseg.data.dataset import Dataset
 
-ERROR = "error"
-WARNING = "warning"
+
+class Severity(StrEnum):
+    """How much a problem matters: an error makes a dataset unfit for training or evaluation as it
+    stands; a warning is worth a look but harmless."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class Repair(StrEnum):
+    """What ``check --fix`` does about a kind of problem (``fix_dataset`` tells the details)."""
+
+    DROP_IMAGE = "drop-image"  # with its annotations
+    DROP_ANNOTATION = "drop-annotation"
+    RENUMBER = "renumber"  # a fresh id; annotations stay with the first record of the id
+    MERGE_CATEGORY = "merge-category"  # into the first category of the same name
+    NAME_CATEGORY = "name-category"  # ``class_<id>``
+    REPAIR_POLYGONS = "repair-polygons"  # drop, split or clip them, keeping the drawn pixels; bbox and area follow
+    RECOMPUTE_BBOX = "recompute-bbox"
+    RECOMPUTE_AREA = "recompute-area"
+    SET_ISCROWD = "set-iscrowd"  # to 0 or 1
+
+
+class ProblemKind(StrEnum):
+    """A kind of dataset problem: its stable name (the value, as in ``check --json``) and what goes with it.
+
+    Attributes:
+        severity: error or warning, the same for every problem of the kind.
+        repair: what ``check --fix`` does about it; None when it leaves it as it is.
+        description: the kind in words, for a front end's legend.
+        stops_show: ``instaseg show`` refuses to draw a dataset with it (an annotation without a mask
+            or a class to draw, or an image path outside the dataset folder).
+    """
+
+    severity: Severity
+    repair: Repair | None
+    description: str
+    stops_show: bool
+
+    def __new__(cls, value: str, severity: Severity, repair: Repair | None, description: str, stops_show: bool = False):
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.severity = severity
+        member.repair = repair
+        member.description = description
+        member.stops_show = stops_show
+        return member
+
+    @property
+    def fixable(self) -> bool:
+        """Whether ``check --fix`` tries to repair it (it may still leave a record unchanged, saying why)."""
+        return self.repair is not None
+
+    # Whole dataset
+    NO_CATEGORIES = "no-categories", Severity.ERROR, None, "the dataset has no categories"
+    NO_IMAGES = "no-images", Severity.ERROR, None, "the dataset has no images"
+    # Any record
+    DUPLICATE_ID = "duplicate-id", Severity.ERROR, Repair.RENUMBER, "an id used by more than one record"
+    # Categories
+    EMPTY_NAME = "empty-name", Severity.ERROR, Repair.NAME_CATEGORY, "a category without a name"
+    DUPLICATE_NAME = "duplicate-name", Severity.ERROR, Repair.MERGE_CATEGORY, "two categories of the same name"
+    # Images
+    BAD_IMAGE_SIZE = "bad-image-size", Severity.ERROR, Repair.DROP_IMAGE, "a declared image size that is not positive"
+    DUPLICATE_FILE = "duplicate-file", Severity.WARNING, None, "an image file listed twice"
+    NO_INSTANCES = "no-instances", Severity.WARNING, None, "an image without annotations"
+    PATH_ESCAPES = "path-escapes", Severity.ERROR, Repair.DROP_IMAGE, "an image path outside the dataset folder", True
+    MISSING_IMAGE = "missing-image", Severity.ERROR, Repair.DROP_IMAGE, "an image file that does not exist"
+    UNREADABLE_IMAGE = "unreadable-image", Severity.ERROR, Repair.DROP_IMAGE, "an image file that cannot be read"
+    IMAGE_TOO_LARGE = "image-too-large", Severity.ERROR, Repair.DROP_IMAGE, "an image too large to decode"
+    TRUNCATED_IMAGE = "truncated-image", Severity.ERROR, Repair.DROP_IMAGE, "an image file cut short"
+    SIZE_MISMATCH = "size-mismatch", Severity.ERROR, None, "an image file of another size than the JSON says"
+    # Annotations
+    UNKNOWN_IMAGE = "unknown-image", Severity.ERROR, Repair.DROP_ANNOTATION, "an annotation of an image not in the dataset"
+    UNKNOWN_CATEGORY = (
+        "unknown-category", Severity.ERROR, Repair.DROP_ANNOTATION, "an annotation of a category not in the dataset", True
+    )
+    NO_SEGMENTATION = "no-segmentation", Severity.ERROR, Repair.DROP_ANNOTATION, "an annotation without a mask"
+    BAD_SEGMENTATION = (
+        "bad-segmentation", Severity.ERROR, Repair.DROP_ANNOTATION, "a segmentation that is neither polygons nor RLE", True
+    )
+    BAD_POLYGON = "bad-polygon", Severity.ERROR, Repair.REPAIR_POLYGONS, "a polygon that is not a list of numbers", True
+    ODD_COORDINATES = (
+        "odd-coordinates", Severity.ERROR, Repair.REPAIR_POLYGONS, "a polygon with an odd number of coordinates", True
+    )
+    TOO_FEW_POINTS = "too-few-points", Severity.ERROR, Repair.REPAIR_POLYGONS, "a polygon of fewer than 3 points"
+    POINTS_OUTSIDE = "points-outside", Severity.WARNING, Repair.REPAIR_POLYGONS, "a polygon reaching a little outside its image"
+    POINTS_FAR_OUTSIDE = (
+        "points-far-outside", Severity.ERROR, Repair.REPAIR_POLYGONS, "a polygon reaching far outside its image", True
+    )
+    SELF_INTERSECTION = "self-intersection", Severity.WARNING, Repair.REPAIR_POLYGONS, "a polygon that crosses itself"
+    ZERO_AREA = "zero-area", Severity.ERROR, Repair.REPAIR_POLYGONS, "a mask or polygon that covers no pixel"
+    BAD_RLE = "bad-rle", Severity.ERROR, Repair.DROP_ANNOTATION, "a malformed RLE mask", True
+    RLE_SIZE_MISMATCH = (
+        "rle-size-mismatch", Severity.ERROR, Repair.DROP_ANNOTATION, "an RLE mask of another size than its image", True
+    )
+    MISSING_BBOX = "missing-bbox", Severity.WARNING, Repair.RECOMPUTE_BBOX, "an annotation without a bbox"
+    BAD_BBOX = "bad-bbox", Severity.ERROR, Repair.RECOMPUTE_BBOX, "a bbox that is not [x, y, width, height] with an extent"
+    BBOX_OUTSIDE = "bbox-outside", Severity.ERROR, Repair.RECOMPUTE_BBOX, "a bbox reaching outside its image"
+    BBOX_MISMATCH = "bbox-mismatch", Severity.ERROR, Repair.RECOMPUTE_BBOX, "a bbox that does not fit its mask"
+    MISSING_AREA = "missing-area", Severity.WARNING, Repair.RECOMPUTE_AREA, "an annotation without an area"
+    BAD_AREA = "bad-area", Severity.ERROR, Repair.RECOMPUTE_AREA, "an area that is not a non-negative number"
+    AREA_MISMATCH = "area-mismatch", Severity.WARNING, Repair.RECOMPUTE_AREA, "an area far from its mask's"
+    BAD_ISCROWD = "bad-iscrowd", Severity.ERROR, Repair.SET_ISCROWD, "an iscrowd that is not 0 or 1"
 
 # A box may differ from its mask's extent by this many pixels per edge before it is reported
 # (tools round boxes to whole pixels and may put edges on pixel centres).
@@ -52,12 +156,8 @@ TINY_POLYGON_AREA = 2.0
 # (first bytes, last bytes) of a complete JPEG and PNG file.
 _END_MARKERS = ((b"\xff\xd8", b"\xff\xd9"), (b"\x89PNG", b"IEND\xaeB`\x82"))
 
-# Image problems that make an image unusable: ``--fix`` drops the image and its annotations.
-_UNUSABLE_IMAGE = {"path-escapes", "missing-image", "unreadable-image", "truncated-image", "image-too-large", "bad-image-size"}
 # Polygon problems that leave an annotation's mask undefined until ``--fix`` repairs it.
-_MALFORMED_POLYGON = {"bad-polygon", "odd-coordinates", "too-few-points", "points-far-outside"}
-# Annotation problems that cannot be repaired: ``--fix`` drops the annotation.
-_UNUSABLE_ANNOTATION = {"unknown-image", "unknown-category", "no-segmentation", "bad-segmentation", "bad-rle", "rle-size-mismatch"}
+_MALFORMED_POLYGON = {ProblemKind.BAD_POLYGON, ProblemKind.ODD_COORDINATES, ProblemKind.TOO_FEW_POINTS, ProblemKind.POINTS_FAR_OUTSIDE}
 
 
 @dataclass(frozen=True)
@@ -65,8 +165,7 @@ class Problem:
     """One problem found in a dataset, with where it is.
 
     Attributes:
-        severity: ``"error"`` or ``"warning"``.
-        kind: a stable short name, e.g. ``"unknown-category"`` or ``"self-intersection"``.
+        kind: what is wrong, e.g. ``ProblemKind.UNKNOWN_CATEGORY`` (a string given here is read as one).
         message: what is wrong, in words.
         file: the file at fault (the image file for file problems, else the dataset file).
         section: ``"images"``, ``"annotations"`` or ``"categories"``; None for the whole dataset.
@@ -74,8 +173,7 @@ class Problem:
         image_id, annotation_id, category_id: the ids of the record at fault.
     """
 
-    severity: str
-    kind: str
+    kind: ProblemKind
     message: str
     file: str | None = None
     section: str | None = None
@@ -83,6 +181,14 @@ class Problem:
     image_id: int | None = None
     annotation_id: int | None = None
     category_id: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ProblemKind(self.kind))
+
+    @property
+    def severity(self) -> Severity:
+        """Error or warning: the kind's."""
+        return self.kind.severity
 
     @property
     def record(self) -> str:
@@ -100,7 +206,9 @@ class Problem:
         return f"{self.severity}: " + ": ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The problem as ``check --json`` lists it: severity, kind, message and the known places."""
+        fields = {"severity": self.severity, **asdict(self)}
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 def check_dataset(dataset: Dataset, check_files: bool = True) -> list[Problem]:
@@ -123,7 +231,7 @@ def check_dataset(dataset: Dataset, check_files: bool = True) -> list[Problem]:
 def count_problems(problems: Iterable[Problem]) -> tuple[int, int]:
     """(errors, warnings) among ``problems``."""
     counts = Counter(p.severity for p in problems)
-    return counts[ERROR], counts[WARNING]
+    return counts[Severity.ERROR], counts[Severity.WARNING]
 
 
 class _Checker:
@@ -134,9 +242,9 @@ class _Checker:
         self.image_size_by_id: dict[int, tuple[int, int]] = {}  # id -> (width, height), first of duplicates
         self.category_ids: set[int] = set()
 
-    def _add(self, severity: str, kind: str, message: str, **where: Any) -> None:
+    def _add(self, kind: ProblemKind, message: str, **where: Any) -> None:
         where.setdefault("file", self.source)
-        self.problems.append(Problem(severity, kind, message, **where))
+        self.problems.append(Problem(kind, message, **where))
 
     # -- categories ---------------------------------------------------------------------------
     def check_categories(self) -> None:
@@ -145,44 +253,46 @@ class _Checker:
             category_id, name = category["id"], category["name"]
             where = dict(section="categories", index=index, category_id=category_id)
             if category_id in self.category_ids:
-                self._add(ERROR, "duplicate-id", f"category id {category_id} is used more than once", **where)
+                self._add(ProblemKind.DUPLICATE_ID, f"category id {category_id} is used more than once", **where)
             self.category_ids.add(category_id)
             if not name.strip():
-                self._add(ERROR, "empty-name", "category name is empty", **where)
+                self._add(ProblemKind.EMPTY_NAME, "category name is empty", **where)
             elif name in names:
-                self._add(ERROR, "duplicate-name", f"category name {name!r} is also used by category id {names[name]}", **where)
+                self._add(ProblemKind.DUPLICATE_NAME, f"category name {name!r} is also used by category id {names[name]}", **where)
             else:
                 names[name] = category_id
         if not self.dataset.categories:
-            self._add(ERROR, "no-categories", "the dataset has no categories")
+            self._add(ProblemKind.NO_CATEGORIES, "the dataset has no categories")
 
     # -- images -------------------------------------------------------------------------------
     def check_images(self, check_files: bool) -> None:
         images = self.dataset.images
         if not images:
-            self._add(ERROR, "no-images", "the dataset has no images")
+            self._add(ProblemKind.NO_IMAGES, "the dataset has no images")
         file_names: dict[str, int] = {}
         annotated = {ann["image_id"] for ann in self.dataset.annotations}
-        for index, image in enumerate(tqdm(images, desc="checking images", unit="img", disable=None if check_files else True)):
+        # Only opening the files takes long enough to be worth a progress report.
+        tracked = events.track(images, "checking images", unit="img") if check_files else images
+        for index, image in enumerate(tracked):
             image_id, width, height = image["id"], image["width"], image["height"]
             where = dict(section="images", index=index, image_id=image_id)
             if image_id in self.image_size_by_id:
-                self._add(ERROR, "duplicate-id", f"image id {image_id} is used more than once", **where)
+                self._add(ProblemKind.DUPLICATE_ID, f"image id {image_id} is used more than once", **where)
             else:
                 self.image_size_by_id[image_id] = (width, height)
             if width <= 0 or height <= 0:
-                self._add(ERROR, "bad-image-size", f"declared size {width}x{height} is not positive", **where)
+                self._add(ProblemKind.BAD_IMAGE_SIZE, f"declared size {width}x{height} is not positive", **where)
             name = image["file_name"]
             if name in file_names:
-                self._add(WARNING, "duplicate-file", f"file {name!r} is also listed as image id {file_names[name]}", **where)
+                self._add(ProblemKind.DUPLICATE_FILE, f"file {name!r} is also listed as image id {file_names[name]}", **where)
             else:
                 file_names[name] = image_id
             if image_id not in annotated:
-                self._add(WARNING, "no-instances", "image has no annotations", **where)
+                self._add(ProblemKind.NO_INSTANCES, "image has no annotations", **where)
             try:
                 path = io.safe_join(self.dataset.image_root, name)
             except InstasegError as exc:
-                self._add(ERROR, "path-escapes", str(exc), **where)
+                self._add(ProblemKind.PATH_ESCAPES, str(exc), **where)
                 continue
             if check_files:
                 self._check_image_file(path, width, height, where)
@@ -192,22 +302,21 @@ class _Checker:
         try:
             real_width, real_height = io.image_size(path)
         except InstasegError as exc:
-            kind = "missing-image" if not path.exists() else "unreadable-image"
+            kind = ProblemKind.MISSING_IMAGE if not path.exists() else ProblemKind.UNREADABLE_IMAGE
             message = str(exc).removeprefix(f"{path}: ")
-            self._add(ERROR, kind, message, **where)
+            self._add(kind, message, **where)
             return
         if real_width * real_height > io.MAX_IMAGE_PIXELS:
-            self._add(ERROR, "image-too-large", f"image is {real_width}x{real_height}, too large to decode", **where)
+            self._add(ProblemKind.IMAGE_TOO_LARGE, f"image is {real_width}x{real_height}, too large to decode", **where)
             return
         if _is_truncated(path):
-            self._add(ERROR, "truncated-image", "file is truncated (its end marker is missing)", **where)
+            self._add(ProblemKind.TRUNCATED_IMAGE, "file is truncated (its end marker is missing)", **where)
         if (real_width, real_height) != (width, height):
             hint = ""
             if (real_height, real_width) == (width, height):
                 hint = " (width and height swapped: is the file EXIF-rotated?)"
             self._add(
-                ERROR,
-                "size-mismatch",
+                ProblemKind.SIZE_MISMATCH,
                 f"image is {real_width}x{real_height} but the JSON says {width}x{height}{hint}",
                 **where,
             )
@@ -230,14 +339,14 @@ class _Checker:
         for index, ann in enumerate(annotations):
             annotation_id, image_id = ann["id"], ann["image_id"]
             if annotation_id in seen_ids:
-                self._add(ERROR, "duplicate-id", f"annotation id {annotation_id} is used more than once", **self._where(index))
+                self._add(ProblemKind.DUPLICATE_ID, f"annotation id {annotation_id} is used more than once", **self._where(index))
             seen_ids.add(annotation_id)
             size = self.image_size_by_id.get(image_id)
             if size is None:
-                self._add(ERROR, "unknown-image", f"image id {image_id} is not in the dataset", **self._where(index))
+                self._add(ProblemKind.UNKNOWN_IMAGE, f"image id {image_id} is not in the dataset", **self._where(index))
                 continue
             if ann["category_id"] not in self.category_ids:
-                self._add(ERROR, "unknown-category", f"category id {ann['category_id']} is not in the dataset", **self._where(index))
+                self._add(ProblemKind.UNKNOWN_CATEGORY, f"category id {ann['category_id']} is not in the dataset", **self._where(index))
             width, height = size
             segmentation = ann.get("segmentation")
             if type(segmentation) is list and segmentation:
@@ -246,26 +355,26 @@ class _Checker:
                 if self._rle_size_ok(index, segmentation, width, height):
                     rle_candidates.append(index)
             elif not segmentation:
-                self._add(ERROR, "no-segmentation", "annotation has no mask (segmentation missing or empty)", **self._where(index))
+                self._add(ProblemKind.NO_SEGMENTATION, "annotation has no mask (segmentation missing or empty)", **self._where(index))
             else:
-                kind = type(segmentation).__name__
-                self._add(ERROR, "bad-segmentation", f"segmentation is a {kind}, expected polygons or RLE", **self._where(index))
+                found = type(segmentation).__name__
+                self._add(ProblemKind.BAD_SEGMENTATION, f"segmentation is a {found}, expected polygons or RLE", **self._where(index))
             box = ann.get("bbox")
             if type(box) is list and len(box) == 4:
                 box_records.append(index)
                 box_values.append(box)
             elif box is None:
-                self._add(WARNING, "missing-bbox", "annotation has no bbox", **self._where(index))
+                self._add(ProblemKind.MISSING_BBOX, "annotation has no bbox", **self._where(index))
             else:
-                self._add(ERROR, "bad-bbox", f"bbox {box!r} is not [x, y, width, height]", **self._where(index))
+                self._add(ProblemKind.BAD_BBOX, f"bbox {box!r} is not [x, y, width, height]", **self._where(index))
             area = ann.get("area")
             if area is None:
-                self._add(WARNING, "missing-area", "annotation has no area (COCO evaluation needs it)", **self._where(index))
+                self._add(ProblemKind.MISSING_AREA, "annotation has no area (COCO evaluation needs it)", **self._where(index))
             else:
                 area_records.append(index)
                 area_values.append(area)
             if ann.get("iscrowd", 0) not in (0, 1):
-                self._add(ERROR, "bad-iscrowd", f"iscrowd is {ann['iscrowd']!r}, expected 0 or 1", **self._where(index))
+                self._add(ProblemKind.BAD_ISCROWD, f"iscrowd is {ann['iscrowd']!r}, expected 0 or 1", **self._where(index))
 
         self._check_boxes(box_records, box_values, boxes)
         self._check_areas(area_records, area_values, declared_area)
@@ -279,21 +388,21 @@ class _Checker:
         ann = self.dataset.annotations[index]
         return dict(section="annotations", index=index, image_id=ann["image_id"], annotation_id=ann["id"])
 
-    def _gather_polygons(self, index: int, segmentation: list, width: int, height: int, batch: "_PolygonBatch") -> None:
+    def _gather_polygons(self, index: int, segmentation: list, width: int, height: int, batch: _PolygonBatch) -> None:
         if type(segmentation[0]) is not list:
             message = "segmentation is a flat list; polygons must be a list of [x1, y1, x2, y2, ...] lists"
-            self._add(ERROR, "bad-polygon", message, **self._where(index))
+            self._add(ProblemKind.BAD_POLYGON, message, **self._where(index))
             return
         for part, polygon in enumerate(segmentation):
             if type(polygon) is not list:
                 message = f"polygon {part} is a {type(polygon).__name__}, expected a list of numbers"
-                self._add(ERROR, "bad-polygon", message, **self._where(index))
+                self._add(ProblemKind.BAD_POLYGON, message, **self._where(index))
             elif len(polygon) % 2:
                 message = f"polygon {part} has an odd number of coordinates ({len(polygon)})"
-                self._add(ERROR, "odd-coordinates", message, **self._where(index))
+                self._add(ProblemKind.ODD_COORDINATES, message, **self._where(index))
             elif len(polygon) < 6:
                 message = f"polygon {part} has {len(polygon) // 2} point(s), at least 3 are needed"
-                self._add(ERROR, "too-few-points", message, **self._where(index))
+                self._add(ProblemKind.TOO_FEW_POINTS, message, **self._where(index))
             else:
                 batch.owners.append(index)
                 batch.parts.append(part)
@@ -307,7 +416,7 @@ class _Checker:
         well_formed = type(size) is list and len(size) == 2 and all(type(v) is int for v in size)
         if well_formed and size != [height, width]:
             message = f"RLE size is {size[0]}x{size[1]} (h x w) but the image is {height}x{width}"
-            self._add(ERROR, "rle-size-mismatch", message, **self._where(index))
+            self._add(ProblemKind.RLE_SIZE_MISMATCH, message, **self._where(index))
             return False
         return True
 
@@ -319,7 +428,7 @@ class _Checker:
         sizes = [(height, width) for width, height in image_sizes]
         problems = mask_ops.invalid_rles(segmentations, sizes)
         for position, problem in problems.items():
-            self._add(ERROR, "bad-rle", problem, **self._where(candidates[position]))
+            self._add(ProblemKind.BAD_RLE, problem, **self._where(candidates[position]))
         usable = [k for k in range(len(candidates)) if k not in problems]
         if not usable:
             return []
@@ -338,7 +447,7 @@ class _Checker:
         numbers = _numbers(values, 4)
         records = np.asarray(records)
         for k in np.flatnonzero(~np.isfinite(numbers).all(axis=1)):
-            self._add(ERROR, "bad-bbox", f"bbox {values[k]!r} is not [x, y, width, height]", **self._where(records[k]))
+            self._add(ProblemKind.BAD_BBOX, f"bbox {values[k]!r} is not [x, y, width, height]", **self._where(records[k]))
         x, y, w, h = numbers.T
         sizes = np.asarray([self.image_size_by_id[self.dataset.annotations[r]["image_id"]] for r in records], np.float64)
         margin = BOX_TOLERANCE / 2
@@ -346,10 +455,10 @@ class _Checker:
             empty = (w <= 0) | (h <= 0)
             outside = ~empty & ((x < -margin) | (y < -margin) | (x + w > sizes[:, 0] + margin) | (y + h > sizes[:, 1] + margin))
         for k in np.flatnonzero(empty):
-            self._add(ERROR, "bad-bbox", f"bbox {values[k]} has no extent", **self._where(records[k]))
+            self._add(ProblemKind.BAD_BBOX, f"bbox {values[k]} has no extent", **self._where(records[k]))
         for k in np.flatnonzero(outside):
             width, height = sizes[k].astype(int)
-            self._add(ERROR, "bbox-outside", f"bbox {values[k]} reaches outside the {width}x{height} image", **self._where(records[k]))
+            self._add(ProblemKind.BBOX_OUTSIDE, f"bbox {values[k]} reaches outside the {width}x{height} image", **self._where(records[k]))
         usable = ~empty & ~outside & np.isfinite(numbers).all(axis=1)
         boxes[records[usable]] = np.stack([x, y, x + w, y + h], axis=1)[usable]
 
@@ -360,10 +469,10 @@ class _Checker:
         bad = ~np.isfinite(numbers)
         bad[~bad] = numbers[~bad] < 0
         for k in np.flatnonzero(bad):
-            self._add(ERROR, "bad-area", f"area {values[k]!r} is not a non-negative number", **self._where(records[k]))
+            self._add(ProblemKind.BAD_AREA, f"area {values[k]!r} is not a non-negative number", **self._where(records[k]))
         areas[np.asarray(records)[~bad]] = numbers[~bad]
 
-    def _check_polygons(self, batch: "_PolygonBatch", count: int) -> tuple[np.ndarray, np.ndarray]:
+    def _check_polygons(self, batch: _PolygonBatch, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised geometry checks; returns each annotation's polygon extent (x1, y1, x2, y2)
         and area (NaN for annotations without a usable polygon)."""
         extents = np.full((count, 4), np.nan)
@@ -393,12 +502,12 @@ class _Checker:
         polygon_areas[invalid] = shapely.area(filled)
 
         for p in np.flatnonzero(~finite):
-            self._add(ERROR, "bad-polygon", f"{batch.label(p)} has coordinates that are not finite numbers", **self._where(owners[p]))
+            self._add(ProblemKind.BAD_POLYGON, f"{batch.label(p)} has coordinates that are not finite numbers", **self._where(owners[p]))
         for p in np.flatnonzero(outside):
             w, h = batch.widths[p], batch.heights[p]
             # Drawing clips a polygon to its image, so points a little outside are harmless.
-            severity, kind, how = (ERROR, "points-far-outside", "far ") if far[p] else (WARNING, "points-outside", "")
-            self._add(severity, kind, f"{batch.label(p)} has points {how}outside the {w}x{h} image", **self._where(owners[p]))
+            kind, how = (ProblemKind.POINTS_FAR_OUTSIDE, "far ") if far[p] else (ProblemKind.POINTS_OUTSIDE, "")
+            self._add(kind, f"{batch.label(p)} has points {how}outside the {w}x{h} image", **self._where(owners[p]))
         empty = np.zeros(len(starts), bool)
         for p in np.flatnonzero(finite & (polygon_areas < TINY_POLYGON_AREA)):
             if far[p]:
@@ -408,14 +517,14 @@ class _Checker:
                 drawn = mask_utils.area(rle).sum()
             if drawn == 0:
                 empty[p] = True
-                self._add(ERROR, "zero-area", f"{batch.label(p)} encloses no pixel", **self._where(owners[p]))
+                self._add(ProblemKind.ZERO_AREA, f"{batch.label(p)} encloses no pixel", **self._where(owners[p]))
         for p, shape in zip(invalid, filled):
             points = coords[ring_offsets[p] : ring_offsets[p + 1]]
             # No pixels to compare where the image size is unusable (reported with the image) or the polygon far outside.
             drawable = not (empty[p] or far[p]) and min(batch.widths[p], batch.heights[p]) > 0
             problem = _self_intersection(batch.polygons[p], points, shape, batch.widths[p], batch.heights[p]) if drawable else None
             if problem:
-                self._add(WARNING, "self-intersection", f"{batch.label(p)} {problem}", **self._where(owners[p]))
+                self._add(ProblemKind.SELF_INTERSECTION, f"{batch.label(p)} {problem}", **self._where(owners[p]))
 
         # Per annotation: the union of its polygons' extents (clipped to the image) and the sum of their areas.
         keep = finite & ~empty
@@ -454,8 +563,8 @@ class _Checker:
                 reported[p.index].add(p.kind)
         measured = np.isfinite(areas)
         for index in np.flatnonzero(measured & (areas <= 0)):
-            if "zero-area" not in reported[index]:
-                self._add(ERROR, "zero-area", "mask is empty", **self._where(index))
+            if ProblemKind.ZERO_AREA not in reported[index]:
+                self._add(ProblemKind.ZERO_AREA, "mask is empty", **self._where(index))
         # Box and area are meaningless until malformed polygons are repaired.
         malformed = [i for i, kinds in reported.items() if kinds & _MALFORMED_POLYGON]
         measured[malformed] = False
@@ -475,9 +584,9 @@ class _Checker:
             if box_wrong:
                 x1, y1, x2, y2 = (float(v) for v in extent)
                 mask_box = [round(x1, 1), round(y1, 1), round(x2 - x1, 1), round(y2 - y1, 1)]
-                self._add(ERROR, "bbox-mismatch", f"bbox {ann['bbox']} does not fit the mask (mask box {mask_box})", **self._where(index))
+                self._add(ProblemKind.BBOX_MISMATCH, f"bbox {ann['bbox']} does not fit the mask (mask box {mask_box})", **self._where(index))
             if area_wrong:
-                self._add(WARNING, "area-mismatch", f"area {ann['area']} is far from the mask's area ({mask_area:.0f})", **self._where(index))
+                self._add(ProblemKind.AREA_MISMATCH, f"area {ann['area']} is far from the mask's area ({mask_area:.0f})", **self._where(index))
 
     def _rasterised(self, ann: dict) -> tuple[np.ndarray, float]:
         width, height = self.image_size_by_id[ann["image_id"]]
@@ -658,17 +767,17 @@ def _fix_categories(coco: dict, flagged: dict, changes: list[str]) -> dict[int, 
     for index, category in enumerate(categories):
         kinds = {p.kind for p in flagged.get(("categories", index), [])}
         label = f"category id {category['id']} ({category['name']!r})"
-        if "duplicate-name" in kinds:
+        if ProblemKind.DUPLICATE_NAME in kinds:
             target = first_with_name[category["name"]]
             if category["id"] != target:
                 category_map[category["id"]] = target
             changes.append(f"{label}: merged into category id {target} of the same name")
             continue
-        if "duplicate-id" in kinds:
+        if ProblemKind.DUPLICATE_ID in kinds:
             new_id = next(fresh)
             changes.append(f"{label}: duplicate id renumbered to {new_id} (its annotations stay with the first)")
             category["id"] = new_id
-        if "empty-name" in kinds:
+        if ProblemKind.EMPTY_NAME in kinds:
             category["name"] = f"class_{category['id']}"
             changes.append(f"category id {category['id']}: empty name replaced by {category['name']!r}")
         kept.append(category)
@@ -686,20 +795,20 @@ def _fix_images(coco: dict, flagged: dict, changes: list[str]) -> set[int]:
     for index, image in enumerate(images):
         found = flagged.get(("images", index), [])
         label = f"image id {image['id']} ({image['file_name']})"
-        unusable = [p for p in found if p.kind in _UNUSABLE_IMAGE]
+        unusable = [p for p in found if p.kind.repair is Repair.DROP_IMAGE]
         if unusable:
-            duplicate = any(p.kind == "duplicate-id" for p in found)
+            duplicate = any(p.kind is ProblemKind.DUPLICATE_ID for p in found)
             count = 0 if duplicate else annotation_count[image["id"]]
             changes.append(f"{label}: dropped with its {count} annotation(s) ({unusable[0].message})")
             if not duplicate:
                 dropped.add(image["id"])
             continue
         for problem in found:
-            if problem.kind == "duplicate-id":
+            if problem.kind is ProblemKind.DUPLICATE_ID:
                 new_id = next(fresh)
                 changes.append(f"{label}: duplicate id renumbered to {new_id} (annotations stay with the first)")
                 image["id"] = new_id
-            elif problem.severity == ERROR:
+            elif problem.severity is Severity.ERROR:
                 changes.append(f"{label}: left unchanged: {problem.message}")
         kept.append(image)
     coco["images"] = kept
@@ -723,20 +832,23 @@ def _fix_annotations(coco: dict, flagged: dict, category_map: dict, dropped_imag
             kept.append(ann)
             continue
         kinds = {p.kind for p in found}
-        unusable = [p for p in found if p.kind in _UNUSABLE_ANNOTATION]
+        unusable = [p for p in found if p.kind.repair is Repair.DROP_ANNOTATION]
         if unusable:
             changes.append(f"{label}: dropped ({unusable[0].message})")
             continue
-        if "duplicate-id" in kinds:
+        if ProblemKind.DUPLICATE_ID in kinds:
             new_id = next(fresh)
             changes.append(f"{label}: duplicate id renumbered to {new_id}")
             ann["id"] = new_id
             label = f"annotation id {new_id} (image id {ann['image_id']})"
-        if kinds & {"bad-iscrowd"}:
+        repairs = {kind.repair for kind in kinds}
+        if Repair.SET_ISCROWD in repairs:
             ann["iscrowd"] = int(bool(ann.get("iscrowd")))
             changes.append(f"{label}: iscrowd set to {ann['iscrowd']}")
         image = images[ann["image_id"]]
-        if isinstance(ann.get("segmentation"), list) and kinds & _POLYGON_KINDS:
+        # A repaired polygon changes the mask, so its box and area are recomputed too.
+        reshaped = Repair.REPAIR_POLYGONS in repairs
+        if isinstance(ann.get("segmentation"), list) and reshaped:
             polygons, notes = _repair_polygons(ann["segmentation"], image["width"], image["height"])
             if not polygons:
                 changes.append(f"{label}: dropped (no usable polygon left: {'; '.join(notes) or 'empty mask'})")
@@ -749,20 +861,14 @@ def _fix_annotations(coco: dict, flagged: dict, category_map: dict, dropped_imag
             changes.append(f"{label}: dropped (empty mask)")
             continue
         box = mask_ops.bbox(rle)
-        if ann.get("bbox") != box and kinds & _BOX_KINDS:
+        if ann.get("bbox") != box and (reshaped or Repair.RECOMPUTE_BBOX in repairs):
             changes.append(f"{label}: bbox {ann.get('bbox')} recomputed from the mask as {box}")
             ann["bbox"] = box
-        if ann.get("area") != area and kinds & _AREA_KINDS:
+        if ann.get("area") != area and (reshaped or Repair.RECOMPUTE_AREA in repairs):
             changes.append(f"{label}: area {ann.get('area')} recomputed from the mask as {area}")
             ann["area"] = area
         kept.append(ann)
     coco["annotations"] = kept
-
-
-_POLYGON_KINDS = {"bad-polygon", "odd-coordinates", "too-few-points", "points-outside", "points-far-outside", "self-intersection", "zero-area"}
-# A repaired polygon changes the mask, so its box and area are recomputed too.
-_BOX_KINDS = {"missing-bbox", "bad-bbox", "bbox-outside", "bbox-mismatch"} | _POLYGON_KINDS
-_AREA_KINDS = {"missing-area", "bad-area", "area-mismatch"} | _POLYGON_KINDS
 
 
 def _repair_polygons(segmentation: list, width: int, height: int) -> tuple[list[list[float]], list[str]]:

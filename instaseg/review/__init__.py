@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from instaseg.core import io
-from instaseg.data.dataset import Dataset
+from instaseg.core import events, io
 from instaseg.core.errors import InstasegError
+from instaseg.data.dataset import Dataset
 from instaseg.review.apply import IdRanges, apply_review
 from instaseg.review.noise import inject_noise
 from instaseg.review.report import write_outputs
-from instaseg.review.score import SUGGESTION_TYPES, ReviewSettings, Suggestion, boundary_iou, review
+from instaseg.review.score import (
+    ReviewSettings,
+    Suggestion,
+    SuggestionType,
+    boundary_iou,
+    review,
+)
 from instaseg.review.sources import (
     load_prediction_file,
     out_of_fold_predictions,
@@ -33,7 +40,7 @@ from instaseg.review.sources import (
 REVIEW_FORMAT = "instaseg-review"
 
 __all__ = [
-    "SUGGESTION_TYPES", "ReviewSettings", "Suggestion", "apply_review", "apply_review_file", "boundary_iou",
+    "ReviewSettings", "Suggestion", "SuggestionType", "apply_review", "apply_review_file", "boundary_iou",
     "inject_noise", "review", "run_review", "save_dataset",
 ]
 
@@ -95,7 +102,8 @@ def run_review(
         overwrite: replace ``out`` if it exists.
 
     Returns:
-        The review document (what ``review.json`` holds).
+        The review document (what ``review.json`` holds). Its warnings are also reported with
+        ``events.warn``, once the report folder is written.
     """
     if sum(source is not None for source in (model, pred, folds)) != 1:
         raise InstasegError("give exactly one of --model, --pred or --folds")
@@ -128,6 +136,8 @@ def run_review(
             document["dataset"] = str((out / "dataset.json").resolve())
             document["dataset_sha256"] = _sha256(folder / "dataset.json")
         write_outputs(folder, document, dataset, max_pictures=max_pictures)
+    for warning in document["warnings"]:
+        events.warn(warning)
     return document
 
 
@@ -135,7 +145,7 @@ def review_document(dataset: Dataset, suggestions: list[Suggestion], *, source: 
                     settings: ReviewSettings, extra: dict | None = None) -> dict[str, Any]:
     """The JSON document of a review; ``dataset`` is None unless the dataset is a COCO file on disk."""
     is_coco_file = dataset.source is not None and dataset.source.suffix.lower() == ".json" and dataset.source.is_file()
-    counts = {t: sum(s.type == t for s in suggestions) for t in SUGGESTION_TYPES}
+    counts = {t.value: sum(s.type is t for s in suggestions) for t in SuggestionType}
     return {
         "format": REVIEW_FORMAT,
         "version": 1,

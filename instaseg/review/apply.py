@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import bisect
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from instaseg.core import masks as mask_ops
-from instaseg.data.dataset import Dataset
 from instaseg.core.errors import InstasegError
+from instaseg.data.dataset import Dataset
+from instaseg.review.score import SuggestionType
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
@@ -122,10 +123,10 @@ def apply_review(
     if unknown:
         held = IdRanges.of(suggestions) or "none"
         raise InstasegError(f"the review has no suggestion with id {_shortened(str(unknown))} (its ids: {_shortened(str(held))})")
-    chosen = [s for s in suggestions.values()
+    chosen = [(s, _type(s)) for s in suggestions.values()
               if (s["id"] in accept or (accept_above is not None and s["score"] >= accept_above)) and s["id"] not in reject]
     # Removals first, so that a removed label is not also edited; then in rank order.
-    chosen.sort(key=lambda s: (s["type"] not in ("extra_label", "duplicate"), s["id"]))
+    chosen.sort(key=lambda item: (not item[1].removes_label, item[0]["id"]))
 
     fixed = dataset.copy()
     by_id = {ann["id"]: ann for ann in fixed.annotations}
@@ -136,42 +137,49 @@ def apply_review(
     # Added labels take the style most of the dataset's labels have.
     polygon_dataset = 2 * sum(isinstance(ann["segmentation"], list) for ann in fixed.annotations) > len(fixed.annotations)
     changes: list[dict] = []
-    for s in chosen:
+    for s, kind in chosen:
         change = {"suggestion": s["id"], "type": s["type"], "image_id": s["image_id"], "annotation_id": s["annotation_id"]}
         target = by_id.get(s["annotation_id"]) if s["annotation_id"] is not None else None
-        if s["type"] != "missing_label" and target is None:
+        if kind is not SuggestionType.MISSING_LABEL and target is None:
             raise InstasegError(f"annotation id {s['annotation_id']} is not in the dataset (was the dataset changed "
                                 "since the review?)", file=dataset.source, record=f"suggestion {s['id']}")
         if s["annotation_id"] in removed:
             changes.append({**change, "action": "skipped", "reason": f"label removed by suggestion {removed[s['annotation_id']]}"})
             continue
-        if s["type"] in ("extra_label", "duplicate"):
+        change["action"] = kind.applied_as
+        if kind.removes_label:
             removed[s["annotation_id"]] = s["id"]
-            changes.append({**change, "action": "removed"})
-        elif s["type"] == "wrong_class":
+            changes.append(change)
+        elif kind is SuggestionType.WRONG_CLASS:
             new_category = _category(category_by_name, s)
-            changes.append({**change, "action": "category", "from": target["category_id"], "to": new_category})
+            changes.append({**change, "from": target["category_id"], "to": new_category})
             target["category_id"] = new_category
-        elif s["type"] == "bad_mask":
+        elif kind is SuggestionType.BAD_MASK:
             image = fixed.image_by_id[target["image_id"]]
             _set_mask(target, s["suggested_segmentation"], image, polygons=isinstance(target["segmentation"], list))
-            changes.append({**change, "action": "mask replaced"})
-        elif s["type"] == "missing_label":
+            changes.append(change)
+        else:  # a missing label
             image = fixed.image_by_id.get(s["image_id"])
             if image is None:
                 raise InstasegError(f"image id {s['image_id']} is not in the dataset", file=dataset.source, record=f"suggestion {s['id']}")
             new = {"id": next_id, "image_id": s["image_id"], "category_id": _category(category_by_name, s), "iscrowd": 0}
             _set_mask(new, s["suggested_segmentation"], image, polygons=polygon_dataset)
             added.append(new)
-            changes.append({**change, "action": "added", "annotation_id": next_id})
+            changes.append({**change, "annotation_id": next_id})
             next_id += 1
-        else:
-            raise InstasegError(f"unknown suggestion type {s['type']!r}", record=f"suggestion {s['id']}")
 
     fixed.coco["annotations"] = [ann for ann in fixed.annotations if ann["id"] not in removed] + added
     fixed.reindex()
     changes.sort(key=lambda c: c["suggestion"])
     return fixed, changes
+
+
+def _type(suggestion: dict) -> SuggestionType:
+    """The type of a suggestion read from a review.json, refused when this version does not know it."""
+    try:
+        return SuggestionType(suggestion["type"])
+    except ValueError:
+        raise InstasegError(f"unknown suggestion type {suggestion['type']!r}", record=f"suggestion {suggestion['id']}") from None
 
 
 def _category(category_by_name: dict[str, int], suggestion: dict) -> int:

@@ -1,6 +1,6 @@
 """Inject known label errors into a dataset, to measure how well a review finds them.
 
-Each error type mimics a real annotation slip:
+Each error type mimics a real annotation slip, and is named after the ``SuggestionType`` a review should find:
 
 - ``missing_label``: an annotation is dropped (the object is left unlabelled);
 - ``extra_label``: a spurious annotation is added in an empty part of an image, shaped like
@@ -25,10 +25,10 @@ import cv2
 import numpy as np
 
 from instaseg.core import masks as mask_ops
-from instaseg.data.dataset import Dataset
 from instaseg.core.errors import InstasegError
+from instaseg.data.dataset import Dataset
+from instaseg.review.score import SuggestionType
 
-ERROR_TYPES = ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
 # A distortion milder than this could pass for annotator style rather than an error.
 BAD_MASK_MAX_IOU = 0.75
 # Jittered duplicates stay this close to the original, so they still look like one object.
@@ -62,12 +62,14 @@ def inject_noise(
         ``distortion`` and its ``iou`` for ``bad_mask``, ``source_annotation_id`` for
         ``duplicate`` and ``extra_label``.
     """
-    rates = {"missing_label": missing, "extra_label": extra, "wrong_class": wrong_class,
-             "bad_mask": bad_mask, "duplicate": duplicate}
+    rates = {SuggestionType.MISSING_LABEL: missing, SuggestionType.EXTRA_LABEL: extra, SuggestionType.WRONG_CLASS: wrong_class,
+             SuggestionType.BAD_MASK: bad_mask, SuggestionType.DUPLICATE: duplicate}
+    # Drawn from the same annotations one after the other (extra labels are new ones).
+    taken = (SuggestionType.MISSING_LABEL, SuggestionType.WRONG_CLASS, SuggestionType.BAD_MASK, SuggestionType.DUPLICATE)
     for name, rate in rates.items():
         if not 0.0 <= rate <= 1.0:
             raise InstasegError(f"the {name} rate must lie in [0, 1], got {rate}")
-    if sum(rates[t] for t in ("missing_label", "wrong_class", "bad_mask", "duplicate")) > 1.0:
+    if sum(rates[t] for t in taken) > 1.0:
         raise InstasegError("the missing, wrong_class, bad_mask and duplicate rates add up to more than 1")
 
     rng = np.random.default_rng(seed)
@@ -80,31 +82,31 @@ def inject_noise(
     total = len(candidates)
     next_id = max((ann["id"] for ann in coco["annotations"]), default=0) + 1
     if len(coco["categories"]) < 2:
-        rates["wrong_class"] = 0.0
+        rates[SuggestionType.WRONG_CLASS] = 0.0
 
     def take(rate: float) -> list[int]:
         count = int(round(rate * total))
         chosen, order[:] = order[:count], order[count:]
         return chosen
 
-    chosen = {name: take(rates[name]) for name in ("missing_label", "wrong_class", "bad_mask", "duplicate")}
+    chosen = {name: take(rates[name]) for name in taken}
     injected: list[dict] = []
     removed: set[int] = set()
     added: list[dict] = []
 
-    for k in chosen["missing_label"]:
+    for k in chosen[SuggestionType.MISSING_LABEL]:
         ann = coco["annotations"][k]
         removed.add(k)
-        injected.append(_record(noisy, "missing_label", ann, annotation=copy.deepcopy(ann)))
+        injected.append(_record(noisy, SuggestionType.MISSING_LABEL, ann, annotation=copy.deepcopy(ann)))
 
     category_ids = [cat["id"] for cat in coco["categories"]]
-    for k in chosen["wrong_class"]:
+    for k in chosen[SuggestionType.WRONG_CLASS]:
         ann = coco["annotations"][k]
         new = int(rng.choice([c for c in category_ids if c != ann["category_id"]]))
-        injected.append(_record(noisy, "wrong_class", ann, old_category_id=ann["category_id"], new_category_id=new))
+        injected.append(_record(noisy, SuggestionType.WRONG_CLASS, ann, old_category_id=ann["category_id"], new_category_id=new))
         ann["category_id"] = new
 
-    for k in chosen["bad_mask"]:
+    for k in chosen[SuggestionType.BAD_MASK]:
         ann = coco["annotations"][k]
         image = noisy.image_by_id[ann["image_id"]]
         mask = _mask(ann, image)
@@ -112,9 +114,9 @@ def inject_noise(
         if distorted is None:  # too small to distort recognisably: leave it clean
             continue
         _set_mask(ann, distorted)
-        injected.append(_record(noisy, "bad_mask", ann, distortion=how, iou=round(overlap, 4)))
+        injected.append(_record(noisy, SuggestionType.BAD_MASK, ann, distortion=how, iou=round(overlap, 4)))
 
-    for k in chosen["duplicate"]:
+    for k in chosen[SuggestionType.DUPLICATE]:
         source = coco["annotations"][k]
         image = noisy.image_by_id[source["image_id"]]
         copy_mask = _jitter(_mask(source, image), rng)
@@ -125,12 +127,12 @@ def inject_noise(
         next_id += 1
         _set_mask(twin, copy_mask, like=source)
         added.append(twin)
-        injected.append(_record(noisy, "duplicate", twin, source_annotation_id=source["id"]))
+        injected.append(_record(noisy, SuggestionType.DUPLICATE, twin, source_annotation_id=source["id"]))
 
     shapes = [ann for ann in coco["annotations"] if not ann.get("iscrowd", 0)]
     # Pixels labelled per image, dropped labels included: a spurious label must not land on a real object.
     occupied: dict[int, np.ndarray] = {}
-    for _ in range(int(round(rates["extra_label"] * total))):
+    for _ in range(int(round(rates[SuggestionType.EXTRA_LABEL] * total))):
         spurious = _spurious(noisy, shapes, occupied, rng)
         if spurious is None:
             continue
@@ -138,14 +140,14 @@ def inject_noise(
         spurious_ann["id"] = next_id
         next_id += 1
         added.append(spurious_ann)
-        injected.append(_record(noisy, "extra_label", spurious_ann, source_annotation_id=source_id))
+        injected.append(_record(noisy, SuggestionType.EXTRA_LABEL, spurious_ann, source_annotation_id=source_id))
 
     coco["annotations"] = [ann for k, ann in enumerate(coco["annotations"]) if k not in removed] + added
     noisy.reindex()
     return noisy, injected
 
 
-def _record(dataset: Dataset, kind: str, ann: dict, **details: Any) -> dict:
+def _record(dataset: Dataset, kind: SuggestionType, ann: dict, **details: Any) -> dict:
     image = dataset.image_by_id[ann["image_id"]]
     return {"type": kind, "image_id": ann["image_id"], "file_name": image["file_name"],
             "annotation_id": ann["id"], **details}

@@ -14,26 +14,26 @@ import io as text_io
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from instaseg.core import io, masks as mask_ops
-from instaseg.data.dataset import Dataset
-from instaseg.review.score import SUGGESTION_TYPES
+from instaseg.core import events, io
+from instaseg.core import masks as mask_ops
 from instaseg.core.structures import Instances
+from instaseg.data.dataset import Dataset
+from instaseg.review.score import SuggestionType
 
 PANEL_SIZE = 256  # long side of each half of a picture, in pixels
 _HEADER = 22
 _CSV_FIELDS = ("id", "type", "score", "image_id", "file_name", "annotation_id", "class_name", "suggested_class",
                "confidence", "other_annotation_id")
-_FIX_TEXT = {"missing_label": "add", "extra_label": "remove", "wrong_class": "relabel",
-             "bad_mask": "redraw mask", "duplicate": "remove copy"}
+# Types whose fixed panel shows an instance of the fix's own: the model's mask, or the copy that stays.
+_FOCUS_AFTER = (SuggestionType.MISSING_LABEL, SuggestionType.BAD_MASK, SuggestionType.DUPLICATE)
 
 
 def picture_name(suggestion: dict) -> str:
+    """Where a suggestion's picture goes in the report folder."""
     return f"pictures/{suggestion['id']:05d}-{suggestion['type']}.jpg"
 
 
@@ -44,7 +44,7 @@ def write_outputs(folder: Path, document: dict, dataset: Dataset, max_pictures: 
     if drawn:
         (folder / "pictures").mkdir()
     pictures: dict[int, str] = {}
-    for suggestion in tqdm(drawn, desc="pictures", unit="pic", disable=None):
+    for suggestion in events.track(drawn, "pictures", unit="pic"):
         pixels = suggestion_picture(dataset, suggestion)
         if pixels is not None:
             io.write_image(folder / picture_name(suggestion), pixels)
@@ -82,7 +82,7 @@ def suggestion_picture(dataset: Dataset, suggestion: dict) -> np.ndarray | None:
     focus = np.zeros(labels.image_size, bool)
     if suggestion["annotation_id"] is not None and len(before):
         focus |= before.masks[-1]
-    if suggestion["type"] in ("missing_label", "bad_mask", "duplicate") and len(after):
+    if suggestion["type"] in _FOCUS_AFTER and len(after):
         focus |= after.masks[-1]
     y0, y1, x0, x1 = _crop_box(focus)
     scale = min(8.0, PANEL_SIZE / max(y1 - y0, x1 - x0))
@@ -105,20 +105,20 @@ def _before_after(labels: Instances, s: dict, class_names: list[str]) -> tuple[I
     ids = [int(v) for v in labels.data["annotation_id"]]
     subject = [ids.index(s["annotation_id"])] if s["annotation_id"] in ids else []
     others = [k for k in range(len(labels)) if k not in subject]
-    if s["type"] == "duplicate" and s.get("other_annotation_id") in ids:
+    if s["type"] == SuggestionType.DUPLICATE and s.get("other_annotation_id") in ids:
         keep = ids.index(s["other_annotation_id"])
         others = [k for k in others if k != keep] + [keep]
     before = labels[others + subject]
     rest = labels[others]
-    if s["type"] in ("extra_label", "duplicate"):
+    if SuggestionType(s["type"]).removes_label:
         return before, rest
     height, width = labels.image_size
     model_mask = mask_ops.decode(s["suggested_segmentation"], height, width)[None] if s.get("suggested_segmentation") else None
-    if s["type"] == "missing_label":
+    if s["type"] == SuggestionType.MISSING_LABEL:
         new = Instances.from_masks(model_mask, [class_names.index(s["suggested_class"])], None, class_names)
         return before, _concat(rest, new)
     old = labels[subject]
-    mask = model_mask if s["type"] == "bad_mask" else old.masks
+    mask = model_mask if s["type"] == SuggestionType.BAD_MASK else old.masks
     class_id = class_names.index(s["suggested_class"]) if s.get("suggested_class") in class_names else int(old.class_ids[0])
     return before, _concat(rest, Instances.from_masks(mask, [class_id], None, class_names))
 
@@ -156,9 +156,7 @@ def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
 
 
 def _fix_title(s: dict) -> str:
-    fix = _FIX_TEXT[s["type"]]
-    if s["type"] in ("missing_label", "wrong_class"):
-        fix += f" {s['suggested_class']}"
+    fix = SuggestionType(s["type"]).fix.format(suggested_class=s["suggested_class"])
     return f"{fix} ({s['score']:.2f})"
 
 
@@ -176,7 +174,7 @@ def review_html(document: dict, pictures: dict[int, str]) -> str:
     counts = Counter(s["type"] for s in suggestions)
     classes = sorted({name for s in suggestions for name in (s["class_name"], s["suggested_class"]) if name})
     esc = html.escape
-    type_options = "".join(f'<option value="{t}">{t} ({counts.get(t, 0)})</option>' for t in SUGGESTION_TYPES)
+    type_options = "".join(f'<option value="{t}">{t} ({counts.get(t, 0)})</option>' for t in SuggestionType)
     class_options = "".join(f'<option value="{esc(c)}">{esc(c)}</option>' for c in classes)
     warnings = "".join(f'<p class="warn">&#9888; {esc(w)}</p>' for w in document.get("warnings", []))
     cards = "\n".join(_card(s, pictures.get(s["id"])) for s in suggestions)
@@ -186,7 +184,7 @@ def review_html(document: dict, pictures: dict[int, str]) -> str:
         dataset=esc(str(document.get("dataset"))),
         source=esc(f"{source.get('kind', '?')}: {source.get('path') or source.get('folds', '')}"),
         total=len(suggestions),
-        summary=esc(", ".join(f"{counts[t]} {t}" for t in SUGGESTION_TYPES if counts.get(t))) or "none",
+        summary=esc(", ".join(f"{counts[t]} {t}" for t in SuggestionType if counts.get(t))) or "none",
         warnings=warnings,
         type_options=type_options,
         class_options=class_options,

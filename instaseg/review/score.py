@@ -43,20 +43,58 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from tqdm import tqdm
 
+from instaseg.core import events
 from instaseg.core import masks as mask_ops
+from instaseg.core.structures import Instances
 from instaseg.data.dataset import Dataset
 from instaseg.data.stats import object_size
-from instaseg.review.appearance import Appearance, appearance, object_likeness, outline_fit, unlabelled_objects
-from instaseg.core.structures import Instances
+from instaseg.review.appearance import (
+    Appearance,
+    appearance,
+    object_likeness,
+    outline_fit,
+    unlabelled_objects,
+)
 
-SUGGESTION_TYPES = ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
+
+class SuggestionType(StrEnum):
+    """A kind of suspected label error (the value is its name in review.json), in the order reports list them.
+
+    Attributes:
+        description: the type in words, for a front end's legend.
+        fix: the fix in words, as the picture's right panel is titled (``{suggested_class}`` filled in).
+        applied_as: the ``action`` that ``review apply`` records for it.
+    """
+
+    description: str
+    fix: str
+    applied_as: str
+
+    def __new__(cls, value: str, description: str, fix: str, applied_as: str):
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.description = description
+        member.fix = fix
+        member.applied_as = applied_as
+        return member
+
+    @property
+    def removes_label(self) -> bool:
+        """Whether applying it removes the label concerned."""
+        return self.applied_as == "removed"
+
+    MISSING_LABEL = "missing_label", "an object that no label covers", "add {suggested_class}", "added"
+    EXTRA_LABEL = "extra_label", "a label where there is no object", "remove", "removed"
+    WRONG_CLASS = "wrong_class", "a label of the wrong class", "relabel {suggested_class}", "category"
+    BAD_MASK = "bad_mask", "a label whose mask misses the object's outline", "redraw mask", "mask replaced"
+    DUPLICATE = "duplicate", "a second label of the same object", "remove copy", "removed"
 
 
 class Pair(NamedTuple):
@@ -72,9 +110,8 @@ class Pair(NamedTuple):
 # Matches at this confidence or above set the typical outline agreement (bad_mask): mostly correct labels.
 CONFIDENT_MATCH = 0.5
 # Below this median mask IoU of the confident matches the model's outlines are too coarse to judge
-# outlines by (the review warns). Measured (BENCHMARKS.md, session 11): 0.77 on the DSB2018 nuclei folds,
-# whose outlines of correct labels fall below 0.75 (where the benchmark's bad masks lie) 38% of the time
-# (bad-mask AP 0.51); 0.87 on the synthetic shapes' folds, 14% (AP 0.87).
+# outlines by (the review warns): correct labels then often disagree with the model as much as
+# badly drawn ones do.
 SHARP_OUTLINE_IOU = 0.8
 
 
@@ -90,17 +127,15 @@ class ReviewSettings:
         duplicate_min_iou: two labels of one class overlapping at least this much are duplicates.
         min_score: suggestions scoring below this are left out.
         boundary_width: width in pixels of the contour bands whose IoU measures outline agreement
-            (bad_mask): correct outlines agree to within a pixel or two, and a wider band (Boundary
-            IoU's 2% of the image diagonal is 7-35 px on 256-1388 px images) covers small objects
-            whole, leaving only mask IoU (BENCHMARKS.md).
+            (bad_mask): correct outlines agree to within a pixel or two, and a wider band (such as
+            Boundary IoU's 2% of the image diagonal) covers small objects whole, leaving only mask IoU.
         min_confidence: predictions below this confidence are ignored.
         full_support_confidence: a matching prediction this confident fully backs a label (extra_label).
         trusted_image_support: the mean support of an image's other labels at which the model's
             doubt about one label counts in full (extra_label); below it, in proportion.
         background_weight: exponent of the box head's p(background) for a label's box in the
             extra_label score. The verdict comes from the same model as the detections, and a weak
-            box head calls many real objects background, so it counts a quarter as much
-            (BENCHMARKS.md: the weight was chosen on one set of injected errors and checked on another).
+            box head calls many real objects background, so it counts a quarter as much.
         edge_radius: how far (pixels) from a label's outline ``edge_alignment`` looks for a stronger
             image edge (bad_mask): a little wider than the boundary band, so that an outline drawn a
             few pixels inside or outside the object still sees the object's edge.
@@ -141,7 +176,7 @@ class Suggestion:
     """
 
     id: int
-    type: str
+    type: SuggestionType
     score: float
     image_id: int
     file_name: str
@@ -153,7 +188,11 @@ class Suggestion:
     other_annotation_id: int | None = None
     evidence: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.type = SuggestionType(self.type)
+
     def to_dict(self) -> dict[str, Any]:
+        """The suggestion as review.json holds it."""
         return asdict(self)
 
 
@@ -298,7 +337,7 @@ def score_image(
                 extra_evidence |= {"background_look": round(unlike, 4), "look_reliability": round(look.reliability, 4)}
                 extra_score = extra_score ** (1.0 - look_weight) * unlike ** look_weight
             if extra_score >= settings.min_score:
-                suggestions.append({**label, "type": "extra_label", "score": extra_score, "suggested_class": None,
+                suggestions.append({**label, "type": SuggestionType.EXTRA_LABEL, "score": extra_score, "suggested_class": None,
                                     "evidence": extra_evidence})
             if m is None:
                 continue
@@ -318,7 +357,7 @@ def score_image(
                     if box_p is not None:
                         evidence |= {"box_p_label_class": round(float(class_p[own]), 4),
                                      "box_p_suggested_class": round(float(class_p[best]), 4)}
-                    suggestions.append({**label, **fix, "type": "wrong_class", "score": float(margin[best]),
+                    suggestions.append({**label, **fix, "type": SuggestionType.WRONG_CLASS, "score": float(margin[best]),
                                         "suggested_class": labels.class_names[best], "evidence": evidence})
             quality = boundary_iou(labels.masks[g], pred.masks[m], settings.boundary_width)
             alignment = edge_alignment(labels.masks[g], *edges) if edges is not None else None
@@ -331,7 +370,7 @@ def score_image(
                 evidence["edge_alignment"] = round(alignment, 4)
             if fit is not None:
                 evidence["outline_look"] = round(fit, 4)
-            suggestions.append({**label, **fix, "type": "bad_mask", "score": None, "pair": len(pairs) - 1,
+            suggestions.append({**label, **fix, "type": SuggestionType.BAD_MASK, "score": None, "pair": len(pairs) - 1,
                                 "suggested_class": labels.class_names[labels.class_ids[g]], "evidence": evidence})
 
         regions, region_class = [], None
@@ -388,7 +427,7 @@ def _missing(base: dict, pred: Instances, pred_rles: list[dict], ious: np.ndarra
         evidence = {"iou_with_labels": round(float(nearest[j]), 4)}
         if "box_score" in pred.data:
             evidence["box_score"] = round(float(second_look[j]), 4)
-        out.append({**base, "type": "missing_label", "score": score, "annotation_id": None, "class_name": None,
+        out.append({**base, "type": SuggestionType.MISSING_LABEL, "score": score, "annotation_id": None, "class_name": None,
                     "suggested_class": pred.class_names[pred.class_ids[j]],
                     "suggested_segmentation": pred_rles[j], "confidence": round(float(pred.scores[j]), 4),
                     "evidence": evidence})
@@ -404,7 +443,7 @@ def _missing(base: dict, pred: Instances, pred_rles: list[dict], ious: np.ndarra
             item["score"] = 1.0 - (1.0 - item["score"]) * (1.0 - region_score)
             item["evidence"]["image_look"] = max(item["evidence"].get("image_look", 0.0), round(region_score, 4))
             continue
-        out.append({**base, "type": "missing_label", "score": region_score, "annotation_id": None, "class_name": None,
+        out.append({**base, "type": SuggestionType.MISSING_LABEL, "score": region_score, "annotation_id": None, "class_name": None,
                     "suggested_class": region_class, "suggested_segmentation": rle, "confidence": None,
                     "evidence": {"image_look": round(region_score, 4)}})
     return [item for item in out if item["score"] >= settings.min_score]
@@ -433,7 +472,7 @@ def _duplicates(base: dict, labels: Instances, rles: list[dict], ann_ids: list[i
         # Remove the less supported copy; on a tie, the later one (higher annotation id).
         keep, drop = (a, b) if (agreement[a], -ann_ids[a]) >= (agreement[b], -ann_ids[b]) else (b, a)
         overlap = float(ious[a, b])
-        out.append({**base, "type": "duplicate", "score": 0.5 + 0.5 * (overlap - t) / (1.0 - t),
+        out.append({**base, "type": SuggestionType.DUPLICATE, "score": 0.5 + 0.5 * (overlap - t) / (1.0 - t),
                     "annotation_id": ann_ids[drop], "other_annotation_id": ann_ids[keep],
                     "class_name": labels.class_names[labels.class_ids[drop]], "suggested_class": None,
                     "evidence": {"mask_iou": round(overlap, 4)}})
@@ -538,7 +577,7 @@ def review(
     raw: list[dict] = []
     pairs: dict[int, list[Pair]] = {}
     unknown: set[str] = set()
-    for image in tqdm(dataset.images, desc="review", unit="img", disable=None):
+    for image in events.track(dataset.images, "review", unit="img"):
         gt = dataset.ground_truth(image)
         pred = edges = look = None
         if predictions is not None:
@@ -558,7 +597,7 @@ def review(
 
     scorer = bad_mask_scorer(pairs, settings)
     for item in raw:
-        if item["type"] == "bad_mask":
+        if item["type"] is SuggestionType.BAD_MASK:
             item["score"], used = scorer(item["image_id"], item.pop("pair"))
             item["evidence"] |= used
     kept = [item for item in raw if item["score"] >= settings.min_score]
