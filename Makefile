@@ -3,12 +3,19 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test bench
+.PHONY: quickstart test lint bench
 quickstart: $(VENV)/.installed
 	$(BIN)/instaseg quickstart --out runs/quickstart --overwrite
 
-test: $(VENV)/.installed
+test: lint
 	$(BIN)/python -m pytest -q
+
+# Lint, format, types and the import direction between the pipeline's folders (pyproject.toml).
+lint: $(VENV)/.installed
+	$(BIN)/ruff check instaseg tests bench
+	$(BIN)/ruff format --check instaseg tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -54,7 +54,7 @@ def make_case(
         polygons = [_polygon(rng, size) for _ in range(rng.integers(gt_per_image // 2, gt_per_image * 3 // 2 + 1))]
         classes = rng.integers(1, NUM_CLASSES + 1, len(polygons))
         rles = [mask_utils.frPyObjects([p], size, size)[0] for p in polygons]
-        for rle, cls in zip(rles, classes):
+        for rle, cls in zip(rles, classes, strict=True):
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -75,7 +75,7 @@ def make_case(
             else:  # a false positive somewhere
                 det_polygons.append(_polygon(rng, size))
                 det_classes.append(int(rng.integers(1, NUM_CLASSES + 1)))
-        for polygon, cls in zip(det_polygons, det_classes):
+        for polygon, cls in zip(det_polygons, det_classes, strict=True):
             rle = mask_utils.frPyObjects([polygon], size, size)[0]
             results.append(
                 {

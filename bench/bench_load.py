@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 from pycocotools.coco import COCO
 
-from instaseg.core import io, masks as mask_ops
+from instaseg.core import io
+from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.check import check_dataset
 
@@ -47,7 +48,9 @@ def blob_polygon(rng: np.random.Generator) -> list[float]:
 def ellipse_rle(rng: np.random.Generator) -> dict:
     mask = np.zeros((HEIGHT, WIDTH), np.uint8)
     center = (int(rng.integers(60, WIDTH - 60)), int(rng.integers(60, HEIGHT - 60)))
-    cv2.ellipse(mask, center, (int(rng.integers(8, 50)), int(rng.integers(8, 50))), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    cv2.ellipse(
+        mask, center, (int(rng.integers(8, 50)), int(rng.integers(8, 50))), float(rng.uniform(0, 180)), 0, 360, 1, -1
+    )
     return mask_ops.encode(mask.astype(bool))
 
 
@@ -62,7 +65,9 @@ def uncompressed(rle: dict) -> dict:
 
 def make_coco(num_images: int, num_instances: int, seed: int = 0, all_rle: bool = False) -> dict:
     rng = np.random.default_rng(seed)
-    images = [{"id": i + 1, "file_name": f"{i + 1:06d}.jpg", "width": WIDTH, "height": HEIGHT} for i in range(num_images)]
+    images = [
+        {"id": i + 1, "file_name": f"{i + 1:06d}.jpg", "width": WIDTH, "height": HEIGHT} for i in range(num_images)
+    ]
     annotations = []
     for k in range(num_instances):
         if all_rle:
@@ -123,7 +128,9 @@ def rle_table(args: argparse.Namespace, folder: str) -> None:
         validations.append(validation)
     theirs_s, load_s, validation_s = (statistics.median(v) for v in (theirs, loads, validations))
     print()
-    print(f"| all-RLE file | {args.images:,} images, {args.instances:,} RLE instances (1 in 10 uncompressed), {size_mb:.0f} MB |")
+    print(
+        f"| all-RLE file | {args.images:,} images, {args.instances:,} RLE instances (1 in 10 uncompressed), {size_mb:.0f} MB |"
+    )
     print("|---|---|")
     print(f"| pycocotools `COCO()` load, median of {args.repeats} | {theirs_s:.2f} s |")
     print(f"| instaseg `Dataset.load` (parse, schema, `validate`), median of {args.repeats} | {load_s:.2f} s |")
@@ -155,7 +162,9 @@ def main() -> None:
     print(f"| file | {args.images:,} images, {args.instances:,} instances, {size_mb:.0f} MB |")
     print("|---|---|")
     print(f"| pycocotools `COCO()` load, median of {args.repeats} | {theirs_s:.2f} s |")
-    print(f"| instaseg `Dataset.load` + `check_dataset(check_files=False)`, median of {args.repeats} | {ours_s:.2f} s |")
+    print(
+        f"| instaseg `Dataset.load` + `check_dataset(check_files=False)`, median of {args.repeats} | {ours_s:.2f} s |"
+    )
     print(f"| ratio instaseg / pycocotools (target <= 2) | **{ours_s / theirs_s:.2f}** |")
     with tempfile.TemporaryDirectory() as folder:
         rle_table(args, folder)

@@ -17,14 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import instaseg  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch
 import torchvision
 
+import instaseg  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
+from instaseg.engine.data import TrainingImages, collate
 from instaseg.models import count_parameters, get_model, list_models
-from instaseg.engine.train import TrainingImages, _collate
 
 
 def step_seconds(model: torch.nn.Module, batches: list, steps: int) -> float:
@@ -60,8 +60,7 @@ def main() -> None:
         # Limits at the 128 px image size: the images stay as they are and each model resizes them its own way.
         images = TrainingImages(Dataset.load(train_json), augment=False, min_sizes=(128,), max_size=128)
         batches = [
-            _collate([images[i] for i in range(k, k + args.batch_size)])
-            for k in range(0, len(images), args.batch_size)
+            collate([images[i] for i in range(k, k + args.batch_size)]) for k in range(0, len(images), args.batch_size)
         ]
         torch.manual_seed(0)
         peer = torchvision.models.detection.maskrcnn_resnet50_fpn(
@@ -71,7 +70,9 @@ def main() -> None:
             "torchvision maskrcnn_resnet50_fpn at 512 px (peer)": peer,
             "maskrcnn_resnet50_fpn, cpu preset (512 px)": get_model("maskrcnn_resnet50_fpn", 4, preset="cpu"),
             "maskrcnn_resnet18_fpn, cpu preset (512 px)": get_model("maskrcnn_resnet18_fpn", 4, preset="cpu"),
-            "maskrcnn_resnet18_fpn, small preset (128 px, quickstart)": get_model("maskrcnn_resnet18_fpn", 4, preset="small"),
+            "maskrcnn_resnet18_fpn, small preset (128 px, quickstart)": get_model(
+                "maskrcnn_resnet18_fpn", 4, preset="small"
+            ),
         }
         seconds = {label: step_seconds(model, batches, args.steps) for label, model in candidates.items()}
     base = seconds["torchvision maskrcnn_resnet50_fpn at 512 px (peer)"]

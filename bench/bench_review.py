@@ -38,12 +38,12 @@ import torch
 from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
-from instaseg.review import inject_noise, review, review_document, save_dataset
+from instaseg.engine.config import FLIPS, PHOTOMETRIC
+from instaseg.review import inject_noise, review, review_document
 from instaseg.review.noise import BAD_MASK_MAX_IOU
 from instaseg.review.report import write_outputs
 from instaseg.review.score import CONFIDENT_MATCH, ReviewSettings
 from instaseg.review.sources import assign_folds, judge_held_out, out_of_fold_predictions
-from instaseg.engine.train import FLIPS, PHOTOMETRIC
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TYPES = ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
@@ -113,17 +113,23 @@ def score_ours(noisy: Dataset, suggestions: list, injected: list[dict]) -> dict[
             relevant = [s.annotation_id in ids for s in ranked]
         rows[kind] = _summary(relevant, len(truth))
         if kind == "bad_mask":  # which distortions the top k finds
-            top = {s.annotation_id for s in ranked[:len(truth)]}
+            top = {s.annotation_id for s in ranked[: len(truth)]}
             rows[kind]["r_at_k_by_distortion"] = {
                 how: float(np.mean([e["annotation_id"] in top for e in truth if e["distortion"] == how]))
-                for how in sorted({e["distortion"] for e in truth})}
+                for how in sorted({e["distortion"] for e in truth})
+            }
     return rows
 
 
 def _summary(relevant: list[bool], total: int) -> dict:
     precision, recall = at_k(relevant, total)
-    return {"n": total, "ap": average_precision(relevant, total), "p_at_k": precision, "r_at_k": recall,
-            "suggested": len(relevant)}
+    return {
+        "n": total,
+        "ap": average_precision(relevant, total),
+        "p_at_k": precision,
+        "r_at_k": recall,
+        "suggested": len(relevant),
+    }
 
 
 def cleanlab_inputs(noisy: Dataset, predictions: dict) -> tuple[list[dict], list[np.ndarray], list[list[int]]]:
@@ -136,8 +142,12 @@ def cleanlab_inputs(noisy: Dataset, predictions: dict) -> tuple[list[dict], list
         for a in anns:
             image_size = (image["height"], image["width"])
             boxes.append(_xyxy(mask_ops.bbox(mask_ops.to_rle(a["segmentation"], *image_size))))
-        labels.append({"bboxes": np.asarray(boxes, np.float32).reshape(-1, 4),
-                       "labels": np.asarray([noisy.category_index[a["category_id"]] for a in anns], np.int64)})
+        labels.append(
+            {
+                "bboxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+                "labels": np.asarray([noisy.category_index[a["category_id"]] for a in anns], np.int64),
+            }
+        )
         ann_ids.append([a["id"] for a in anns])
         inst = predictions.get(image["id"])
         per_class = np.empty(k, dtype=object)
@@ -169,8 +179,11 @@ def score_cleanlab(noisy: Dataset, predictions: dict, injected: list[dict]) -> t
         return sorted(ranked)  # lowest quality first
 
     rows = {}
-    for kind, scores in (("extra_label", [np.fmin(s, b) for s, b in zip(swap, badloc)]), ("wrong_class", swap),
-                         ("bad_mask", badloc)):
+    for kind, scores in (
+        ("extra_label", [np.fmin(s, b) for s, b in zip(swap, badloc)]),
+        ("wrong_class", swap),
+        ("bad_mask", badloc),
+    ):
         ids = {e["annotation_id"] for e in injected if e["type"] == kind}
         rows[kind] = _summary([ann_id in ids for _, ann_id in label_ranking(scores)], len(ids))
     dup_ranked = label_ranking([np.fmin(s, b) for s, b in zip(swap, badloc)])
@@ -199,8 +212,14 @@ def score_cleanlab(noisy: Dataset, predictions: dict, injected: list[dict]) -> t
     unclaimed = list(missing)
     relevant = []
     for _, image_id, box in ranked:
-        hit = next((e for e in unclaimed if e["image_id"] == image_id
-                    and _box_iou(box, _xyxy(e["annotation"]["bbox"])) >= 0.5), None)
+        hit = next(
+            (
+                e
+                for e in unclaimed
+                if e["image_id"] == image_id and _box_iou(box, _xyxy(e["annotation"]["bbox"])) >= 0.5
+            ),
+            None,
+        )
         if hit is not None:
             unclaimed.remove(hit)
         relevant.append(hit is not None)
@@ -221,7 +240,7 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     if len(clean.categories) < 2:
         rates["wrong_class"] = 0.0
     noisy, injected = inject_noise(clean, **rates, seed=args.noise_seed)
-    save_dataset(noisy, work / "noisy.json", overwrite=True)
+    noisy.save(work / "noisy.json", overwrite=True, record_image_root=True)
     noisy = Dataset.load(work / "noisy.json")
     started = time.perf_counter()
     judged = work / f"judged-seed{args.noise_seed}.pkl"  # the fold models' verdicts, for --reuse-folds
@@ -235,18 +254,36 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
             for stale in work.glob("judged-seed*.pkl"):  # verdicts of the fold models this run replaces
                 stale.unlink()
             predictions, label_probs, _ = out_of_fold_predictions(
-                noisy, args.folds, out=work / "folds", minutes_per_fold=args.minutes_per_fold,
-                epochs_per_fold=args.epochs_per_fold, seed=0,
-                train_options={"overwrite": True, "progress": False, "preset": preset, "model_kwargs": model_kwargs,
-                               "crop_size": args.crop_size, "flips": args.flips,
-                               "photometric": args.photometric, "processes": args.processes})
+                noisy,
+                args.folds,
+                out=work / "folds",
+                minutes_per_fold=args.minutes_per_fold,
+                epochs_per_fold=args.epochs_per_fold,
+                seed=0,
+                train_options={
+                    "overwrite": True,
+                    "progress": False,
+                    "preset": preset,
+                    "model_kwargs": model_kwargs,
+                    "crop_size": args.crop_size,
+                    "flips": args.flips,
+                    "photometric": args.photometric,
+                    "processes": args.processes,
+                },
+            )
         judged.write_bytes(pickle.dumps((predictions, label_probs)))
     trained = time.perf_counter() - started
     started = time.perf_counter()
     suggestions, info = review(noisy, predictions, ReviewSettings(min_score=0.0), label_probs, noisy.read_image)
     reviewed = time.perf_counter() - started
-    document = review_document(noisy, suggestions, source={"kind": "folds", "folds": args.folds}, warnings=info["warnings"],
-                               settings=ReviewSettings(min_score=0.0), extra={"bad_mask_reference": info["bad_mask_reference"]})
+    document = review_document(
+        noisy,
+        suggestions,
+        source={"kind": "folds", "folds": args.folds},
+        warnings=info["warnings"],
+        settings=ReviewSettings(min_score=0.0),
+        extra={"bad_mask_reference": info["bad_mask_reference"]},
+    )
     report = work / "report"
     if report.exists():
         shutil.rmtree(report)
@@ -256,26 +293,40 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
     from instaseg.evaluation import evaluate
 
     mask_ap = float(evaluate(clean, predictions).stats["segm"][0])  # of the fold models, against the clean labels
-    result = {"name": name, "images": len(noisy.images), "labels": len(noisy.annotations), "injected": len(injected),
-              "mask_ap": mask_ap, "train_s": trained, "reused_verdicts": reused_verdicts, "review_s": reviewed, "reference": info["bad_mask_reference"],
-              "outlines": outline_agreement(clean, predictions, injected),
-              **compare(noisy, suggestions, predictions, injected)}
+    result = {
+        "name": name,
+        "images": len(noisy.images),
+        "labels": len(noisy.annotations),
+        "injected": len(injected),
+        "mask_ap": mask_ap,
+        "train_s": trained,
+        "reused_verdicts": reused_verdicts,
+        "review_s": reviewed,
+        "reference": info["bad_mask_reference"],
+        "outlines": outline_agreement(clean, predictions, injected),
+        **compare(noisy, suggestions, predictions, injected),
+    }
     # What the model's verdicts on the labels' and predictions' own boxes add: the same predictions
     # scored as a predictions file would give them (no label probabilities, no second look at the boxes).
-    as_from_a_file = {image_id: replace(found, data={k: v for k, v in found.data.items() if k != "box_score"})
-                      for image_id, found in predictions.items()}
+    as_from_a_file = {
+        image_id: replace(found, data={k: v for k, v in found.data.items() if k != "box_score"})
+        for image_id, found in predictions.items()
+    }
     result["predictions_only"] = score_ours(
-        noisy, review(noisy, as_from_a_file, ReviewSettings(min_score=0.0), read_image=noisy.read_image)[0], injected)
+        noisy, review(noisy, as_from_a_file, ReviewSettings(min_score=0.0), read_image=noisy.read_image)[0], injected
+    )
     # What checking the outlines against the image's edges adds to bad masks: the same review without the images.
     without_edges = review(noisy, predictions, ReviewSettings(min_score=0.0), label_probs)[0]
     result["without_edges"] = score_ours(noisy, without_edges, injected)["bad_mask"]["ap"]
     # What the image's own look adds (instaseg.review.appearance): the same review without that witness.
-    without_look = review(noisy, predictions, ReviewSettings(min_score=0.0, appearance_weight=0.0), label_probs,
-                          noisy.read_image)[0]
+    without_look = review(
+        noisy, predictions, ReviewSettings(min_score=0.0, appearance_weight=0.0), label_probs, noisy.read_image
+    )[0]
     result["without_look"] = score_ours(noisy, without_look, injected)
     # What each image's own bad-mask reference adds: the same review with the dataset's reference alone.
-    dataset_reference = review(noisy, predictions, ReviewSettings(min_score=0.0, min_image_matches=10**9), label_probs,
-                               noisy.read_image)[0]
+    dataset_reference = review(
+        noisy, predictions, ReviewSettings(min_score=0.0, min_image_matches=10**9), label_probs, noisy.read_image
+    )[0]
     result["dataset_reference"] = score_ours(noisy, dataset_reference, injected)["bad_mask"]["ap"]
     # The ceiling of the scoring rules, apart from model quality: the clean labels as predictions.
     oracle = {}
@@ -283,8 +334,9 @@ def run_dataset(name: str, clean: Dataset, work: Path, args, preset: str, model_
         truth = clean.ground_truth(image)
         truth.scores[:] = 0.99  # above cleanlab's default high-probability threshold (0.95)
         oracle[image["id"]] = truth
-    result["oracle"] = compare(noisy, review(noisy, oracle, ReviewSettings(min_score=0.0), read_image=noisy.read_image)[0],
-                               oracle, injected)
+    result["oracle"] = compare(
+        noisy, review(noisy, oracle, ReviewSettings(min_score=0.0), read_image=noisy.read_image)[0], oracle, injected
+    )
     return result
 
 
@@ -317,10 +369,12 @@ def outline_agreement(clean: Dataset, predictions: dict, injected: list[dict]) -
     best = np.asarray(best)
     detected = best[best > ReviewSettings.missing_max_iou]
     distorted = [e["iou"] for e in injected if e["type"] == "bad_mask"]
-    return {"found": float(len(detected) / max(len(best), 1)),
-            "median_iou": float(np.median(detected)) if len(detected) else float("nan"),
-            "below_threshold": float(np.mean(detected < BAD_MASK_MAX_IOU)) if len(detected) else float("nan"),
-            "bad_mask_median_iou": float(np.median(distorted)) if distorted else float("nan")}
+    return {
+        "found": float(len(detected) / max(len(best), 1)),
+        "median_iou": float(np.median(detected)) if len(detected) else float("nan"),
+        "below_threshold": float(np.mean(detected < BAD_MASK_MAX_IOU)) if len(detected) else float("nan"),
+        "bad_mask_median_iou": float(np.median(distorted)) if distorted else float("nan"),
+    }
 
 
 def compare(noisy: Dataset, suggestions: list, predictions: dict, injected: list[dict]) -> dict:
@@ -362,11 +416,17 @@ def markdown(results: list[dict], args, command: str) -> str:
         lines += [
             f"### {r['name']}: {r['images']} images, {r['labels']} labels after injection, {r['injected']} injected errors",
             "",
-            (f"Fold models from an earlier run of {budget(args)} per fold (`--reuse-folds`); " +
-             ("their verdicts read back from that run" if r["reused_verdicts"] else f"judging {r['train_s'] / 60:.1f} min")
-             if args.reuse_folds else
-             f"Training {r['train_s'] / 60:.1f} min for both folds (judging included)") +
-            f"; scoring {r['review_s']:.1f} s. "
+            (
+                f"Fold models from an earlier run of {budget(args)} per fold (`--reuse-folds`); "
+                + (
+                    "their verdicts read back from that run"
+                    if r["reused_verdicts"]
+                    else f"judging {r['train_s'] / 60:.1f} min"
+                )
+                if args.reuse_folds
+                else f"Training {r['train_s'] / 60:.1f} min for both folds (judging included)"
+            )
+            + f"; scoring {r['review_s']:.1f} s. "
             f"Out-of-fold mask mAP@[.5:.95] against the clean labels: {r['mask_ap']:.3f}. "
             f"Bad-mask reference: median boundary IoU {r['reference']['median_boundary_iou']}, "
             f"spread {r['reference']['boundary_iou_spread']}; median edge alignment {r['reference'].get('median_edge_alignment')}, "
@@ -375,28 +435,45 @@ def markdown(results: list[dict], args, command: str) -> str:
         ]
         lines += _table(r, "out-of-fold models")
         alone = r["predictions_only"]
-        lines += ["Without the model's verdicts on the labels' and predictions' own boxes (`classify_boxes`; what `--pred` gets), "
-                  "the same predictions give AP " + ", ".join(
-                      f"{kind} {alone[kind]['ap']:.3f}" for kind in TYPES if alone[kind]["n"]) + ".", "",
-                  "Bad masks in the top k, by distortion: " + ", ".join(
-                      f"{how} {found:.2f}" for how, found in r["ours"]["bad_mask"]["r_at_k_by_distortion"].items()) + ".", "",
-                  f"Without the images (neither edges nor look), bad-mask AP {r['without_edges']:.3f}.", "",
-                  "Without the image's look (`appearance_weight=0`), AP " + ", ".join(
-                      f"{kind} {r['without_look'][kind]['ap']:.3f}" for kind in TYPES if r["without_look"][kind]["n"]) + ".", "",
-                  f"With the dataset's bad-mask reference alone (no image's own), bad-mask AP {r['dataset_reference']:.3f}.", "",
-                  outline_sentence(r["outlines"]), ""]
-        lines += ["", "Ceiling of the scoring rules, apart from model quality (the clean labels given as predictions, "
-                  "confidence 0.99, no class probabilities):", ""]
+        lines += [
+            "Without the model's verdicts on the labels' and predictions' own boxes (`classify_boxes`; what `--pred` gets), "
+            "the same predictions give AP "
+            + ", ".join(f"{kind} {alone[kind]['ap']:.3f}" for kind in TYPES if alone[kind]["n"])
+            + ".",
+            "",
+            "Bad masks in the top k, by distortion: "
+            + ", ".join(f"{how} {found:.2f}" for how, found in r["ours"]["bad_mask"]["r_at_k_by_distortion"].items())
+            + ".",
+            "",
+            f"Without the images (neither edges nor look), bad-mask AP {r['without_edges']:.3f}.",
+            "",
+            "Without the image's look (`appearance_weight=0`), AP "
+            + ", ".join(f"{kind} {r['without_look'][kind]['ap']:.3f}" for kind in TYPES if r["without_look"][kind]["n"])
+            + ".",
+            "",
+            f"With the dataset's bad-mask reference alone (no image's own), bad-mask AP {r['dataset_reference']:.3f}.",
+            "",
+            outline_sentence(r["outlines"]),
+            "",
+        ]
+        lines += [
+            "",
+            "Ceiling of the scoring rules, apart from model quality (the clean labels given as predictions, "
+            "confidence 0.99, no class probabilities):",
+            "",
+        ]
         lines += _table(r["oracle"], "perfect predictions")
     return "\n".join(lines) + "\n"
 
 
 def outline_sentence(outlines: dict) -> str:
     """``outline_agreement`` in words."""
-    return (f"The fold models' outlines against the clean labels: {outlines['found']:.0%} of the labels have a confident "
-            f"detection (score >= {CONFIDENT_MATCH}, mask IoU > {ReviewSettings.missing_max_iou}), at median mask IoU {outlines['median_iou']:.3f}, and "
-            f"{outlines['below_threshold']:.0%} of those are below {BAD_MASK_MAX_IOU}, the IoU under which every injected "
-            f"bad mask lies (their median: {outlines['bad_mask_median_iou']:.3f}).")
+    return (
+        f"The fold models' outlines against the clean labels: {outlines['found']:.0%} of the labels have a confident "
+        f"detection (score >= {CONFIDENT_MATCH}, mask IoU > {ReviewSettings.missing_max_iou}), at median mask IoU {outlines['median_iou']:.3f}, and "
+        f"{outlines['below_threshold']:.0%} of those are below {BAD_MASK_MAX_IOU}, the IoU under which every injected "
+        f"bad mask lies (their median: {outlines['bad_mask_median_iou']:.3f})."
+    )
 
 
 def _table(r: dict, what: str) -> list[str]:
@@ -410,10 +487,16 @@ def _table(r: dict, what: str) -> list[str]:
             lines.append(f"| {kind} | 0 | - | - | - | - | - | - | n/a |")
             continue
         target = 0.6 if kind == "bad_mask" else 0.8
-        lines.append(f"| {kind} | {o['n']} | {o['ap']:.3f} | {o['p_at_k']:.2f} | {o['r_at_k']:.2f} | "
-                     f"{c['ap']:.3f} | {c['p_at_k']:.2f} | {c['r_at_k']:.2f} | {'yes' if o['ap'] >= target else '**no**'} |")
-    lines += ["", f"Image level (does the image hold an injected error?), AP: instaseg {r['image_ap'][0]:.2f}, "
-              f"cleanlab `get_label_quality_scores` {r['image_ap'][1]:.2f}.", ""]
+        lines.append(
+            f"| {kind} | {o['n']} | {o['ap']:.3f} | {o['p_at_k']:.2f} | {o['r_at_k']:.2f} | "
+            f"{c['ap']:.3f} | {c['p_at_k']:.2f} | {c['r_at_k']:.2f} | {'yes' if o['ap'] >= target else '**no**'} |"
+        )
+    lines += [
+        "",
+        f"Image level (does the image hold an injected error?), AP: instaseg {r['image_ap'][0]:.2f}, "
+        f"cleanlab `get_label_quality_scores` {r['image_ap'][1]:.2f}.",
+        "",
+    ]
     return lines
 
 
@@ -424,18 +507,33 @@ def main() -> None:
     budgets.add_argument("--minutes-per-fold", type=float, default=None)
     parser.add_argument("--synthetic-images", type=int, default=600)
     parser.add_argument("--folds", type=int, default=2, help="out-of-fold models (each trains on all folds but one)")
-    parser.add_argument("--noise-seed", type=int, default=0,
-                        help="seed of the injected errors; with --reuse-folds, another seed judges a second set of "
-                             "errors with the same fold models, which never saw the images they judge")
+    parser.add_argument(
+        "--noise-seed",
+        type=int,
+        default=0,
+        help="seed of the injected errors; with --reuse-folds, another seed judges a second set of "
+        "errors with the same fold models, which never saw the images they judge",
+    )
     parser.add_argument("--crop-size", type=int, default=None, help="fold models train on crops of this size")
-    parser.add_argument("--flips", choices=FLIPS, default="horizontal",
-                        help="random flips of the fold models' training images (all: also upside down and quarter turns)")
-    parser.add_argument("--photometric", choices=PHOTOMETRIC, default="jitter",
-                        help="random colour changes of the fold models' training images (all: also grey and inverted)")
+    parser.add_argument(
+        "--flips",
+        choices=FLIPS,
+        default="horizontal",
+        help="random flips of the fold models' training images (all: also upside down and quarter turns)",
+    )
+    parser.add_argument(
+        "--photometric",
+        choices=PHOTOMETRIC,
+        default="jitter",
+        help="random colour changes of the fold models' training images (all: also grey and inverted)",
+    )
     parser.add_argument("--processes", type=int, default=1, help="training processes per fold model (CPU)")
-    parser.add_argument("--reuse-folds", action="store_true",
-                        help="judge with the fold checkpoints an earlier run with the same --out left, instead of training "
-                             "(and reuse that run's verdicts for this --noise-seed when it saved them)")
+    parser.add_argument(
+        "--reuse-folds",
+        action="store_true",
+        help="judge with the fold checkpoints an earlier run with the same --out left, instead of training "
+        "(and reuse that run's verdicts for this --noise-seed when it saved them)",
+    )
     parser.add_argument("--datasets", default="synthetic,dsb2018_nuclei")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_review"))
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "out" / "review.md")
@@ -446,18 +544,27 @@ def main() -> None:
     results = []
     wanted = args.datasets.split(",")
     if "synthetic" in wanted:
-        train, _ = make_synthetic(args.out / "synthetic-data", num_train=args.synthetic_images, num_val=1, size=128,
-                                  seed=0, overwrite=True)
-        results.append(run_dataset("synthetic shapes (4 classes, 128 px)", Dataset.load(train), args.out / "synthetic",
-                                   args, preset="small"))
+        train, _ = make_synthetic(
+            args.out / "synthetic-data", num_train=args.synthetic_images, num_val=1, size=128, seed=0, overwrite=True
+        )
+        results.append(
+            run_dataset(
+                "synthetic shapes (4 classes, 128 px)",
+                Dataset.load(train),
+                args.out / "synthetic",
+                args,
+                preset="small",
+            )
+        )
         print(markdown(results, args, command))
     if "dsb2018_nuclei" in wanted and (SHARED / "dsb2018_nuclei").exists():
-        from instaseg.data.convert import read_dataset
+        from instaseg.data.convert import open_dataset
 
-        clean = read_dataset(SHARED / "dsb2018_nuclei", fmt="mask-files")
+        clean = open_dataset(SHARED / "dsb2018_nuclei", "mask-files")
         # The preset bench_train.py measured on these images (0.209 mask mAP in 15 minutes).
-        results.append(run_dataset("DSB2018 nuclei subset (1 class)", clean, args.out / "dsb2018_nuclei", args,
-                                   preset="cpu"))
+        results.append(
+            run_dataset("DSB2018 nuclei subset (1 class)", clean, args.out / "dsb2018_nuclei", args, preset="cpu")
+        )
     text = markdown(results, args, command)
     print(text)
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ NUCLEI_VAL_FRACTION = 0.2
 def prepare(name: str, data_root: Path) -> Path:
     """Write ``train.json`` / ``val.json`` (COCO) and the YOLO copy for ``name``; returns its folder."""
     from instaseg.data import Dataset
-    from instaseg.data.convert import read_dataset, write_dataset
+    from instaseg.data.convert import ReadOptions, open_dataset, write_dataset
 
     folder = data_root / name
     if (folder / "yolo" / "data.yaml").exists():
@@ -61,18 +61,22 @@ def prepare(name: str, data_root: Path) -> Path:
     if name == "synthetic":
         from instaseg.data.synth import make_synthetic
 
-        train_json, val_json = make_synthetic(folder / "coco", num_train=200, num_val=50, size=128, seed=0, overwrite=True)
+        train_json, val_json = make_synthetic(
+            folder / "coco", num_train=200, num_val=50, size=128, seed=0, overwrite=True
+        )
         train, val = Dataset.load(train_json), Dataset.load(val_json)
     elif name == "nuclei":
-        full = read_dataset(SHARED / "dsb2018_nuclei" / "stage1_train", "mask-files", class_name="nucleus")
+        full = open_dataset(
+            SHARED / "dsb2018_nuclei" / "stage1_train", "mask-files", options=ReadOptions(class_name="nucleus")
+        )
         ids = [img["id"] for img in sorted(full.images, key=lambda img: img["file_name"])]
         order = np.random.default_rng(0).permutation(len(ids))
         n_val = round(NUCLEI_VAL_FRACTION * len(ids))
         val_ids = {ids[i] for i in order[:n_val]}
         train, val = full.subset(set(ids) - val_ids), full.subset(val_ids)
     elif name == "balloon":
-        train = read_dataset(SHARED / "balloon" / "train", "via", class_name="balloon")
-        val = read_dataset(SHARED / "balloon" / "val", "via", class_name="balloon")
+        train = open_dataset(SHARED / "balloon" / "train", "via", options=ReadOptions(class_name="balloon"))
+        val = open_dataset(SHARED / "balloon" / "val", "via", options=ReadOptions(class_name="balloon"))
     else:
         raise SystemExit(f"unknown dataset {name!r}; choose from {', '.join(SETTINGS)}")
     for split, dataset in (("train", train), ("val", val)):
@@ -126,6 +130,7 @@ def ours_child(args: argparse.Namespace) -> None:
     """(Child process.) Train our model for the budget, predict val, time 512 px inference."""
     import torch
 
+    from instaseg.engine.config import TrainConfig
     from instaseg.engine.predictor import load
     from instaseg.engine.train import train
 
@@ -136,8 +141,15 @@ def ours_child(args: argparse.Namespace) -> None:
     # Validating twice (half-way and at the end) rather than every eighth of the budget keeps most
     # of a short CPU budget for training; the best of the two checkpoints is kept.
     (minutes,) = args.minutes
-    best = train(train_set, val_set, minutes=minutes, out=out, preset=args.preset, seed=0, overwrite=True,
-                 val_every=minutes / 2, progress=False, crop_size=args.crop_size, processes=args.processes)
+    config = TrainConfig(
+        minutes=minutes,
+        preset=args.preset,
+        seed=0,
+        val_every=minutes / 2,
+        crop_size=args.crop_size,
+        processes=args.processes,
+    )
+    best = train(config, train_set, val_set, out=out, overwrite=True)
     train_seconds = time.perf_counter() - start
     predictor = load(best, device="cpu")
     results = []
@@ -163,8 +175,8 @@ def _latency_image(dataset) -> np.ndarray:
 
 
 def run_dataset(name: str, minutes: float, out: Path, models: list[str], recipe: list[str]) -> None:
-    from instaseg.evaluation import evaluate, evaluate_results
     from instaseg.core.structures import Instances
+    from instaseg.evaluation import evaluate, evaluate_results
 
     folder = prepare(name, out / "data")
     _, val_set = splits(folder)
@@ -175,14 +187,39 @@ def run_dataset(name: str, minutes: float, out: Path, models: list[str], recipe:
         run_dir = out / "runs" / f"{name}-{model}-{minutes:g}min"
         run_dir.mkdir(parents=True, exist_ok=True)
         if model == "instaseg":
-            command = [sys.executable, __file__, "--child", "--data", str(folder), "--run-dir", str(run_dir),
-                       "--minutes", str(minutes), "--preset", preset, *recipe]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--data",
+                str(folder),
+                "--run-dir",
+                str(run_dir),
+                "--minutes",
+                str(minutes),
+                "--preset",
+                preset,
+                *recipe,
+            ]
         else:
             val_list = run_dir / "val_images.txt"
             val_list.write_text("".join(f"{val_set.image_path(img).resolve()}\n" for img in val_set.images))
-            command = [str(YOLO_PYTHON), str(ROOT / "bench" / "yolo_runner.py"), "--data", str(folder / "yolo" / "data.yaml"),
-                       "--val-images", str(val_list), "--minutes", str(minutes), "--imgsz", str(imgsz),
-                       "--out", str(run_dir), "--threads", str(THREADS)]
+            command = [
+                str(YOLO_PYTHON),
+                str(ROOT / "bench" / "yolo_runner.py"),
+                "--data",
+                str(folder / "yolo" / "data.yaml"),
+                "--val-images",
+                str(val_list),
+                "--minutes",
+                str(minutes),
+                "--imgsz",
+                str(imgsz),
+                "--out",
+                str(run_dir),
+                "--threads",
+                str(THREADS),
+            ]
         print(f"[{time.strftime('%H:%M:%S')}] {name}: training {model} for {minutes:g} min", flush=True)
         usage = run_child(command, run_dir / "log.txt")
         child = json.loads((run_dir / "result.json").read_text())
@@ -287,7 +324,7 @@ How it was measured:
 
 - Both models train from scratch (no pretrained weights anywhere) for the same wall-clock budget,
   validation included, with `torch.set_num_threads(2)`, one run after the other on the same
-  machine. instaseg: `instaseg.engine.train.train(..., minutes=M)` with the preset named in
+  machine. instaseg: `instaseg.engine.train.train(TrainConfig(minutes=M), ...)` with the preset named in
   `bench/bench_train.py` (its cosine schedule is fitted to the budget; `val_every=M/2`, i.e. two
   validations instead of the default eight, because each costs minutes on large images). YOLOv8n-seg:
   `YOLO("yolov8n-seg.yaml").train(time=M/60, pretrained=False, amp=False, plots=False, batch=8)`
@@ -330,7 +367,9 @@ def main() -> None:
             raise SystemExit("run `bash bench/yolo_env.sh` first (it makes bench/.env-yolo)")
         for minutes in args.minutes:
             for name in args.datasets:
-                recipe = ["--processes", str(args.processes)] + (["--crop-size", str(args.crop_size)] if args.crop_size else [])
+                recipe = ["--processes", str(args.processes)] + (
+                    ["--crop-size", str(args.crop_size)] if args.crop_size else []
+                )
                 run_dataset(name, minutes, out, args.models, recipe)
     write_report(out)
 

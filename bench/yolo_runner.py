@@ -75,7 +75,9 @@ def main() -> None:
     predictions.mkdir(exist_ok=True)
     for index, path in enumerate(val_images):
         # conf=0.001 and retina_masks are Ultralytics' own settings for computing mask mAP.
-        result = model.predict(path, imgsz=args.imgsz, conf=0.001, max_det=100, retina_masks=True, device="cpu", verbose=False)[0]
+        result = model.predict(
+            path, imgsz=args.imgsz, conf=0.001, max_det=100, retina_masks=True, device="cpu", verbose=False
+        )[0]
         height, width = result.orig_shape
         if result.masks is None:
             masks = np.zeros((0, height, width), bool)
@@ -89,7 +91,9 @@ def main() -> None:
             scores=result.boxes.conf.cpu().numpy().astype(np.float32),
         )
 
-    image = np.asarray(Image.open(val_images[0]).convert("RGB").resize((512, 512)))[..., ::-1]  # Ultralytics takes BGR arrays
+    image = np.asarray(Image.open(val_images[0]).convert("RGB").resize((512, 512)))[
+        ..., ::-1
+    ]  # Ultralytics takes BGR arrays
     latencies = []
     for repeat in range(13):
         tick = time.perf_counter()

@@ -3,25 +3,35 @@
 The Python API mirrors the CLI::
 
     import instaseg
-    ds = instaseg.Dataset.load("train.json")
+    ds = instaseg.open_dataset("train.json")   # COCO, or any format ``instaseg convert`` reads
     model = instaseg.load("runs/best.pt")
     result = model.predict("image.jpg")   # -> instaseg.Instances
 """
 
 import os
 
-# OpenMP threads that spin while waiting make PyTorch several times slower (6x measured on 2 cores)
-# whenever other processes share the CPU; passive waiting costs little when they do not. libgomp
+# OpenMP threads that spin while waiting make PyTorch several times slower whenever other
+# processes share the CPU; passive waiting costs little when they do not. libgomp
 # reads this when torch is first imported, so it is set before anything imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from instaseg.data import Dataset  # noqa: E402
 from instaseg.core.errors import InstasegError  # noqa: E402
 from instaseg.core.structures import Instances  # noqa: E402
+from instaseg.data import Dataset  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Dataset", "Instances", "InstasegError", "__version__", "get_model", "list_models", "load"]
+__all__ = [
+    "Dataset",
+    "Instances",
+    "InstasegError",
+    "ReadOptions",
+    "__version__",
+    "get_model",
+    "list_models",
+    "load",
+    "open_dataset",
+]
 
 
 def __getattr__(name: str):
@@ -30,6 +40,10 @@ def __getattr__(name: str):
         from instaseg.engine.predictor import load
 
         return load
+    if name in ("ReadOptions", "open_dataset"):
+        from instaseg import data
+
+        return getattr(data, name)
     if name in ("get_model", "list_models"):
         from instaseg import models
 

@@ -1,7 +1,8 @@
 """Export a trained model to ONNX (for onnxruntime and other runtimes) or TorchScript.
 
 Both files hold the same traced graph, for one fixed input size: S x S pixels, where S is the
-model's inference size (``min_size`` in its config: 512 for the "cpu" preset, 128 for "small").
+model's inference short side (``input_sizes.short_side``: for Mask R-CNN its ``min_size``, 512
+for the "cpu" preset, 128 for "small").
 Resize or pad an image to S x S before feeding it; the outputs are in those S x S pixels.
 
 Inputs and outputs (N is the number of detections, K the number of classes):
@@ -17,7 +18,7 @@ name             shape, type            meaning
 ``class_probs``  (N, K) float32         softmax over the K classes of each detection
 ===============  =====================  ==============================================================
 
-The graph keeps every detection above the model's internal score floor (0.05), like
+The graph keeps every detection above the model's own score floor (0.05 for Mask R-CNN), like
 ``Predictor.predict(image, score_threshold=0.05)``; apply your own threshold to ``scores``.
 The class names are stored in the ONNX metadata (``class_names``, a JSON list) and in the
 TorchScript file's extra files (``class_names.txt``).
@@ -35,6 +36,7 @@ from torch import nn
 
 from instaseg.core import io
 from instaseg.core.errors import InstasegError
+from instaseg.models.base import InstanceSegmenter
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
 INPUT_NAMES = ["image"]
@@ -42,33 +44,9 @@ OUTPUT_NAMES = ["boxes", "class_ids", "scores", "masks", "class_probs"]
 ONNX_OPSET = 17
 
 
-class ExportModule(nn.Module):
-    """A Mask R-CNN with plain tensors in and out: what the exported files hold.
-
-    ``forward`` takes an (S, S, 3) uint8 RGB image and returns the tuple named by ``OUTPUT_NAMES``.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model.eval()
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        pixels = image.permute(2, 0, 1).float() / 255.0
-        detections = self.model([pixels])[0]
-        # The RoI heads record the class probabilities of the detections they just returned.
-        class_probs = self.model.roi_heads.last_class_probs[0]
-        return (
-            detections["boxes"],
-            detections["labels"] - 1,  # torchvision's label 0 is the background
-            detections["scores"],
-            detections["masks"][:, 0],
-            class_probs,
-        )
-
-
-def input_size(model: nn.Module) -> int:
-    """The side S of the square image the exported graph takes: the model's inference ``min_size``."""
-    return int(model.transform.min_size[-1])
+def input_size(model: InstanceSegmenter) -> int:
+    """The side S of the square image the exported graph takes: the model's inference short side."""
+    return model.input_sizes.short_side
 
 
 def export_model(
@@ -98,8 +76,8 @@ def export_model(
             raise InstasegError("give the output file (--out)")
         out = Path(source).with_suffix(FORMATS[format])
     io.check_output(out, overwrite)
-    module = ExportModule(predictor.model.to("cpu"))
     size = input_size(predictor.model)
+    module = predictor.model.to("cpu").eval().export_module(size)
     example = torch.zeros((size, size, 3), dtype=torch.uint8)
     class_names = list(predictor.class_names)
     with io.atomic_path(out, overwrite) as tmp, torch.no_grad(), warnings.catch_warnings():
@@ -114,7 +92,7 @@ def export_model(
     return Path(out)
 
 
-def _export_onnx(module: ExportModule, example: torch.Tensor, path: Path, class_names: list[str]) -> None:
+def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, class_names: list[str]) -> None:
     detections = {0: "detections"}
     torch.onnx.export(
         module,

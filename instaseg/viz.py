@@ -93,7 +93,7 @@ def draw_instances(
     extents = [_extent(mask) for mask in instances.masks]
 
     # Fills first, then outlines, then labels, so no fill ever covers an outline or a label.
-    for mask, color, extent in zip(instances.masks, colors, extents):
+    for mask, color, extent in zip(instances.masks, colors, extents, strict=True):
         if extent is None:
             continue
         top, bottom, left, right = extent
@@ -102,12 +102,15 @@ def draw_instances(
         region[inside] = blended.round().astype(np.uint8)
 
     scale, text_thickness, outline = _label_style(height, width)
-    for mask, color, extent in zip(instances.masks, colors, extents):
+    for mask, color, extent in zip(instances.masks, colors, extents, strict=True):
         if extent is None:
             continue
         top, bottom, left, right = extent
         contours, _ = cv2.findContours(
-            np.ascontiguousarray(mask[top:bottom, left:right], np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(left, top)
+            np.ascontiguousarray(mask[top:bottom, left:right], np.uint8),
+            cv2.RETR_EXTERNAL,
+            cv2.CHAIN_APPROX_SIMPLE,
+            offset=(left, top),
         )
         cv2.drawContours(canvas, contours, -1, color, outline, cv2.LINE_AA)
 
@@ -115,7 +118,10 @@ def draw_instances(
     placed: list[tuple[int, int, int, int]] = []
     label_area = 0
     # Largest instances first: when labels run out of room, the small ones go without.
-    areas = [0 if e is None else np.count_nonzero(m[e[0] : e[1], e[2] : e[3]]) for m, e in zip(instances.masks, extents)]
+    areas = [
+        0 if e is None else np.count_nonzero(m[e[0] : e[1], e[2] : e[3]])
+        for m, e in zip(instances.masks, extents, strict=True)
+    ]
     for k in np.argsort(-np.asarray(areas), kind="stable"):
         color, extent = colors[k], extents[k]
         if extent is None:
@@ -200,7 +206,12 @@ def enlarge(image: np.ndarray, instances: Instances, min_side: int = 384) -> tup
     big_image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
     big_masks = np.repeat(np.repeat(instances.masks, factor, axis=1), factor, axis=2)
     big = Instances(
-        instances.boxes * factor, big_masks, instances.class_ids, instances.scores, instances.class_names, instances.data
+        instances.boxes * factor,
+        big_masks,
+        instances.class_ids,
+        instances.scores,
+        instances.class_names,
+        instances.data,
     )
     return big_image, big
 
@@ -225,11 +236,18 @@ def side_by_side(
     width = left.shape[1] + gap + right.shape[1]
     sheet = np.full((height, width, 3), 255, np.uint8)
     x = 0
-    for picture, title in zip((left, right), titles):
+    for picture, title in zip((left, right), titles, strict=False):
         sheet[title_h : title_h + picture.shape[0], x : x + picture.shape[1]] = picture
         if title:
             cv2.putText(
-                sheet, _ascii(title), (x + 2, gap + text_h), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness, cv2.LINE_AA
+                sheet,
+                _ascii(title),
+                (x + 2, gap + text_h),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                scale,
+                (0, 0, 0),
+                thickness,
+                cv2.LINE_AA,
             )
         x += picture.shape[1] + gap
     return sheet
@@ -263,7 +281,9 @@ def save_overlays(
     if not images:
         raise InstasegError("the dataset has no images to draw", file=dataset.source)
     # Annotations that cannot be drawn are named precisely by the checker, before any drawing starts.
-    undrawable = [p for p in check_dataset(dataset.subset(img["id"] for img in images), check_files=False) if p.kind.stops_show]
+    undrawable = [
+        p for p in check_dataset(dataset.subset(img["id"] for img in images), check_files=False) if p.kind.stops_show
+    ]
     if undrawable:
         more = f" (and {len(undrawable) - 1} more; run 'instaseg check')" if len(undrawable) > 1 else ""
         raise InstasegError(f"cannot draw: {str(undrawable[0]).removeprefix('error: ')}{more}")
@@ -276,7 +296,11 @@ def save_overlays(
             record = f"image id {image['id']}"
             relative = Path(image["file_name"]).with_suffix(".png")
             if relative in written:
-                raise InstasegError(f"image id {written[relative]} is drawn to the same file {relative}", file=dataset.source, record=record)
+                raise InstasegError(
+                    f"image id {written[relative]} is drawn to the same file {relative}",
+                    file=dataset.source,
+                    record=record,
+                )
             # Pixels first: they prove the declared size real before masks of that size are allocated.
             pixels = dataset.read_image(image)
             picture = draw_instances(*enlarge(pixels, dataset.ground_truth(image)), show_scores=show_scores)

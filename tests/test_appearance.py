@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from instaseg.core import masks as mask_ops
+from instaseg.core.structures import Instances
 from instaseg.data import Dataset
 from instaseg.review import appearance as look_module
 from instaseg.review import review
 from instaseg.review.appearance import appearance, object_likeness, outline_fit, unlabelled_objects
-from instaseg.core.structures import Instances
 
 SIZE = 96
 CENTRES = [(14, 14), (14, 48), (14, 82), (48, 14), (48, 48), (48, 82), (82, 14), (82, 48), (82, 82)]
@@ -102,10 +102,24 @@ def _dataset(masks, class_name="cell"):
     annotations = []
     for k, mask in enumerate(masks, start=1):
         rle = mask_ops.encode(mask)
-        annotations.append({"id": k, "image_id": 1, "category_id": 1, "segmentation": rle, "area": mask_ops.area(rle),
-                            "bbox": mask_ops.bbox(rle), "iscrowd": 0})
-    return Dataset({"images": [{"id": 1, "file_name": "a.png", "width": SIZE, "height": SIZE}],
-                    "annotations": annotations, "categories": [{"id": 1, "name": class_name}]})
+        annotations.append(
+            {
+                "id": k,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": rle,
+                "area": mask_ops.area(rle),
+                "bbox": mask_ops.bbox(rle),
+                "iscrowd": 0,
+            }
+        )
+    return Dataset(
+        {
+            "images": [{"id": 1, "file_name": "a.png", "width": SIZE, "height": SIZE}],
+            "annotations": annotations,
+            "categories": [{"id": 1, "name": class_name}],
+        }
+    )
 
 
 def test_review_suggests_an_object_the_model_missed_but_the_image_shows():
@@ -132,7 +146,9 @@ def test_model_and_image_agreeing_on_a_missing_object_make_it_surer():
     [agreed] = [s for s in both if s.type == "missing_label"]
     assert model_only.score == pytest.approx(0.4, abs=1e-3)
     assert agreed.score > model_only.score and agreed.confidence == pytest.approx(0.4)
-    assert (mask_ops.decode(agreed.suggested_segmentation, SIZE, SIZE) == OBJECTS[-1]).all(), "the model's mask is the fix"
+    assert (mask_ops.decode(agreed.suggested_segmentation, SIZE, SIZE) == OBJECTS[-1]).all(), (
+        "the model's mask is the fix"
+    )
 
 
 def test_extra_label_on_background_the_image_confirms():
@@ -148,7 +164,8 @@ def test_extra_label_on_background_the_image_confirms():
 def test_an_unlabelled_object_inside_a_crowd_region_is_no_missing_label():
     dataset = _dataset(OBJECTS[:-1] + [disc(82, 82, 10)])
     dataset.coco["annotations"][-1]["iscrowd"] = 1  # "a crowd of objects here", not to be labelled one by one
-    dataset.reindex()
-    model = Instances.from_masks(np.stack(OBJECTS[:-1]), [0] * (len(OBJECTS) - 1), [0.95] * (len(OBJECTS) - 1), ("cell",))
+    model = Instances.from_masks(
+        np.stack(OBJECTS[:-1]), [0] * (len(OBJECTS) - 1), [0.95] * (len(OBJECTS) - 1), ("cell",)
+    )
     seeing, _ = review(dataset, {1: model}, read_image=lambda image: painted(OBJECTS))
     assert not [s for s in seeing if s.type == "missing_label"]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error
 from PIL import Image
 
-from conftest import assert_one_line_error
 from instaseg.core import io
 
 W, H = 32, 24
@@ -23,7 +23,15 @@ SQUARE = [4, 4, 14, 4, 14, 14, 4, 14]
 
 
 def _coco(file_name="a.png", width=W, height=H, **annotation):
-    ann = {"id": 7, "image_id": 1, "category_id": 1, "segmentation": [SQUARE], "bbox": [4, 4, 10, 10], "area": 100, "iscrowd": 0}
+    ann = {
+        "id": 7,
+        "image_id": 1,
+        "category_id": 1,
+        "segmentation": [SQUARE],
+        "bbox": [4, 4, 10, 10],
+        "area": 100,
+        "iscrowd": 0,
+    }
     ann.update(annotation)
     return {
         "images": [{"id": 1, "file_name": file_name, "width": width, "height": height}],
@@ -72,9 +80,15 @@ def case(tmp_path):
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares a size but holds no pixels: enough for any header reader."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 # -- the dataset file itself ------------------------------------------------------------------
@@ -281,7 +295,9 @@ def test_two_images_that_would_share_an_overlay(case, cli):
     coco = _coco()
     coco["images"].append({"id": 2, "file_name": "a.jpg", "width": W, "height": H})
     case.image().image("a.jpg").data(coco)
-    case.refused(cli("show", case.json, "--out", case.out), case.json, "image id 2", "image id 1 is drawn to the same file a.png")
+    case.refused(
+        cli("show", case.json, "--out", case.out), case.json, "image id 2", "image id 1 is drawn to the same file a.png"
+    )
 
 
 def test_stats_names_an_annotation_it_cannot_measure(case, cli):
@@ -298,8 +314,13 @@ def test_convert_refuses_to_replace_an_output(case, cli):
     case.refused(cli("convert", case.json, case.root / "converted.json"), "converted.json", "--overwrite")
 
 
-
 def test_rle_whose_runs_overflow_the_image(case, cli):
-    case.image().data(_coco(segmentation={"size": [H, W], "counts": "0`h9"}, bbox=[0, 0, 10, 5], area=50))  # 100x100 px of runs
-    case.reported(cli("check", case.json), case.json, "annotation id 7 (image id 1)", "RLE counts run past the end of the image")
-    case.refused(cli("show", case.json, "--out", case.out), case.json, "annotation id 7 (image id 1)", "run past the end")
+    case.image().data(
+        _coco(segmentation={"size": [H, W], "counts": "0`h9"}, bbox=[0, 0, 10, 5], area=50)
+    )  # 100x100 px of runs
+    case.reported(
+        cli("check", case.json), case.json, "annotation id 7 (image id 1)", "RLE counts run past the end of the image"
+    )
+    case.refused(
+        cli("show", case.json, "--out", case.out), case.json, "annotation id 7 (image id 1)", "run past the end"
+    )

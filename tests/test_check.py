@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from instaseg.core import io, masks as mask_ops
+from instaseg.core import io
+from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.check import check_dataset, count_problems, fix_dataset
 
@@ -34,8 +35,15 @@ def _coco():
         else:
             rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, H, W))
         bbox = [float(v) for v in mask_utils.toBbox(rle)]
-        return {"id": id_, "image_id": image_id, "category_id": cat, "segmentation": segmentation,
-                "bbox": bbox, "area": int(mask_utils.area(rle)), "iscrowd": 0}
+        return {
+            "id": id_,
+            "image_id": image_id,
+            "category_id": cat,
+            "segmentation": segmentation,
+            "bbox": bbox,
+            "area": int(mask_utils.area(rle)),
+            "iscrowd": 0,
+        }
 
     return {
         "images": [
@@ -53,9 +61,15 @@ def _coco():
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG file that declares a size but holds no pixels (enough for header readers)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture
@@ -83,6 +97,7 @@ def _set(path, value):
         for key in path[:-1]:
             target = target[key]
         target[path[-1]] = value
+
     return apply
 
 
@@ -92,6 +107,7 @@ def _delete(path):
         for key in path[:-1]:
             target = target[key]
         del target[path[-1]]
+
     return apply
 
 
@@ -104,19 +120,55 @@ CASES = [
     (_set(("categories", 1, "id"), 1), "error", "duplicate-id", "categories", 1),
     (_set(("categories", 1, "name"), "box"), "error", "duplicate-name", "categories", 1),
     (_set(("annotations", 0, "segmentation"), [[5, 5, 15, 5]]), "error", "too-few-points", "annotations", 0),
-    (_set(("annotations", 0, "segmentation"), [[5, 5, 15, 5, 15, 15, 5]]), "error", "odd-coordinates", "annotations", 0),
+    (
+        _set(("annotations", 0, "segmentation"), [[5, 5, 15, 5, 15, 15, 5]]),
+        "error",
+        "odd-coordinates",
+        "annotations",
+        0,
+    ),
     (_set(("annotations", 0, "segmentation"), [[5, 5, 15, 5, "x", 15]]), "error", "bad-polygon", "annotations", 0),
     (_set(("annotations", 0, "segmentation"), SQUARE), "error", "bad-polygon", "annotations", 0),
-    (_set(("annotations", 0, "segmentation"), [[5, 5, 15, 15, 5, 15, 15, 5]]), "warning", "self-intersection", "annotations", 0),
+    (
+        _set(("annotations", 0, "segmentation"), [[5, 5, 15, 15, 5, 15, 15, 5]]),
+        "warning",
+        "self-intersection",
+        "annotations",
+        0,
+    ),
     (_set(("annotations", 0, "segmentation"), [[5, 5, 6, 5, 5.5, 5.2]]), "error", "zero-area", "annotations", 0),
     (_set(("annotations", 0, "segmentation"), []), "error", "no-segmentation", "annotations", 0),
     (_set(("annotations", 0, "segmentation"), "square"), "error", "bad-segmentation", "annotations", 0),
-    (_set(("annotations", 0, "segmentation"), [[30, 5, 45, 5, 45, 15, 30, 15]]), "warning", "points-outside", "annotations", 0),
-    (_set(("annotations", 0, "segmentation"), [[5, 5, 3e9, 5, 5, 15]]), "error", "points-far-outside", "annotations", 0),
+    (
+        _set(("annotations", 0, "segmentation"), [[30, 5, 45, 5, 45, 15, 30, 15]]),
+        "warning",
+        "points-outside",
+        "annotations",
+        0,
+    ),
+    (
+        _set(("annotations", 0, "segmentation"), [[5, 5, 3e9, 5, 5, 15]]),
+        "error",
+        "points-far-outside",
+        "annotations",
+        0,
+    ),
     (_set(("annotations", 2, "segmentation", "size"), [H, W + 1]), "error", "rle-size-mismatch", "annotations", 2),
     (_set(("annotations", 2, "segmentation", "counts"), 7), "error", "bad-rle", "annotations", 2),
-    (_set(("annotations", 2, "segmentation", "counts"), "0`h9"), "error", "bad-rle", "annotations", 2),  # 100x100 px of runs
-    (_set(("annotations", 2, "segmentation"), mask_ops.encode(np.zeros((H, W), bool))), "error", "zero-area", "annotations", 2),
+    (
+        _set(("annotations", 2, "segmentation", "counts"), "0`h9"),
+        "error",
+        "bad-rle",
+        "annotations",
+        2,
+    ),  # 100x100 px of runs
+    (
+        _set(("annotations", 2, "segmentation"), mask_ops.encode(np.zeros((H, W), bool))),
+        "error",
+        "zero-area",
+        "annotations",
+        2,
+    ),
     (_set(("annotations", 0, "bbox"), [5, 5, 20, 10]), "error", "bbox-mismatch", "annotations", 0),
     (_set(("annotations", 2, "bbox"), [0, 0, 5, 5]), "error", "bbox-mismatch", "annotations", 2),
     (_set(("annotations", 0, "bbox"), [30, 5, 20, 10]), "error", "bbox-outside", "annotations", 0),
@@ -135,7 +187,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("mutate, severity, kind, section, index", CASES, ids=[c[2] + f"-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "mutate, severity, kind, section, index", CASES, ids=[c[2] + f"-{i}" for i, c in enumerate(CASES)]
+)
 def test_each_problem_is_found_and_located(mutate, severity, kind, section, index):
     coco = _coco()
     mutate(coco)
@@ -197,7 +251,11 @@ def test_image_files_are_checked_from_their_headers(tiny, tmp_path):
     exif[0x0112] = 6  # displayed turned by 90 degrees: H x W
     rotated.save(tmp_path / "rotated.jpg", exif=exif)
     (tmp_path / "huge.png").write_bytes(png_header(100_000, 100_000))
-    found = {p.image_id: p for p in check_dataset(Dataset(coco, tmp_path, path)) if p.section == "images" and p.severity == "error"}
+    found = {
+        p.image_id: p
+        for p in check_dataset(Dataset(coco, tmp_path, path))
+        if p.section == "images" and p.severity == "error"
+    }
     assert found[3].kind == "missing-image" and found[3].file.endswith("missing.png")
     assert found[4].kind == "unreadable-image" and "not an image" in found[4].message
     assert found[5].kind == "truncated-image" and found[5].file.endswith("cut.jpg")
@@ -215,7 +273,14 @@ def test_fix_repairs_and_lists_every_change():
     coco["annotations"] += [
         {"id": 10, "image_id": 2, "category_id": 3, "segmentation": [TRIANGLE], "bbox": [0, 0, 1, 1], "area": 1},
         {"id": 20, "image_id": 1, "category_id": 1, "segmentation": [bowtie], "bbox": [5, 5, 10, 10], "area": 100},
-        {"id": 21, "image_id": 1, "category_id": 1, "segmentation": [[30, 5, 50, 5, 50, 15, 30, 15]], "bbox": [30, 5, 20, 10], "area": 200},
+        {
+            "id": 21,
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": [[30, 5, 50, 5, 50, 15, 30, 15]],
+            "bbox": [30, 5, 20, 10],
+            "area": 200,
+        },
         {"id": 22, "image_id": 1, "category_id": 7, "segmentation": [SQUARE], "bbox": [5, 5, 10, 10], "area": 100},
         {"id": 23, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 2, 2, 3]], "bbox": [1, 1, 2, 1], "area": 1},
     ]
@@ -225,7 +290,10 @@ def test_fix_repairs_and_lists_every_change():
 
     assert dataset.coco == coco, "the input dataset must be left as it was"
     # Only warnings are left: the renumbered image shares its file and has no annotations of its own.
-    assert {(p.kind, p.image_id) for p in check_dataset(fixed, check_files=False)} == {("duplicate-file", 3), ("no-instances", 3)}
+    assert {(p.kind, p.image_id) for p in check_dataset(fixed, check_files=False)} == {
+        ("duplicate-file", 3),
+        ("no-instances", 3),
+    }
     assert [c["id"] for c in fixed.categories] == [1, 2]
     assert sorted(img["id"] for img in fixed.images) == [1, 2, 3]
     by_id = {a["id"]: a for a in fixed.annotations}
@@ -268,7 +336,10 @@ def test_cli_exit_status_json_and_fix(tiny, tmp_path, cli):
     out = tmp_path / "elsewhere" / "fixed.json"
     r = cli("check", bad, "--fix", out)
     assert r.code == 0, r.stdout + r.stderr
-    assert "fixed: annotation id 10 (image id 1): bbox [0, 0, 3, 3] recomputed from the mask as [5.0, 5.0, 10.0, 10.0]" in r.stdout
+    assert (
+        "fixed: annotation id 10 (image id 1): bbox [0, 0, 3, 3] recomputed from the mask as [5.0, 5.0, 10.0, 10.0]"
+        in r.stdout
+    )
     repaired = Dataset.load(out)  # finds the images through info.image_root
     assert repaired.image_root.resolve() == tmp_path.resolve()
     assert check_dataset(repaired) == []

@@ -13,11 +13,12 @@ import yaml
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from instaseg.core import io, masks as mask_ops
-from instaseg.data import Dataset
-from instaseg.data.convert import Report, detect_format, load_dataset, read_dataset, write_dataset
-from instaseg.core.geometry import join_polygons
+from instaseg.core import io
+from instaseg.core import masks as mask_ops
 from instaseg.core.errors import InstasegError
+from instaseg.core.geometry import join_polygons
+from instaseg.data import Dataset
+from instaseg.data.convert import ReadOptions, Report, convert, detect_format, open_dataset, write_dataset
 
 H, W = 40, 50
 
@@ -126,16 +127,15 @@ def test_coco_unusable_annotations_are_reported_not_fatal(tmp_path):
     coco["annotations"].append({"id": 77, "image_id": 99, "category_id": 5, "segmentation": [[0, 0, 5, 0, 5, 5]]})
     coco["annotations"].append({"id": 78, "image_id": 1, "category_id": 5})
     (tmp_path / "imgs" / "gt.json").write_text(json.dumps(coco))
-    report = Report()
-    dataset = read_dataset(tmp_path / "imgs" / "gt.json", report=report)
-    assert len(dataset.annotations) == 4 and report.instances_read == 4
+    report = convert(tmp_path / "imgs" / "gt.json", tmp_path / "kept.json")  # convert reads COCO through its converter
+    assert len(Dataset.load(tmp_path / "kept.json").annotations) == 4 and report.instances_read == 4
     assert any("annotation id 77" in w and "image id 99" in w for w in report.warnings)
     assert any("annotation id 78" in w and "no segmentation" in w for w in report.warnings)
-    report = Report()
-    read_dataset(tmp_path / "imgs" / "gt.json", images=tmp_path / "nowhere", report=report)
+    nowhere = ReadOptions(images=tmp_path / "nowhere")
+    report = convert(tmp_path / "imgs" / "gt.json", tmp_path / "labels_only.json", options=nowhere)
     assert any("nowhere" in w and "image folder not found" in w for w in report.warnings)
     with pytest.raises(InstasegError, match="image file not found"):
-        write_dataset(read_dataset(tmp_path / "imgs" / "gt.json", images=tmp_path / "nowhere"), tmp_path / "y", "yolo")
+        convert(tmp_path / "imgs" / "gt.json", tmp_path / "y", out_format="yolo", options=nowhere)
     assert not (tmp_path / "y").exists()
 
 
@@ -173,12 +173,12 @@ def test_polygon_formats_keep_holes_and_overlapping_parts_exactly(tmp_path):
     expected = [ring_with_island, _decode(overlapping, H, W)]
     for fmt in ("yolo", "via"):
         write_dataset(Dataset(coco, tmp_path), tmp_path / fmt, fmt)
-        back = read_dataset(tmp_path / fmt, fmt)
+        back = open_dataset(tmp_path / fmt, fmt)
         assert [
             (_decode(a["segmentation"], H, W) == e).all() for a, e in zip(back.annotations, expected, strict=True)
         ] == [True, True]
     write_dataset(Dataset(coco, tmp_path), tmp_path / "lm", "labelme")  # LabelMe polygons cannot hold a hole
-    ring_back = _decode(read_dataset(tmp_path / "lm", "labelme").annotations[0]["segmentation"], H, W)
+    ring_back = _decode(open_dataset(tmp_path / "lm", "labelme").annotations[0]["segmentation"], H, W)
     assert ring_back[20, 14] and not ring_with_island[20, 14]
 
 
@@ -215,7 +215,7 @@ def _yolo_tree(tmp_path, lines="0 0.1 0.1 0.5 0.1 0.5 0.5\n", names=("a", "b")):
 def test_yolo_reads_boxes_and_reports_background_and_orphan_files(tmp_path):
     root = _yolo_tree(tmp_path, "0 0.1 0.1 0.5 0.1 0.5 0.5\n1 0.5 0.5 0.2 0.4\n")
     report = Report()
-    dataset = read_dataset(root, report=report)
+    dataset = open_dataset(root, report=report)
     assert report.source_format == "yolo" and dataset.class_names == ["a", "b"]
     assert len(dataset.images) == 2 and len(dataset.annotations) == 2
     box = dataset.annotations[1]
@@ -228,7 +228,7 @@ def test_yolo_reads_one_split_given_its_images_folder(tmp_path):
     root = _yolo_tree(tmp_path, "1 0.1 0.1 0.5 0.1 0.5 0.5\n")
     _image(root / "images" / "val" / "other.jpg")
     report = Report()
-    dataset = read_dataset(root / "images" / "train", "yolo", report=report)
+    dataset = open_dataset(root / "images" / "train", "yolo", report=report)
     assert sorted(i["file_name"] for i in dataset.images) == ["background.jpg", "one.jpg"]
     assert dataset.class_names == ["a", "b"] and len(dataset.annotations) == 1  # names from data.yaml above
     assert any("orphan.txt" in w for w in report.warnings)
@@ -236,10 +236,10 @@ def test_yolo_reads_one_split_given_its_images_folder(tmp_path):
 
 def test_yolo_without_names_uses_class_k_or_a_names_file(tmp_path):
     root = _yolo_tree(tmp_path, "2 0.1 0.1 0.5 0.1 0.5 0.5\n", names=None)
-    assert read_dataset(root, "yolo").class_names == ["class_0", "class_1", "class_2"]
+    assert open_dataset(root, "yolo").class_names == ["class_0", "class_1", "class_2"]
     names = tmp_path / "names.txt"
     names.write_text("cat\ndog\nbird\n")
-    dataset = read_dataset(root, "yolo", classes=names)
+    dataset = open_dataset(root, "yolo", options=ReadOptions(classes=names))
     assert (
         dataset.class_names == ["cat", "dog", "bird"]
         and dataset.categories[dataset.category_index[dataset.annotations[0]["category_id"]]]["name"] == "bird"
@@ -263,15 +263,15 @@ def test_yolo_malformed_lines_name_file_and_line(tmp_path, cli, line, message):
 
 
 # -- VIA ----------------------------------------------------------------------------------------
-def test_load_dataset_keeps_a_coco_file_as_it_is_and_converts_other_formats(tmp_path):
+def test_open_dataset_keeps_a_coco_file_as_it_is_and_converts_other_formats(tmp_path):
     coco = json.loads(_coco_file(tmp_path).read_text())
     coco["annotations"].append({"id": 77, "image_id": 99, "category_id": 5, "segmentation": [[0, 0, 5, 0, 5, 5]]})
     (tmp_path / "imgs" / "gt.json").write_text(json.dumps(coco))
-    as_is = load_dataset(tmp_path / "imgs" / "gt.json")
+    as_is = open_dataset(tmp_path / "imgs" / "gt.json")
     assert [a["id"] for a in as_is.annotations] == [a["id"] for a in coco["annotations"]]  # nothing dropped
     (tmp_path / "via" / "via_region_data.json").write_text(json.dumps(_via_entries(tmp_path)))
-    converted = load_dataset(tmp_path / "via" / "via_region_data.json")
-    assert converted.class_names and len(converted.annotations) == len(read_dataset(tmp_path / "via").annotations)
+    converted = open_dataset(tmp_path / "via" / "via_region_data.json")
+    assert converted.class_names and len(converted.annotations) == len(open_dataset(tmp_path / "via").annotations)
 
 
 def _via_entries(tmp_path):
@@ -310,7 +310,7 @@ def test_via_reads_shapes_classes_and_clips_to_the_image(tmp_path, version):
     document = entries if version == 1 else {"_via_settings": {}, "_via_img_metadata": entries, "_via_attributes": {}}
     (tmp_path / "via" / "via_region_data.json").write_text(json.dumps(document))
     report = Report()
-    dataset = read_dataset(tmp_path / "via", class_name="thing", report=report)
+    dataset = open_dataset(tmp_path / "via", options=ReadOptions(class_name="thing"), report=report)
     assert report.source_format == "via" and len(dataset.images) == 2
     assert [dataset.class_names[dataset.category_index[a["category_id"]]] for a in dataset.annotations] == [
         "cat",
@@ -330,7 +330,7 @@ def test_via_writer_round_trips_with_one_region_per_instance(tmp_path, cli):
     assert cli("convert", src, tmp_path / "via", "--to", "via").code == 0
     entries = json.loads((tmp_path / "via" / "via_region_data.json").read_text())
     assert sorted(e["filename"] for e in entries.values()) == ["a.png", "b.png"]
-    back = read_dataset(tmp_path / "via")
+    back = open_dataset(tmp_path / "via")
     before, after = _masks_of(Dataset.load(src)), _masks_of(back)
     for name in before:
         assert [c for c, _ in before[name]] == [c for c, _ in after[name]]
@@ -379,7 +379,7 @@ def test_labelme_shapes_rectangle_mask_and_line(tmp_path):
     (tmp_path / "lm" / "x.json").write_text(json.dumps(document))
     (tmp_path / "lm" / "other.json").write_text("{}")
     report = Report()
-    dataset = read_dataset(tmp_path / "lm", "labelme", report=report)
+    dataset = open_dataset(tmp_path / "lm", "labelme", report=report)
     assert [a["area"] for a in dataset.annotations] == [100, 20]
     assert dataset.annotations[1]["bbox"] == [32.0, 21.0, 5.0, 4.0]
     assert any("shape 1" in w and "line" in w for w in report.warnings)
@@ -448,7 +448,7 @@ def test_colour_instance_pngs_keep_each_colour_as_one_instance(tmp_path):
     _image(tmp_path / "c" / "images" / "a.png")
     (tmp_path / "c" / "masks").mkdir()
     Image.fromarray(colours).save(tmp_path / "c" / "masks" / "a.png")
-    dataset = read_dataset(tmp_path / "c", "masks")
+    dataset = open_dataset(tmp_path / "c", "masks")
     assert sorted(a["area"] for a in dataset.annotations) == sorted(
         int(_disc(*args).sum()) for args in ((10, 10, 5), (25, 30, 6), (25, 12, 6))
     )
@@ -461,7 +461,7 @@ def test_masks_writer_round_trips_and_puts_smaller_on_top(tmp_path):
     labels = np.asarray(Image.open(tmp_path / "ids" / "masks" / "a.png"))
     big, square = _disc(20, 20, 14), mask_ops.decode([[20, 18, 30, 18, 30, 28, 20, 28]], H, W)
     assert (labels[square] == 2).all() and (labels[big & ~square & (labels != 3)] == 1).all()
-    back = read_dataset(tmp_path / "ids")  # classes.json is picked up from the folder
+    back = open_dataset(tmp_path / "ids")  # classes.json is picked up from the folder
     assert sorted(back.class_names) == ["cell", "dot"] and len(back.annotations) == 4
 
 
@@ -479,11 +479,11 @@ def test_mask_files_layout_is_lossless_and_round_trips(tmp_path):
         for k, mask in enumerate(masks):
             Image.fromarray(mask.astype(np.uint8) * 255).save(root / sample / "masks" / f"m{k}.png")
     assert detect_format(tmp_path / "dsb") == "mask-files"
-    dataset = read_dataset(tmp_path / "dsb", class_name="nucleus")
+    dataset = open_dataset(tmp_path / "dsb", options=ReadOptions(class_name="nucleus"))
     assert dataset.class_names == ["nucleus"] and len(dataset.annotations) == 3
     assert (mask_ops.decode(dataset.annotations[0]["segmentation"], H, W) == ring).all()
     write_dataset(dataset, tmp_path / "again", "mask-files")
-    back = read_dataset(tmp_path / "again", "mask-files")
+    back = open_dataset(tmp_path / "again", "mask-files")
     assert [a["segmentation"] for a in back.annotations] == [a["segmentation"] for a in dataset.annotations]
 
 
@@ -562,7 +562,7 @@ def test_non_utf8_file_names_are_refused(tmp_path):
     with open(name, "wb") as handle:
         handle.write((root / "images" / "train" / "one.jpg").read_bytes())
     with pytest.raises(InstasegError, match="not valid UTF-8"):
-        read_dataset(root, "yolo")
+        open_dataset(root, "yolo")
 
 
 def test_missing_image_during_folder_write_leaves_nothing(tmp_path):

@@ -17,9 +17,25 @@ def test_two_processes_train_with_ddp(tmp_path):
     script.write_text("from instaseg.cli import main\nmain()\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-        "train", str(train_json), "--val", str(val_json), "--epochs", "1", "--batch-size", "2",
-        "--preset", "small", "--out", str(tmp_path / "run"),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        "train",
+        str(train_json),
+        "--val",
+        str(val_json),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--preset",
+        "small",
+        "--out",
+        str(tmp_path / "run"),
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -37,20 +53,21 @@ NAN_ON_RANK_1 = """
 import os
 import sys
 import torch.distributed as dist
-from instaseg.engine import train as training
-from instaseg.data import Dataset
 from instaseg.core.errors import InstasegError
+from instaseg.data import Dataset
+from instaseg.engine.config import TrainConfig
+from instaseg.engine.hooks import HookBase
+from instaseg.engine.train import train
 
-build = training._Run._build
+class PoisonRank1(HookBase):
+    def before_train(self):
+        if dist.get_rank() == 1:
+            self.trainer.model.register_forward_hook(
+                lambda module, args, losses: {k: v * float("nan") for k, v in losses.items()})
 
-def build_then_poison_rank_1(self, resumed):
-    build(self, resumed)
-    if dist.get_rank() == 1:
-        self.net.register_forward_hook(lambda module, args, losses: {k: v * float("nan") for k, v in losses.items()})
-
-training._Run._build = build_then_poison_rank_1
 try:
-    training.train(Dataset.load(sys.argv[1]), None, out=sys.argv[2], epochs=1, batch_size=2, preset="small", progress=False)
+    train(TrainConfig(epochs=1, batch_size=2, preset="small"), Dataset.load(sys.argv[1]), None, out=sys.argv[2],
+          hooks=[PoisonRank1()])
 except InstasegError as exc:
     print(f"rank {os.environ['RANK']}: {exc}")
     sys.exit(2)
@@ -62,9 +79,18 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     script = tmp_path / "poisoned.py"
     script.write_text(NAN_ON_RANK_1)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               str(train_json), str(tmp_path / "run")]
-    # Before the ranks agreed on the check, rank 0 waited forever in the next all-reduce.
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(train_json),
+        str(tmp_path / "run"),
+    ]
+    # Unless the ranks agree on the check, rank 0 waits forever in the next all-reduce.
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     for rank in (0, 1):

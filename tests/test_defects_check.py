@@ -12,13 +12,13 @@ import json
 import numpy as np
 import pytest
 import shapely
+from conftest import shared_dataset
 from PIL import Image
 
 from instaseg.core import masks as mask_ops
+from instaseg.core.geometry import join_polygons
 from instaseg.data import Dataset
 from instaseg.data.check import check_dataset, count_problems, fix_dataset
-from instaseg.core.geometry import join_polygons
-from conftest import shared_dataset
 
 W, H = 40, 30
 OUTER = [5.0, 5.0, 25.0, 5.0, 25.0, 25.0, 5.0, 25.0]
@@ -37,11 +37,21 @@ def _dataset(*segmentations: list) -> Dataset:
     for k, segmentation in enumerate(segmentations, 1):
         rle = mask_ops.to_rle(segmentation, H, W)
         annotations.append(
-            {"id": k, "image_id": 1, "category_id": 1, "segmentation": segmentation,
-             "bbox": mask_ops.bbox(rle), "area": mask_ops.area(rle), "iscrowd": 0}
+            {
+                "id": k,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": segmentation,
+                "bbox": mask_ops.bbox(rle),
+                "area": mask_ops.area(rle),
+                "iscrowd": 0,
+            }
         )
-    coco = {"images": [{"id": 1, "file_name": "a.png", "width": W, "height": H}],
-            "categories": [{"id": 1, "name": "cell"}], "annotations": annotations}
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": W, "height": H}],
+        "categories": [{"id": 1, "name": "cell"}],
+        "annotations": annotations,
+    }
     return Dataset(coco, ".", "data.json")
 
 
@@ -93,7 +103,9 @@ def test_repair_that_would_change_pixels_is_reported_and_not_made():
     problems, fixed, changes = _check_and_fix([TOUCHING])
     assert [(p.kind, p.annotation_id) for p in problems] == [("self-intersection", 1)]
     assert "would draw 1 pixel(s) differently" in problems[0].message
-    assert changes == ["annotation id 1 (image id 1): polygon 0 left unchanged: once made simple it would draw 1 pixel(s) differently"]
+    assert changes == [
+        "annotation id 1 (image id 1): polygon 0 left unchanged: once made simple it would draw 1 pixel(s) differently"
+    ]
     assert fixed.annotations[0]["segmentation"] == [TOUCHING]
 
 
@@ -142,14 +154,17 @@ def test_coco128_fix_changes_no_pixels_and_adds_no_error(tmp_path, cli):
     changed = [
         old["id"]
         for old, new in zip(before.annotations, fixed.annotations, strict=True)
-        if mask_ops.to_rle(old["segmentation"], *sizes[old["image_id"]]) != mask_ops.to_rle(new["segmentation"], *sizes[old["image_id"]])
+        if mask_ops.to_rle(old["segmentation"], *sizes[old["image_id"]])
+        != mask_ops.to_rle(new["segmentation"], *sizes[old["image_id"]])
     ]
     assert changed == []
     # The stated repairs: splitting polygons that cross themselves, each keeping every pixel.
     repaired = [c for c in report["fix"]["changes"] if "left unchanged" not in c]
     assert repaired and all(c.endswith("made simple") or "made simple (" in c for c in repaired)
     # Most polygons of coco128-seg that shapely calls invalid are bridges joining an object's parts: not reported.
-    invalid = sum(not shapely.Polygon(np.reshape(p, (-1, 2))).is_valid for ann in before.annotations for p in ann["segmentation"])
+    invalid = sum(
+        not shapely.Polygon(np.reshape(p, (-1, 2))).is_valid for ann in before.annotations for p in ann["segmentation"]
+    )
     reported = [p for p in report["problems"] if p["kind"] == "self-intersection"]
     assert 0 < len(reported) < invalid / 2
 
@@ -159,8 +174,17 @@ def test_a_bridge_polygon_on_an_image_of_unusable_size_is_reported_not_a_crash(t
     coco = {
         "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": height}],
         "categories": [{"id": 1, "name": "ring"}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [RING], "bbox": [2, 2, 20, 20],
-                         "area": 300, "iscrowd": 0}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": [RING],
+                "bbox": [2, 2, 20, 20],
+                "area": 300,
+                "iscrowd": 0,
+            }
+        ],
     }
     (tmp_path / "data.json").write_text(json.dumps(coco))
     result = cli("check", tmp_path / "data.json", "--no-files")

@@ -10,7 +10,8 @@ import pytest
 from pycocotools import mask as mask_utils
 from test_bad_input import Case, H, W, _coco
 
-from instaseg.core import io, masks as mask_ops
+from instaseg.core import io
+from instaseg.core import masks as mask_ops
 
 
 @pytest.fixture
@@ -112,7 +113,11 @@ MALFORMED_RLE = {
 @pytest.mark.parametrize("segmentation, message", MALFORMED_RLE.values(), ids=MALFORMED_RLE)
 def test_malformed_rle_is_refused_where_the_dataset_is_read(case, cli, segmentation, message):
     case.image().data(_coco(segmentation=segmentation))
-    for args in (["convert", case.json, case.out, "--to", "yolo"], ["stats", case.json], ["eval", case.json, case.json]):
+    for args in (
+        ["convert", case.json, case.out, "--to", "yolo"],
+        ["stats", case.json],
+        ["eval", case.json, case.json],
+    ):
         case.refused(cli(*args), case.json, "annotation id 7 (image id 1)", message)
 
 
@@ -134,7 +139,9 @@ def test_malformed_rle_in_results_is_refused(case, cli, segmentation, message):
 def test_well_formed_rle_still_converts(case, cli):
     compressed = {"size": [H, W], "counts": _rle_string(SQUARE_RUNS)}
     coco = _coco(segmentation=compressed)
-    coco["annotations"].append({**coco["annotations"][0], "id": 8, "segmentation": {"size": [H, W], "counts": SQUARE_RUNS}})
+    coco["annotations"].append(
+        {**coco["annotations"][0], "id": 8, "segmentation": {"size": [H, W], "counts": SQUARE_RUNS}}
+    )
     case.image().data(coco)
     result = cli("convert", case.json, case.out, "--to", "mask-files")
     assert result.code == 0, result.stderr
@@ -190,7 +197,9 @@ def test_compressed_rle_check_agrees_with_a_plain_decoder():
         rles.append({"size": [height, width], "counts": counts})
         sizes.append((height, width))
     problems = mask_ops.invalid_rles(rles, sizes)
-    expected = {k for k, (rle, size) in enumerate(zip(rles, sizes)) if _reference_problem(rle["counts"], *size)}
+    expected = {
+        k for k, (rle, size) in enumerate(zip(rles, sizes, strict=True)) if _reference_problem(rle["counts"], *size)
+    }
     assert set(problems) == expected
     assert 100 < len(expected) < len(rles) - 100  # both kinds were tried
 
@@ -208,7 +217,10 @@ def test_image_size_that_is_not_positive_is_refused(case, cli, width, height):
 @pytest.mark.parametrize("width", [32.5, "32", None])
 def test_image_size_that_is_not_a_whole_number_is_refused(case, cli, width):
     case.image().data(_coco(width=width))
-    for args in (["convert", case.json, case.out, "--to", "yolo"], ["train", case.json, "--epochs", "1", "--out", case.out]):
+    for args in (
+        ["convert", case.json, case.out, "--to", "yolo"],
+        ["train", case.json, "--epochs", "1", "--out", case.out],
+    ):
         case.refused(cli(*args), case.json, "images[0] (id 1)", "field 'width'")
 
 
@@ -216,7 +228,11 @@ def test_image_size_that_is_not_a_whole_number_is_refused(case, cli, width):
 def test_file_name_that_names_a_folder_is_refused(case, cli, file_name):
     (case.root / "sub").mkdir()
     case.image().data(_coco(file_name=file_name))
-    for args in (["convert", case.json, case.out, "--to", "yolo"], ["show", case.json, "--out", case.out], ["stats", case.json]):
+    for args in (
+        ["convert", case.json, case.out, "--to", "yolo"],
+        ["show", case.json, "--out", case.out],
+        ["stats", case.json],
+    ):
         case.refused(cli(*args), case.json, "image id 1", "names a folder")
     case.reported(cli("check", case.json), "image id 1")
 

@@ -8,18 +8,19 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from instaseg.core import masks as mask_ops
-from instaseg.data import Dataset
-from instaseg.data.convert import read_dataset
-from instaseg.data.synth import make_synthetic
-from instaseg.core.errors import InstasegError
-from instaseg.evaluation import evaluate_results, load_predictions
-from instaseg.engine.predict import predict_images
-from instaseg.review.sources import load_prediction_file
 from conftest import assert_one_line_error, shared_dataset
+from PIL import Image
 from test_evaluate import TOLERANCE, make_case, pycocotools_eval
+
+from instaseg.core import events
+from instaseg.core import masks as mask_ops
+from instaseg.core.errors import InstasegError
+from instaseg.data import Dataset
+from instaseg.data.convert import ReadOptions, open_dataset
+from instaseg.data.synth import make_synthetic
+from instaseg.engine.predict import predict_images
+from instaseg.evaluation import evaluate_results, load_predictions
+from instaseg.review.sources import load_prediction_file
 
 
 class Oracle:
@@ -165,6 +166,24 @@ def test_review_pred_warns_when_the_predictions_cover_part_of_the_dataset(tmp_pa
     assert any(w.startswith("the predictions cover 1 of the 3 ground-truth images") for w in warnings)
 
 
+def test_load_predictions_without_a_warnings_list_reports_partial_cover_as_an_event(tmp_path):
+    gt = _gt("a.png", "b.png", "c.png")
+    folder = _predictions_json(tmp_path / "pred", ["c.png"], [(4, 4)])
+    heard: list[events.Event] = []
+    with events.listen(heard.append):
+        results = load_predictions(gt, folder)
+    assert [r["image_id"] for r in results] == [3]
+    assert heard == [
+        events.Message(
+            "the predictions cover 1 of the 3 ground-truth images; the other 2 count as images on which nothing "
+            "was found",
+            "warning",
+        )
+    ]
+    with pytest.warns(UserWarning, match="the predictions cover 1 of the 3"):  # nobody listening
+        load_predictions(gt, folder)
+
+
 # -- defect 11: results of categories the ground truth lacks are left out, as pycocotools does ------------
 def test_results_of_other_categories_are_left_out_exactly_as_pycocotools_does():
     gt, results = make_case(3)
@@ -211,7 +230,7 @@ def _via_folder(root):
 
 def test_eval_reads_via_ground_truth_with_the_class_the_format_lacks(tmp_path, cli):
     via = _via_folder(tmp_path / "via")
-    gt = read_dataset(via, "via", class_name="balloon")
+    gt = open_dataset(via, "via", options=ReadOptions(class_name="balloon"))
     predicted = _predict(Oracle(gt), [via], tmp_path / "pred")
     result = cli("eval", via, "--from", "via", "--class", "balloon", predicted, "--out", tmp_path / "report")
     assert result.code == 0, result.stderr
@@ -223,7 +242,7 @@ def test_eval_reads_via_ground_truth_with_the_class_the_format_lacks(tmp_path, c
 
 def test_eval_of_the_balloon_val_split_as_in_the_docs(tmp_path, cli):
     val = shared_dataset("balloon") / "val"
-    gt = read_dataset(val, "via", class_name="balloon")
+    gt = open_dataset(val, "via", options=ReadOptions(class_name="balloon"))
     predicted = _predict(Oracle(gt), [val], tmp_path / "predict-balloon")
     result = cli("eval", val, "--from", "via", "--class", "balloon", predicted, "--score-threshold", "0.3")
     assert result.code == 0, result.stderr

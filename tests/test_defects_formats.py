@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from conftest import assert_one_line_error
-from instaseg.data import Dataset
-from instaseg.data.convert import Report, read_dataset
 from instaseg.core.geometry import join_polygons
+from instaseg.data import Dataset
+from instaseg.data.convert import Report, open_dataset
 
 W, H = 32, 24
 SQUARE = [[4, 4], [14, 4], [14, 14], [4, 14]]
@@ -68,7 +68,7 @@ def test_labelme_ignore_and_background_shapes_are_dropped_and_are_not_classes(tm
     shapes = [_shape("cat"), _shape("__ignore__"), _shape("_background_"), _shape("__ignore__")]
     root = _labelme(tmp_path / "lm", shapes)
     report = Report()
-    dataset = read_dataset(root, "labelme", report=report)
+    dataset = open_dataset(root, "labelme", report=report)
     assert dataset.class_names == ["cat"]
     assert [_class_of(dataset, a) for a in dataset.annotations] == ["cat"]
     assert any("a.json" in w and "2 shapes labelled '__ignore__'" in w for w in report.warnings), report.warnings
@@ -112,13 +112,13 @@ OPEN = _polyline([[18, 4], [28, 4], [28, 14], [18, 14]])
 
 
 def _polyline_mask(shape: dict) -> np.ndarray:
-    return _decode([[v for xy in zip(shape["all_points_x"], shape["all_points_y"]) for v in xy]], H, W)
+    return _decode([[v for xy in zip(shape["all_points_x"], shape["all_points_y"], strict=True) for v in xy]], H, W)
 
 
 def test_via_closed_polyline_is_a_polygon_and_open_ones_are_reported(tmp_path):
     root = _via(tmp_path / "via", CLOSED, CLOSED, OPEN)
     report = Report()
-    dataset = read_dataset(root, "via", report=report)
+    dataset = open_dataset(root, "via", report=report)
     expected = _polyline_mask(CLOSED)
     assert len(dataset.annotations) == 2 and all((_mask(a) == expected).all() for a in dataset.annotations)
     assert any("region 2" in w and "--polylines-as-polygons" in w for w in report.warnings), report.warnings
@@ -144,7 +144,9 @@ ONE_OUTSIDE = [[4, 4], [28, 4], [36, 12], [28, 20], [4, 20]]
 # Two arms joined outside the image: inside it is two separate rectangles.
 JOINED_OUTSIDE = [[4, 4], [40, 4], [40, 20], [4, 20], [4, 16], [34, 16], [34, 8], [4, 8]]
 # A rectangle with a hole, joined by a zero-width bridge as the YOLO and VIA writers do, reaching outside.
-BRIDGED_HOLE_OUTSIDE = np.reshape(join_polygons([[4, 4, 40, 4, 40, 20, 4, 20], [10, 8, 20, 8, 20, 14, 10, 14]]), (-1, 2)).tolist()
+BRIDGED_HOLE_OUTSIDE = np.reshape(
+    join_polygons([[4, 4, 40, 4, 40, 20, 4, 20], [10, 8, 20, 8, 20, 14, 10, 14]]), (-1, 2)
+).tolist()
 
 
 def _write_labelme(root: Path, points) -> Path:
@@ -172,10 +174,12 @@ def _inside_pixels(points) -> np.ndarray:
 
 @pytest.mark.parametrize("write", [_write_labelme, _write_via, _write_yolo], ids=["labelme", "via", "yolo"])
 @pytest.mark.parametrize(
-    "points", [ONE_OUTSIDE, JOINED_OUTSIDE, BRIDGED_HOLE_OUTSIDE], ids=["one-vertex-outside", "joined-outside", "bridged-hole-outside"]
+    "points",
+    [ONE_OUTSIDE, JOINED_OUTSIDE, BRIDGED_HOLE_OUTSIDE],
+    ids=["one-vertex-outside", "joined-outside", "bridged-hole-outside"],
 )
 def test_polygon_reaching_outside_keeps_every_pixel_inside_the_image(tmp_path, write, points):
-    dataset = read_dataset(write(tmp_path / "src", points), report=Report())
+    dataset = open_dataset(write(tmp_path / "src", points), report=Report())
     expected = _inside_pixels(points)
     assert expected[:, 28:].any(), "the test polygon must reach the image edge"
     (annotation,) = dataset.annotations
@@ -188,7 +192,7 @@ def test_polygon_reaching_outside_keeps_every_pixel_inside_the_image(tmp_path, w
 def test_polygon_entirely_outside_the_image_is_reported_not_kept(tmp_path):
     root = _labelme(tmp_path / "lm", [_shape("cell"), _shape("cell", [[40, 4], [50, 4], [50, 14]])])
     report = Report()
-    dataset = read_dataset(root, "labelme", report=report)
+    dataset = open_dataset(root, "labelme", report=report)
     assert len(dataset.annotations) == 1
     assert any("shape 1" in w and "empty" in w for w in report.warnings), report.warnings
 
@@ -223,7 +227,7 @@ def test_yolo_coordinates_outside_0_1_are_warned_once_per_file(tmp_path):
     beyond = "0 0.5 0.5 1.5 0.5 1.5 0.9 0.5 0.9"
     root = _yolo_line(tmp_path / "y", "0 0.1 0.1 0.5 0.1 0.5 0.5", beyond, beyond)
     report = Report()
-    dataset = read_dataset(root, "yolo", report=report)
+    dataset = open_dataset(root, "yolo", report=report)
     outside = [w for w in report.warnings if "outside [0, 1]" in w]
     assert len(outside) == 1 and "a.txt" in outside[0] and "line 2" in outside[0] and "pixels" in outside[0]
     assert len(dataset.annotations) == 3
@@ -239,7 +243,7 @@ def test_yolo_in_pixels_is_refused_with_a_hint_about_normalisation(tmp_path, cli
 
 def test_yolo_coordinates_inside_0_1_give_no_warning(tmp_path):
     report = Report()
-    read_dataset(_yolo_line(tmp_path / "y", "0 0 0 1 0 1 1", "0 0.5 0.5 1 1"), "yolo", report=report)
+    open_dataset(_yolo_line(tmp_path / "y", "0 0 0 1 0 1 1", "0 0.5 0.5 1 1"), "yolo", report=report)
     assert report.warnings == []
 
 
@@ -257,7 +261,7 @@ def test_labelme_image_size_comes_from_image_data_when_the_file_is_missing(tmp_p
     del document["imageWidth"], document["imageHeight"]
     (root / "a.json").write_text(json.dumps(document))
     report = Report()
-    dataset = read_dataset(root, "labelme", report=report)
+    dataset = open_dataset(root, "labelme", report=report)
     assert [(i["width"], i["height"]) for i in dataset.images] == [(W + 8, H + 6)]
     assert [a["area"] for a in dataset.annotations] == [100]
     assert any("a.json" in w and "imageData" in w for w in report.warnings), report.warnings

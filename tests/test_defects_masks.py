@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error
 from PIL import Image
 
-from conftest import assert_one_line_error
 from instaseg.core import io
-from instaseg.data.convert import read_dataset, write_dataset
+from instaseg.data.convert import convert, open_dataset, write_dataset
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import Report
 
@@ -70,10 +70,12 @@ def test_penn_fudan_layout_finds_every_instance(tmp_path, cli):
     assert _areas(Dataset.load(tmp_path / "b.json")) == want
 
 
-@pytest.mark.parametrize("suffix", ["_mask", "_MASK", "_Masks", "-mask", "_label", "_instance", "_Instances", "_gt", "_GT"])
+@pytest.mark.parametrize(
+    "suffix", ["_mask", "_MASK", "_Masks", "-mask", "_label", "_instance", "_Instances", "_gt", "_GT"]
+)
 def test_usual_mask_suffixes_pair_in_any_case(tmp_path, suffix):
     root = _penn_fudan(tmp_path / "pf", mask_name="{stem}" + suffix + ".png", count=1)
-    dataset = read_dataset(root, "masks")
+    dataset = open_dataset(root, "masks")
     assert len(dataset.images) == 1 and len(dataset.annotations) == 2
 
 
@@ -109,7 +111,9 @@ def _coco_without_masks(root):
 
 def _via_points(root):
     point = {"shape_attributes": {"name": "point", "cx": 5, "cy": 5}, "region_attributes": {}}
-    io.write_json(root / "via_region_data.json", {"a.png1": {"filename": "a.png", "size": 1, "regions": [point, point]}})
+    io.write_json(
+        root / "via_region_data.json", {"a.png1": {"filename": "a.png", "size": 1, "regions": [point, point]}}
+    )
     _image(root / "a.png")
     return root, "encloses no area"
 
@@ -185,9 +189,8 @@ def test_keeping_under_half_is_an_error_unless_allowed(tmp_path, cli):
 
 
 def test_keeping_half_is_accepted_with_warnings(tmp_path):
-    report = Report()
-    dataset = read_dataset(_coco_mostly_unsegmented(tmp_path, segmented=3), "coco", report=report)
-    assert len(dataset.annotations) == 3 and len(report.warnings) == 3
+    report = convert(_coco_mostly_unsegmented(tmp_path, segmented=3), tmp_path / "kept.json", src_format="coco")
+    assert len(Dataset.load(tmp_path / "kept.json").annotations) == 3 and len(report.warnings) == 3
     assert report.skipped == {"no segmentation, skipped": 3}
 
 
@@ -195,7 +198,7 @@ def test_background_only_masks_are_not_an_error(tmp_path):
     _image(tmp_path / "images" / "a.png")
     (tmp_path / "masks").mkdir()
     Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "masks" / "a.png")
-    dataset = read_dataset(tmp_path, "masks")
+    dataset = open_dataset(tmp_path, "masks")
     assert len(dataset.images) == 1 and not dataset.annotations
 
 
@@ -215,7 +218,7 @@ def _voc(root, labels, mode=None):
 def test_voc_void_border_is_not_an_instance(tmp_path, mode):
     root = _voc(tmp_path, _ids(*TWO, border=255), mode)
     report = Report()
-    dataset = read_dataset(root, "masks", report=report)
+    dataset = open_dataset(root, "masks", report=report)
     assert _areas(dataset) == sorted((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in TWO)
     assert len(report.warnings) == 1 and "255" in report.warnings[0] and "--ignore-value" in report.warnings[0]
 
@@ -237,9 +240,9 @@ def test_ignore_value_none_keeps_255_and_a_number_sets_the_void(tmp_path, cli):
 def test_a_lone_255_is_an_instance(tmp_path):
     """A binary 0/255 mask is one instance, and so is id 255 in a mask holding ids 1..255."""
     lone = _voc(tmp_path / "lone", np.where(_ids(*TWO) > 0, 255, 0).astype(np.uint8))
-    assert len(read_dataset(lone, "masks").annotations) == 1
+    assert len(open_dataset(lone, "masks").annotations) == 1
     full = (np.arange(H * W) % 255 + 1).reshape(H, W).astype(np.uint8)
-    assert len(read_dataset(_voc(tmp_path / "full", full), "masks").annotations) == 255
+    assert len(open_dataset(_voc(tmp_path / "full", full), "masks").annotations) == 255
 
 
 def test_masks_writer_never_writes_id_255_in_an_8_bit_png(tmp_path):
@@ -256,6 +259,6 @@ def test_masks_writer_never_writes_id_255_in_an_8_bit_png(tmp_path):
         ],
     }
     write_dataset(Dataset(coco, tmp_path / "imgs"), tmp_path / "ids", "masks")
-    back = read_dataset(tmp_path / "ids", "masks")
+    back = open_dataset(tmp_path / "ids", "masks")
     assert len(back.annotations) == 254
     assert json.loads((tmp_path / "ids" / "classes.json").read_text())["a"].keys() == {str(k) for k in range(2, 256)}

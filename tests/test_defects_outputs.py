@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error
 from PIL import Image
 
-from conftest import assert_one_line_error
 from instaseg.core import io
 from instaseg.core.errors import InstasegError
 from instaseg.core.structures import Instances
@@ -51,12 +51,24 @@ def tree(tmp_path, monkeypatch):
         Image.new("RGB", (W, H), (40, 80, 120)).save(folder / "a.png")
     Image.new("RGB", (W, H), (90, 20, 20)).save(imgs / "b.png")
     square = [4, 4, 14, 4, 14, 14, 4, 14]
-    io.write_json(ds / "data.json", {
-        "images": [{"id": 1, "file_name": "a.png", "width": W, "height": H}],
-        "categories": [{"id": 1, "name": "disc"}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [square], "bbox": [4, 4, 10, 10],
-                         "area": 100, "iscrowd": 0}],
-    })
+    io.write_json(
+        ds / "data.json",
+        {
+            "images": [{"id": 1, "file_name": "a.png", "width": W, "height": H}],
+            "categories": [{"id": 1, "name": "disc"}],
+            "annotations": [
+                {
+                    "id": 1,
+                    "image_id": 1,
+                    "category_id": 1,
+                    "segmentation": [square],
+                    "bbox": [4, 4, 10, 10],
+                    "area": 100,
+                    "iscrowd": 0,
+                }
+            ],
+        },
+    )
     io.write_json(ds / "results.json", [{"image_id": 1, "category_id": 1, "bbox": [4, 4, 10, 10], "score": 0.9}])
     (ds / "preds").mkdir()
     (ds / "rev").mkdir()
@@ -83,7 +95,12 @@ OVERLAPS = [
     ("predict {T}/m.pt {T}/imgs/*.png --out {T}/imgs", "{T}/imgs", "contains", "{T}/imgs/a.png"),
     ("predict {T}/m.pt {T}/link --out {T}/imgs", "{T}/imgs", "is", "{T}/link"),
     ("export {T}/m.pt --out {T}/m.pt", "{T}/m.pt", "is", "{T}/m.pt"),
-    ("eval {T}/ds/data.json {T}/ds/results.json --out {T}/ds/results.json", "{T}/ds/results.json", "is", "{T}/ds/results.json"),
+    (
+        "eval {T}/ds/data.json {T}/ds/results.json --out {T}/ds/results.json",
+        "{T}/ds/results.json",
+        "is",
+        "{T}/ds/results.json",
+    ),
     ("eval {T}/ds/data.json {T}/ds/preds --out {T}/ds/preds", "{T}/ds/preds", "is", "{T}/ds/preds"),
     ("check {T}/ds/data.json --fix {T}/ds/data.json", "{T}/ds/data.json", "is", "{T}/ds/data.json"),
     ("stats {T}/ds/data.json --plot {T}/ds/data.json", "{T}/ds/data.json", "is", "{T}/ds/data.json"),
@@ -93,13 +110,25 @@ OVERLAPS = [
     ("convert {T}/ds/data.json {T}/ds --to yolo", "{T}/ds", "contains", "{T}/ds/data.json"),
     ("noise {T}/ds/data.json --out {T}/ds/data.json", "{T}/ds/data.json", "is", "{T}/ds/data.json"),
     ("review {T}/ds/data.json --pred {T}/ds/results.json --out {T}/ds", "{T}/ds", "contains", "{T}/ds/data.json"),
-    ("review apply {T}/ds/rev --data {T}/ds/data.json --accept all --out {T}/ds/data.json", "{T}/ds/data.json", "is", "{T}/ds/data.json"),
-    ("review apply {T}/ds/rev --accept all --out {T}/ds/rev/fixed.json", "{T}/ds/rev/fixed.json", "lies inside", "{T}/ds/rev"),
+    (
+        "review apply {T}/ds/rev --data {T}/ds/data.json --accept all --out {T}/ds/data.json",
+        "{T}/ds/data.json",
+        "is",
+        "{T}/ds/data.json",
+    ),
+    (
+        "review apply {T}/ds/rev --accept all --out {T}/ds/rev/fixed.json",
+        "{T}/ds/rev/fixed.json",
+        "lies inside",
+        "{T}/ds/rev",
+    ),
     ("train {T}/ds/data.json --epochs 1 --out {T}/ds", "{T}/ds", "contains", "{T}/ds/data.json"),
 ]
 
 
-@pytest.mark.parametrize("args, out, relation, source", OVERLAPS, ids=[case[0].split(" --")[0] + f" ({case[2]})" for case in OVERLAPS])
+@pytest.mark.parametrize(
+    "args, out, relation, source", OVERLAPS, ids=[case[0].split(" --")[0] + f" ({case[2]})" for case in OVERLAPS]
+)
 def test_an_output_overlapping_an_input_is_refused_before_anything_is_touched(cli, tree, args, out, relation, source):
     before = snapshot(tree)
     fill = lambda text: text.replace("{T}", str(tree))  # noqa: E731
@@ -124,13 +153,16 @@ def test_outputs_beside_a_datasets_images_are_allowed(cli, tree):
     assert cli("stats", tree / "ds" / "data.json", "--plot", tree / "ds" / "stats.png").code == 0
 
 
-@pytest.mark.parametrize("args", [
-    "show {T}/ds/data.json --out .",
-    "predict {T}/m.pt {T}/imgs --out .",
-    "synth .",
-    "synth ..",
-    "quickstart --out .",
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        "show {T}/ds/data.json --out .",
+        "predict {T}/m.pt {T}/imgs --out .",
+        "synth .",
+        "synth ..",
+        "quickstart --out .",
+    ],
+)
 def test_the_current_folder_is_never_an_output(cli, tree, monkeypatch, args):
     here = tree / "elsewhere"
     here.mkdir()
@@ -147,8 +179,11 @@ def test_the_current_folder_is_never_an_output(cli, tree, monkeypatch, args):
 def test_show_into_the_current_dataset_folder_is_refused(cli, tree, monkeypatch):
     monkeypatch.chdir(tree / "ds")
     before = snapshot(tree)
-    refused_alone(cli("show", "data.json", "--out", ".", "--overwrite"), ".",
-                  "output contains the input data.json; choose another --out")
+    refused_alone(
+        cli("show", "data.json", "--out", ".", "--overwrite"),
+        ".",
+        "output contains the input data.json; choose another --out",
+    )
     assert snapshot(tree) == before
 
 
@@ -185,7 +220,9 @@ def test_a_read_only_output_folder_is_refused_before_any_work(cli, tree, monkeyp
     read_only = tree / "ro"
     read_only.mkdir()
     real_access, real_statvfs = os.access, os.statvfs
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != read_only and real_access(path, mode, **kw))
+    monkeypatch.setattr(
+        os, "access", lambda path, mode, **kw: Path(path) != read_only and real_access(path, mode, **kw)
+    )
     missing_gt = tree / "missing.json"  # the output is judged before any input is read
     result = cli("eval", missing_gt, tree / "ds" / "results.json", "--out", read_only / "report")
     refused_alone(result, read_only / "report", "cannot write (Permission denied)")
@@ -275,10 +312,10 @@ def test_python_warnings_are_one_line_without_source_paths(cli, tree, monkeypatc
 
     def warns(*args, **kwargs):
         empty_mean()
-        warnings.warn("first line\n  second line", UserWarning)
+        warnings.warn("first line\n  second line", UserWarning, stacklevel=1)
         raise InstasegError("stop here", file="data.json")
 
-    monkeypatch.setattr("instaseg.cli.check.load_dataset", warns)
+    monkeypatch.setattr("instaseg.cli.check.open_dataset", warns)
     shown = warnings.showwarning
     result = cli("check", tree / "ds" / "data.json")
     assert result.stderr.splitlines() == [
@@ -307,13 +344,26 @@ def test_an_image_folder_kept_elsewhere_is_never_an_output(tmp_path, cli, verb):
     data.mkdir()
     Image.new("RGB", (W, H), (40, 80, 120)).save(imgs / "a.png")
     square = [4, 4, 14, 4, 14, 14, 4, 14]
-    io.write_json(data / "t.json", {
-        "info": {"image_root": "../imgs"},
-        "images": [{"id": 1, "file_name": "a.png", "width": W, "height": H}],
-        "categories": [{"id": 1, "name": "disc"}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [square], "bbox": [4, 4, 10, 10],
-                         "area": 100, "iscrowd": 0, "score": 0.9}],
-    })
+    io.write_json(
+        data / "t.json",
+        {
+            "info": {"image_root": "../imgs"},
+            "images": [{"id": 1, "file_name": "a.png", "width": W, "height": H}],
+            "categories": [{"id": 1, "name": "disc"}],
+            "annotations": [
+                {
+                    "id": 1,
+                    "image_id": 1,
+                    "category_id": 1,
+                    "segmentation": [square],
+                    "bbox": [4, 4, 10, 10],
+                    "area": 100,
+                    "iscrowd": 0,
+                    "score": 0.9,
+                }
+            ],
+        },
+    )
     args = [a.format(json=data / "t.json", imgs=imgs) for a in verb]
     result = cli(*args, "--overwrite")
     assert_one_line_error(result, imgs, "the input")

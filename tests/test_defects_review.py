@@ -53,8 +53,13 @@ def appearance_report(shapes: list[tuple[int, int]]) -> list[dict]:
         found = appearance(pixels, discs[:-1], object_side=2 * max(4, min(width, height) // 16))
         regions = unlabelled_objects(found, discs[:-1])
         best = regions[0][0] if regions else np.zeros((height, width), bool)
-        report.append({"shape": list(found.probability.shape), "reliability": found.reliability,
-                       "centre_iou": float((best & discs[-1]).sum() / (best | discs[-1]).sum())})
+        report.append(
+            {
+                "shape": list(found.probability.shape),
+                "reliability": found.reliability,
+                "centre_iou": float((best & discs[-1]).sum() / (best | discs[-1]).sum()),
+            }
+        )
     return report
 
 
@@ -72,8 +77,9 @@ def run_bounded(code: str) -> subprocess.CompletedProcess:
         size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
         resource.setrlimit(resource.RLIMIT_AS, (size + {BOUND}, resource.RLIM_INFINITY))
     """)
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True, timeout=1800
+    )
 
 
 def run_cli_bounded(*args: str | Path) -> subprocess.CompletedProcess:
@@ -82,8 +88,20 @@ def run_cli_bounded(*args: str | Path) -> subprocess.CompletedProcess:
 
 
 # -- 13: the appearance step on images over MAX_PIXELS ---------------------------------------------------
-@pytest.mark.parametrize("height, width", [(1536, 2048), (1365, 2048), (1001, 1999), (1000, 4000), (4000, 1000),
-                                           (1, 10_000_000), (3, 5_000_000), (2001, 1000), (4096, 4096)])
+@pytest.mark.parametrize(
+    "height, width",
+    [
+        (1536, 2048),
+        (1365, 2048),
+        (1001, 1999),
+        (1000, 4000),
+        (4000, 1000),
+        (1, 10_000_000),
+        (3, 5_000_000),
+        (2001, 1000),
+        (4096, 4096),
+    ],
+)
 def test_the_reduced_size_is_within_the_limit_and_keeps_the_shape(height, width):
     reduced_width, reduced_height = reduced_size(height, width)
     assert reduced_width * reduced_height <= MAX_PIXELS
@@ -104,7 +122,7 @@ def test_the_appearance_step_finishes_on_large_images_of_common_shapes():
     """)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.splitlines()[-1])
-    for (width, height), found in zip(LARGE_SHAPES, report):
+    for (width, height), found in zip(LARGE_SHAPES, report, strict=True):
         assert found["shape"] == [height, width]
         assert found["reliability"] > 0.8, (width, height, found)
         assert found["centre_iou"] > 0.7, (width, height, found)
@@ -119,11 +137,13 @@ def test_wide_features_blur_a_shrunk_copy_and_match_the_full_size_ones(monkeypat
     monkeypatch.undo()
     sigmas = []
     blur = cv2.GaussianBlur
-    monkeypatch.setattr(cv2, "GaussianBlur", lambda image, size, sigma, *rest: sigmas.append(sigma) or blur(image, size, sigma, *rest))
+    monkeypatch.setattr(
+        cv2, "GaussianBlur", lambda image, size, sigma, *rest: sigmas.append(sigma) or blur(image, size, sigma, *rest)
+    )
     approximate = look_module.pixel_features(pixels, object_side=120)
     # A blur's cost grows with its sigma: an object side of 120 px asks for up to 60.
     assert max(sigmas) <= look_module.MAX_DIRECT_SIGMA + 1e-6
-    assert min(np.corrcoef(a, b)[0, 1] for a, b in zip(exact.T, approximate.T)) > 0.99
+    assert min(np.corrcoef(a, b)[0, 1] for a, b in zip(exact.T, approximate.T, strict=True)) > 0.99
 
 
 def write_large_dataset(root: Path) -> tuple[Path, Path]:
@@ -138,10 +158,18 @@ def write_large_dataset(root: Path) -> tuple[Path, Path]:
             rle = mask_ops.encode(disc)
             results.append({"image_id": image_id, "category_id": 1, "segmentation": rle, "score": 0.95})
             if k < len(discs) - 1:
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                                    **mask_ops.annotation_fields(disc, True)})
-    data = io.write_json(root / "data.json", {"images": images, "annotations": annotations,
-                                              "categories": [{"id": 1, "name": "disc"}]})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": 1,
+                        "iscrowd": 0,
+                        **mask_ops.annotation_fields(disc, True),
+                    }
+                )
+    data = io.write_json(
+        root / "data.json", {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "disc"}]}
+    )
     return data, io.write_json(root / "results.json", results)
 
 
@@ -163,14 +191,25 @@ def write_small_review(cli, root: Path) -> tuple[Path, int]:
         pixels, discs = painted(96, 64)
         io.write_image(root / f"small{image_id}.png", pixels)
         images.append({"id": image_id, "file_name": f"small{image_id}.png", "width": 96, "height": 64})
-        annotations += [{"id": len(annotations) + k + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                         **mask_ops.annotation_fields(disc, True)} for k, disc in enumerate(discs)]
+        annotations += [
+            {
+                "id": len(annotations) + k + 1,
+                "image_id": image_id,
+                "category_id": 1,
+                "iscrowd": 0,
+                **mask_ops.annotation_fields(disc, True),
+            }
+            for k, disc in enumerate(discs)
+        ]
         for x0 in (2, 86):
             unlabelled = np.zeros((64, 96), bool)
-            unlabelled[28:36, x0:x0 + 8] = True
-            results.append({"image_id": image_id, "category_id": 1, "segmentation": mask_ops.encode(unlabelled), "score": 0.95})
-    data = io.write_json(root / "data.json", {"images": images, "annotations": annotations,
-                                              "categories": [{"id": 1, "name": "disc"}]})
+            unlabelled[28:36, x0 : x0 + 8] = True
+            results.append(
+                {"image_id": image_id, "category_id": 1, "segmentation": mask_ops.encode(unlabelled), "score": 0.95}
+            )
+    data = io.write_json(
+        root / "data.json", {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "disc"}]}
+    )
     result = cli("review", data, "--pred", io.write_json(root / "results.json", results), "--out", root / "review")
     assert result.code == 0, result.stderr
     count = len(json.loads((root / "review" / "review.json").read_text())["suggestions"])
@@ -190,7 +229,9 @@ def test_a_huge_accepted_range_is_refused_by_the_ids_it_names_in_vain(cli, tmp_p
 
 def test_overlapping_ranges_accept_each_suggestion_once_and_reject_wins(cli, tmp_path):
     review, count = write_small_review(cli, tmp_path)
-    result = cli("review", "apply", review, "--accept", f"1-2,2-{count}", "--reject", "2", "--out", tmp_path / "fixed.json")
+    result = cli(
+        "review", "apply", review, "--accept", f"1-2,2-{count}", "--reject", "2", "--out", tmp_path / "fixed.json"
+    )
     assert result.code == 0, result.stderr
     assert f"of {count - 1} accepted suggestions" in result.stdout
 
@@ -215,11 +256,17 @@ def test_a_backwards_range_is_refused(cli, tmp_path):
 def test_noise_requires_out_and_writes_nothing_beside_the_data(cli, tmp_path):
     pixels, discs = painted(96, 64)
     io.write_image(tmp_path / "a.png", pixels)
-    data = io.write_json(tmp_path / "data.json", {
-        "images": [{"id": 1, "file_name": "a.png", "width": 96, "height": 64}],
-        "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, **mask_ops.annotation_fields(d, True)}
-                        for k, d in enumerate(discs)],
-        "categories": [{"id": 1, "name": "disc"}]})
+    data = io.write_json(
+        tmp_path / "data.json",
+        {
+            "images": [{"id": 1, "file_name": "a.png", "width": 96, "height": 64}],
+            "annotations": [
+                {"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, **mask_ops.annotation_fields(d, True)}
+                for k, d in enumerate(discs)
+            ],
+            "categories": [{"id": 1, "name": "disc"}],
+        },
+    )
     before = sorted(tmp_path.iterdir())
     result = cli("noise", data)
     assert result.code == 2 and "--out" in result.stderr, result.stdout + result.stderr

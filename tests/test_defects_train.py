@@ -15,24 +15,30 @@ from pathlib import Path
 import pytest
 import torch
 import typer
+from conftest import assert_one_line_error
 from PIL import Image
 
-from conftest import assert_one_line_error
 from instaseg.cli import app
+from instaseg.core.errors import InstasegError
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
-from instaseg.core.errors import InstasegError
+from instaseg.engine.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
+from instaseg.engine.config import TrainConfig
+from instaseg.engine.predictor import Predictor
+from instaseg.engine.train import Trainer, train
 from instaseg.export import FORMATS
 from instaseg.models import MODELS
 from instaseg.models.maskrcnn import PRESETS
-from instaseg.engine.predictor import Predictor
-from instaseg.engine.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
-from instaseg.engine.train import _Run, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough that one iteration takes well under a second on one core.
-TINY = {"min_size": 64, "max_size": 64, "train_scales": (1.0,), "box_detections_per_img": 10,
-        "rpn_post_nms_top_n_test": 50}
+TINY = {
+    "min_size": 64,
+    "max_size": 64,
+    "train_scales": (1.0,),
+    "box_detections_per_img": 10,
+    "rpn_post_nms_top_n_test": 50,
+}
 
 
 @pytest.fixture
@@ -41,17 +47,20 @@ def shapes(tmp_path):
     return Dataset.load(train_json), Dataset.load(val_json)
 
 
-def _train(data, out, **kw):
-    options = {"epochs": 1, "batch_size": 4, "preset": "small", "model_kwargs": TINY, "progress": False, **kw}
-    return train(*data, out=out, **options)
+def _train(data, out, *, resume=False, **kw):
+    config = TrainConfig(**{"epochs": 1, "batch_size": 4, "preset": "small", "model_kwargs": TINY, **kw})
+    return train(config, *data, out=out, resume=resume)
 
 
 def _checkpoint(path: Path, **changes) -> Path:
     kwargs = {**PRESETS["small"], **TINY}
     model = MODELS["maskrcnn_resnet18_fpn"].builder(num_classes=2, **kwargs)
-    checkpoint = {"format": CHECKPOINT_FORMAT, "version": 1, "model": model.state_dict(),
-                  "config": {"model": "maskrcnn_resnet18_fpn", "preset": "small", "kwargs": kwargs,
-                             "class_names": ["a", "b"]}}
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "model": model.state_dict(),
+        "config": {"model": "maskrcnn_resnet18_fpn", "preset": "small", "kwargs": kwargs, "class_names": ["a", "b"]},
+    }
     for key, value in changes.items():
         if value is None:
             del checkpoint[key]
@@ -74,8 +83,10 @@ def _corrupt(tmp_path: Path, kind: str) -> Path:
     elif kind == "no_config":
         _checkpoint(path, config=None)
     elif kind == "bad_kwargs":
-        _checkpoint(path, config={"model": "maskrcnn_resnet18_fpn", "kwargs": {"no_such_argument": 1},
-                                  "class_names": ["a", "b"]})
+        _checkpoint(
+            path,
+            config={"model": "maskrcnn_resnet18_fpn", "kwargs": {"no_such_argument": 1}, "class_names": ["a", "b"]},
+        )
     return path
 
 
@@ -92,8 +103,9 @@ def test_predict_and_export_refuse_a_corrupt_checkpoint_in_one_line(tmp_path, cl
 @pytest.mark.parametrize("kind", ["empty", "truncated", "text", "no_weights"])
 def test_train_refuses_corrupt_weights_before_making_its_out_folder(shapes, tmp_path, cli, kind):
     weights = _corrupt(tmp_path, kind)
-    result = cli("train", shapes[0].source, "--epochs", "1", "--preset", "small", "--weights", weights,
-                 "--out", tmp_path / "run")
+    result = cli(
+        "train", shapes[0].source, "--epochs", "1", "--preset", "small", "--weights", weights, "--out", tmp_path / "run"
+    )
     assert_one_line_error(result, weights, ": not a")
     assert not (tmp_path / "run").exists()
 
@@ -108,18 +120,21 @@ def test_images_of_size_zero_are_refused_by_train_not_divided_by(shapes, tmp_pat
 
 
 # -- 15 and 16: nonsense options, refused before anything is written ---------------------------------
-@pytest.mark.parametrize("option, value, named", [
-    ("--batch-size", "0", "--batch-size"),
-    ("--lr", "-1", "--lr"),
-    ("--lr", "nan", "--lr"),
-    ("--epochs", "-1", "--epochs"),
-    ("--minutes", "0", "--minutes"),
-    ("--minutes", "inf", "--minutes"),
-    ("--processes", "0", "--processes"),
-    ("--crop-size", "8", "--crop-size"),
-    ("--model", "nope", "unknown model 'nope'"),
-    ("--preset", "huge", "no preset 'huge'"),
-])
+@pytest.mark.parametrize(
+    "option, value, named",
+    [
+        ("--batch-size", "0", "--batch-size"),
+        ("--lr", "-1", "--lr"),
+        ("--lr", "nan", "--lr"),
+        ("--epochs", "-1", "--epochs"),
+        ("--minutes", "0", "--minutes"),
+        ("--minutes", "inf", "--minutes"),
+        ("--processes", "0", "--processes"),
+        ("--crop-size", "8", "--crop-size"),
+        ("--model", "nope", "unknown model 'nope'"),
+        ("--preset", "huge", "no preset 'huge'"),
+    ],
+)
 def test_train_refuses_nonsense_options_naming_them_and_creates_nothing(shapes, tmp_path, cli, option, value, named):
     result = cli("train", shapes[0].source, "--epochs", "1", "--out", tmp_path / "run", option, value)
     assert_one_line_error(result, named)
@@ -128,8 +143,18 @@ def test_train_refuses_nonsense_options_naming_them_and_creates_nothing(shapes, 
 
 def test_train_refuses_weights_that_fit_nothing_before_making_its_out_folder(shapes, tmp_path, cli):
     torch.save({"unrelated.weight": torch.zeros(3)}, tmp_path / "foreign.pth")
-    result = cli("train", shapes[0].source, "--epochs", "1", "--preset", "small", "--weights",
-                 tmp_path / "foreign.pth", "--out", tmp_path / "run")
+    result = cli(
+        "train",
+        shapes[0].source,
+        "--epochs",
+        "1",
+        "--preset",
+        "small",
+        "--weights",
+        tmp_path / "foreign.pth",
+        "--out",
+        tmp_path / "run",
+    )
     assert_one_line_error(result, "foreign.pth", "no tensor in the file fits")
     assert not (tmp_path / "run").exists()
 
@@ -162,7 +187,9 @@ def test_resume_refuses_other_training_images_unless_resume_anyway(shapes, tmp_p
     before = (run / "last.pt").read_bytes()
 
     refused = cli("train", half_json, "--epochs", "2", "--resume", "--out", run)
-    assert_one_line_error(refused, run / "last.pt", "0 of these 4 training images", "4 of its images", "--resume-anyway")
+    assert_one_line_error(
+        refused, run / "last.pt", "0 of these 4 training images", "4 of its images", "--resume-anyway"
+    )
     assert (run / "last.pt").read_bytes() == before
 
     # The run ends at 3 epochs' steps of this set (3 x 1): one more step after the first run's 2.
@@ -213,8 +240,8 @@ def test_a_time_budget_includes_the_validations(shapes, tmp_path, monkeypatch, v
         validations.append(clock["now"])
         return real_iter_dataset(self, *args, **kwargs)
 
-    monkeypatch.setattr(_Run, "elapsed", lambda self: clock["now"])
-    monkeypatch.setattr(_Run, "_step", step)
+    monkeypatch.setattr(Trainer, "elapsed", lambda self: clock["now"])
+    monkeypatch.setattr(Trainer, "run_step", step)
     monkeypatch.setattr(Predictor, "iter_dataset", slow_validation)
     _train(shapes, tmp_path / "run", epochs=None, minutes=0.5, batch_size=1)
     if validation_seconds * 2 < 30:

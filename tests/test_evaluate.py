@@ -10,16 +10,18 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pycocotools import mask as pycoco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from instaseg.core import events
 from instaseg.core import masks as mask_ops
-from instaseg.data import Dataset
 from instaseg.core.errors import InstasegError
-from instaseg.evaluation import STAT_NAMES, evaluate, evaluate_results, load_predictions
 from instaseg.core.structures import Instances
+from instaseg.data import Dataset
+from instaseg.evaluation import STAT_NAMES, evaluate, evaluate_results, load_predictions
 
 TOLERANCE = 1e-9
 
@@ -390,9 +392,14 @@ def test_error_breakdown_classifies_each_prediction_and_sorts_worst_first():
         result(1, _square(5, 5), 2, 0.9),  # the other image: one hit
         result(1, _square(5, 11), 1, 0.9),  # and a cat touching only the dog, IoU 0.25: class and location
     ]
-    breakdown = evaluate_results(
-        Dataset({"images": images, "categories": categories, "annotations": annotations}), results
-    ).errors
+    heard: list[events.Event] = []
+    with events.listen(heard.append):
+        breakdown = evaluate_results(
+            Dataset({"images": images, "categories": categories, "annotations": annotations}), results
+        ).errors
+    progress = [(e.done, e.total, e.unit, e.finished) for e in heard if isinstance(e, events.Progress)]
+    assert progress == [(0, 2, "image", False), (1, 2, "image", False), (2, 2, "image", False), (2, 2, "image", True)]
+    assert {e.task for e in heard} == {"error breakdown"}
     assert [row["file_name"] for row in breakdown.images] == ["messy.png", "clean.png"]
     messy = breakdown.images[0]
     expected = {"true_positives": 1, "duplicate": 1, "wrong_class": 1, "localization": 1, "background": 1, "missed": 1}

@@ -6,11 +6,11 @@ import copy
 
 import cv2
 import numpy as np
+from conftest import shared_dataset
+from test_evaluate import TOLERANCE, pycocotools_eval
 
 from instaseg.core import masks as mask_ops
 from instaseg.evaluation import evaluate_results
-from conftest import shared_dataset
-from test_evaluate import TOLERANCE, pycocotools_eval
 
 
 def _perturbed_predictions(dataset, seed: int = 0) -> list[dict]:
@@ -61,9 +61,9 @@ def _perturbed_predictions(dataset, seed: int = 0) -> list[dict]:
 
 
 def test_balloon_val_with_perturbed_ground_truth_equals_pycocotools():
-    from instaseg.data.convert import read_dataset
+    from instaseg.data.convert import open_dataset
 
-    dataset = read_dataset(shared_dataset("balloon") / "val", "via")
+    dataset = open_dataset(shared_dataset("balloon") / "val", "via")
     results = _perturbed_predictions(dataset)
     gt_coco = copy.deepcopy(dataset.coco)
     result = evaluate_results(dataset, copy.deepcopy(results), ("segm", "bbox"))
@@ -77,10 +77,10 @@ def test_balloon_val_with_perturbed_ground_truth_equals_pycocotools():
 def test_cli_eval_reads_balloon_through_the_via_converter(tmp_path, cli):
     import json
 
-    from instaseg.data.convert import read_dataset
+    from instaseg.data.convert import open_dataset
 
     balloon_val = shared_dataset("balloon") / "val"
-    dataset = read_dataset(balloon_val, "via")
+    dataset = open_dataset(balloon_val, "via")
     results = _perturbed_predictions(dataset, seed=1)
     results_path = tmp_path / "results.json"
     results_path.write_text(json.dumps(results))

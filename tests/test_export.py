@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_predict import write_tiny_checkpoint
 
 from instaseg.core.errors import InstasegError
-from instaseg.export import OUTPUT_NAMES, ExportModule, export_model
 from instaseg.engine.predictor import load
-from test_predict import write_tiny_checkpoint
+from instaseg.export import OUTPUT_NAMES, export_model, input_size
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -41,7 +41,8 @@ def _images():
 
 def _reference(predictor, image):
     with torch.no_grad():
-        return [t.numpy() for t in ExportModule(predictor.model)(torch.from_numpy(image))]
+        module = predictor.model.export_module(input_size(predictor.model))
+        return [t.numpy() for t in module(torch.from_numpy(image))]
 
 
 def _assert_close(got, expected):
@@ -103,8 +104,11 @@ def test_predictor_and_export_put_masks_in_the_same_place(predictor):
     boxes, _, scores, masks, _ = _reference(predictor, image)
     instances = predictor.predict(image, score_threshold=0.0)
     assert len(instances) == len(scores) > 0
-    ious = [(a & b).sum() / (a | b).sum() for a, b, box in zip(instances.masks, masks > 0.5, boxes)
-            if min(box[2] - box[0], box[3] - box[1]) >= 12]
+    ious = [
+        (a & b).sum() / (a | b).sum()
+        for a, b, box in zip(instances.masks, masks > 0.5, boxes, strict=True)
+        if min(box[2] - box[0], box[3] - box[1]) >= 12
+    ]
     # torchvision adds up to 2 px to a box side: IoU (12 / 14)^2 = 0.73 at worst for a 12 px box.
     assert len(ious) >= 3 and min(ious) > 0.73
 
@@ -130,3 +134,15 @@ def test_export_refuses_bad_requests(checkpoint, tmp_path, cli):
     assert (tmp_path / "m.onnx").read_text() == "old"
     with pytest.raises(InstasegError, match="--out"):
         export_model(load(checkpoint, device="cpu"), "onnx")
+
+
+def test_export_leaves_the_shared_model_as_it_was(predictor, tmp_path):
+    from test_model_protocol import assert_same_state, module_state
+
+    image = _images()[1]
+    expected = predictor.predict(image, score_threshold=0.0)
+    before = module_state(predictor.model)
+    export_model(predictor, "onnx", out=tmp_path / "m.onnx")
+    export_model(predictor, "torchscript", out=tmp_path / "m.torchscript")
+    assert_same_state(module_state(predictor.model), before)  # still in eval mode, the same weights
+    np.testing.assert_array_equal(predictor.predict(image, score_threshold=0.0).scores, expected.scores)

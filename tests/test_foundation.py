@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instaseg.core import io, masks as mask_ops
-from instaseg.data import Dataset
+from instaseg.core import io
+from instaseg.core import masks as mask_ops
 from instaseg.core.errors import InstasegError
 from instaseg.core.structures import Instances
+from instaseg.data import Dataset
 
 
 def _disc(h, w, cy, cx, r):

@@ -13,18 +13,19 @@ import copy
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-from PIL import Image
-
 from conftest import assert_one_line_error, run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
 W, H = 32, 24
 SQUARE_X, SQUARE_Y = [4, 14, 14, 4], [4, 4, 14, 14]
-SQUARE = [c for xy in zip(SQUARE_X, SQUARE_Y) for c in xy]
+SQUARE = [c for xy in zip(SQUARE_X, SQUARE_Y, strict=True) for c in xy]
 
 NOT_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
 WRONG_TYPE = st.one_of(
@@ -41,8 +42,11 @@ BAD_SIZE = st.one_of(NOT_FINITE, WRONG_TYPE, NEGATIVE, st.just(0), HUGE, st.just
 # A list of coordinates whose every entry must be a finite number.
 BAD_COORDINATES = st.one_of(
     WRONG_TYPE,
-    st.lists(st.one_of(NOT_FINITE, WRONG_TYPE), min_size=1, max_size=3).map(lambda junk: SQUARE[: 8 - len(junk)] + junk),
+    st.lists(st.one_of(NOT_FINITE, WRONG_TYPE), min_size=1, max_size=3).map(
+        lambda junk: SQUARE[: 8 - len(junk)] + junk
+    ),
 )
+
 
 def bad_axis(values: list[int]) -> st.SearchStrategy:
     """One axis of a VIA outline (its x or its y values) with junk among or instead of them."""
@@ -69,19 +73,44 @@ def coco_dataset() -> dict:
         "images": [{"id": 1, "file_name": "a.png", "width": W, "height": H}],
         "categories": [{"id": 1, "name": "cell"}],
         "annotations": [
-            {"id": 7, "image_id": 1, "category_id": 1, "segmentation": [SQUARE], "bbox": [4, 4, 10, 10], "area": 100, "iscrowd": 0}
+            {
+                "id": 7,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": [SQUARE],
+                "bbox": [4, 4, 10, 10],
+                "area": 100,
+                "iscrowd": 0,
+            }
         ],
     }
 
 
 def via_dataset() -> dict:
-    region = {"shape_attributes": {"name": "polygon", "all_points_x": SQUARE_X, "all_points_y": SQUARE_Y}, "region_attributes": {"class": "cell"}}
+    region = {
+        "shape_attributes": {"name": "polygon", "all_points_x": SQUARE_X, "all_points_y": SQUARE_Y},
+        "region_attributes": {"class": "cell"},
+    }
     return {"a.png100": {"filename": "a.png", "size": 100, "regions": [region], "file_attributes": {}}}
 
 
 def labelme_dataset() -> dict:
-    shape = {"label": "cell", "points": [list(p) for p in zip(SQUARE_X, SQUARE_Y)], "shape_type": "polygon", "group_id": None, "flags": {}}
-    return {"version": "5.5.0", "shapes": [shape], "imagePath": "a.png", "imageData": None, "imageHeight": H, "imageWidth": W, "flags": {}}
+    shape = {
+        "label": "cell",
+        "points": [list(p) for p in zip(SQUARE_X, SQUARE_Y, strict=True)],
+        "shape_type": "polygon",
+        "group_id": None,
+        "flags": {},
+    }
+    return {
+        "version": "5.5.0",
+        "shapes": [shape],
+        "imagePath": "a.png",
+        "imageData": None,
+        "imageHeight": H,
+        "imageWidth": W,
+        "flags": {},
+    }
 
 
 def labelme_without_its_image() -> dict:
@@ -96,10 +125,20 @@ JSON_CASES: dict[str, tuple[Callable[[], dict], str, dict[tuple, st.SearchStrate
             ("images", 0, "width"): BAD_SIZE,
             ("images", 0, "height"): BAD_SIZE,
             ("images", 0, "id"): BAD_ID,
-            ("images", 0, "file_name"): st.one_of(WRONG_TYPE.filter(lambda v: not isinstance(v, str)), st.sampled_from(["../a.png", "/etc/a.png"])),
+            ("images", 0, "file_name"): st.one_of(
+                WRONG_TYPE.filter(lambda v: not isinstance(v, str)), st.sampled_from(["../a.png", "/etc/a.png"])
+            ),
             ("annotations", 0, "segmentation"): st.one_of(
-                WRONG_TYPE.filter(lambda v: v != []), BAD_COORDINATES.map(lambda c: [c]),
-                st.fixed_dictionaries({"size": st.just([H, W]), "counts": st.one_of(WRONG_TYPE, st.lists(st.one_of(NEGATIVE, NOT_FINITE), min_size=1, max_size=3))}),
+                WRONG_TYPE.filter(lambda v: v != []),
+                BAD_COORDINATES.map(lambda c: [c]),
+                st.fixed_dictionaries(
+                    {
+                        "size": st.just([H, W]),
+                        "counts": st.one_of(
+                            WRONG_TYPE, st.lists(st.one_of(NEGATIVE, NOT_FINITE), min_size=1, max_size=3)
+                        ),
+                    }
+                ),
                 st.fixed_dictionaries({"size": st.one_of(WRONG_TYPE, st.just([H + 1, W])), "counts": st.just([W * H])}),
             ),
             ("annotations", 0, "image_id"): st.one_of(BAD_ID, st.just(99)),
@@ -118,14 +157,19 @@ JSON_CASES: dict[str, tuple[Callable[[], dict], str, dict[tuple, st.SearchStrate
             ("a.png100", "regions", 0, "shape_attributes", "all_points_y"): bad_axis(SQUARE_Y),
             ("a.png100", "regions", 0, "shape_attributes"): st.one_of(WRONG_TYPE, st.just({"name": "polygon"})),
             ("a.png100", "regions", 0): WRONG_TYPE,
-            ("a.png100", "filename"): st.one_of(WRONG_TYPE.filter(lambda v: not isinstance(v, str)), st.sampled_from(["", "../a.png", "b.png"])),
+            ("a.png100", "filename"): st.one_of(
+                WRONG_TYPE.filter(lambda v: not isinstance(v, str)), st.sampled_from(["", "../a.png", "b.png"])
+            ),
         },
     ),
     "labelme": (
         labelme_dataset,
         "a.json",
         {
-            ("shapes", 0, "points"): st.one_of(WRONG_TYPE, st.lists(st.lists(st.one_of(NOT_FINITE, WRONG_TYPE), min_size=2, max_size=2), min_size=3, max_size=4)),
+            ("shapes", 0, "points"): st.one_of(
+                WRONG_TYPE,
+                st.lists(st.lists(st.one_of(NOT_FINITE, WRONG_TYPE), min_size=2, max_size=2), min_size=3, max_size=4),
+            ),
             ("shapes", 0, "label"): WRONG_TYPE.filter(lambda v: not isinstance(v, str) or v == ""),
             ("shapes", 0, "shape_type"): st.sampled_from(["hexagon", 5, ["polygon"]]),
             ("shapes", 0): WRONG_TYPE,
@@ -142,9 +186,11 @@ JSON_CASES: dict[str, tuple[Callable[[], dict], str, dict[tuple, st.SearchStrate
 
 def _json_case(name: str):
     make, file_name, slots = JSON_CASES[name]
-    return st.sampled_from(sorted(slots, key=str)).flatmap(
-        lambda path: st.tuples(st.just(path), slots[path])
-    ).map(lambda junk: (file_name, set_path(make(), *junk), junk))
+    return (
+        st.sampled_from(sorted(slots, key=str))
+        .flatmap(lambda path: st.tuples(st.just(path), slots[path]))
+        .map(lambda junk: (file_name, set_path(make(), *junk), junk))
+    )
 
 
 def assert_refused(tmp_path: Path, src: Path, culprit: Path, junk: Any, *options: str) -> None:
@@ -169,7 +215,9 @@ def _fresh(tmp_path_factory) -> Path:
 JUNK_SETTINGS = settings(
     max_examples=int(os.environ.get("JUNK_EXAMPLES", 40)),
     derandomize=bool(os.environ.get("CI")),
-    deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.mark.parametrize("fmt", sorted(JSON_CASES))
@@ -179,7 +227,9 @@ def test_every_json_reader_refuses_junk_in_one_located_line(tmp_path_factory, fm
     def check(case):
         file_name, data, junk = case
         root = _fresh(tmp_path_factory)
-        (root / file_name).write_text(json.dumps(data))  # json writes NaN and Infinity, as Python users' files have them
+        (root / file_name).write_text(
+            json.dumps(data)
+        )  # json writes NaN and Infinity, as Python users' files have them
         assert_refused(root, root / file_name if fmt == "coco" else root, root / file_name, junk)
 
     check()
@@ -211,7 +261,9 @@ def test_the_yolo_reader_refuses_junk_in_one_located_line(tmp_path_factory, posi
 JUNK_MASK = st.one_of(
     st.binary(max_size=64).map(lambda data: ("bytes", data)),
     st.floats(0.05, 0.6).map(lambda share: ("truncated", share)),  # cut inside the pixel data, before IEND
-    st.tuples(st.integers(15, 3 * W), st.integers(15, 3 * H)).filter(lambda size: size != (W, H)).map(lambda size: ("size", size)),
+    st.tuples(st.integers(15, 3 * W), st.integers(15, 3 * H))
+    .filter(lambda size: size != (W, H))
+    .map(lambda size: ("size", size)),
 )
 
 

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_model_protocol import assert_same_state, module_state
 
 import instaseg
-from instaseg.engine import predictor as predictor_module
 from instaseg.core.errors import InstasegError
+from instaseg.engine import predictor as predictor_module
+from instaseg.engine.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
+from instaseg.engine.predictor import load
 from instaseg.models import MODELS, count_parameters, get_model, list_models, register_model
 from instaseg.models.maskrcnn import BACKBONES, PRESETS
-from instaseg.engine.predictor import load
-from instaseg.engine.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
 
 CLASSES = ["circle", "square", "triangle"]
 TINY = {"min_size": 64, "max_size": 64, "train_scales": (1.0,), "box_detections_per_img": 10}
@@ -25,17 +26,26 @@ def _checkpoint(tmp_path, name="maskrcnn_resnet18_fpn"):
     kwargs = {**PRESETS["small"], **TINY}
     model = MODELS[name].builder(num_classes=len(CLASSES), **kwargs)
     path = tmp_path / "model.pt"
-    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "version": 1, "model": model.state_dict(),
-                           "config": {"model": name, "preset": "small", "kwargs": kwargs, "class_names": CLASSES}})
+    save_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "version": 1,
+            "model": model.state_dict(),
+            "config": {"model": name, "preset": "small", "kwargs": kwargs, "class_names": CLASSES},
+        },
+    )
     return path
 
 
 def test_registry_lists_every_backbone_and_each_builds():
     names = list_models()
     assert names == sorted(names) and instaseg.list_models() == names
-    assert {MODELS[n].backbone for n in names} == set(BACKBONES)
+    # Tests may register architectures of their own (tests/tiny_architecture.py) beside Mask R-CNN's.
+    maskrcnns = [n for n in names if MODELS[n].builder.__module__ == "instaseg.models.maskrcnn"]
+    assert {MODELS[n].backbone for n in maskrcnns} == set(BACKBONES)
     counts = {}
-    for name in names:
+    for name in maskrcnns:
         model = get_model(name, 2, preset="cpu")
         real = sum(p.numel() for p in model.parameters())
         # The table's count comes from a meta-device build; it must equal the real model's.
@@ -101,28 +111,38 @@ def test_predict_any_image_mode_gives_instances_with_class_probs(tmp_path):
 def test_max_detections_raises_the_cap_for_one_call_only(tmp_path):
     predictor = load(_checkpoint(tmp_path), device="cpu")  # the checkpoint caps detections at 10
     image = np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    model = predictor.model
-    before = (model.roi_heads.detections_per_img, dict(model.rpn._pre_nms_top_n), dict(model.rpn._post_nms_top_n))
+    before = module_state(predictor.model)
     assert len(predictor.predict(image, score_threshold=0.0)) == 10
     crowded = predictor.predict(image, score_threshold=0.0, max_detections=40)
     assert 10 < len(crowded) <= 40
     assert len(predictor.predict(image, score_threshold=0.0, max_detections=3)) == 3
-    assert (model.roi_heads.detections_per_img, model.rpn._pre_nms_top_n, model.rpn._post_nms_top_n) == before
+    assert_same_state(module_state(predictor.model), before)
     with pytest.raises(InstasegError, match="max_detections must be at least 1"):
         predictor.predict(image, max_detections=0)
 
 
 def test_object_size_outside_the_trained_range_rescales_the_image(tmp_path, monkeypatch):
     predictor = load(_checkpoint(tmp_path), device="cpu")  # min_size = max_size = 64: a 48x64 image stays as it is
+    model = predictor.model
     inputs = []
-    predictor.model.transform.register_forward_hook(lambda module, args, output: inputs.append(output[0].image_sizes[0]))
+
+    def recording(method):
+        def call(images, *args, scales, **kw):
+            (height, width), scale = images[0].shape[-2:], scales[0]
+            inputs.append((round(height * scale), round(width * scale)))  # the size the model resizes to
+            return method(images, *args, scales=scales, **kw)
+
+        return call
+
+    monkeypatch.setattr(model, "detect", recording(model.detect))
+    monkeypatch.setattr(model, "predict_boxes", recording(model.predict_boxes))
     image = np.random.default_rng(4).integers(0, 255, (48, 64, 3), dtype=np.uint8)
 
     def input_after(**kw):
         inputs.clear()
         result = predictor.predict(image, score_threshold=0.0, **kw)
         assert result.masks.shape[1:] == (48, 64) and result.boxes[:, 2:].max(initial=0) <= 64.01
-        return tuple(inputs[0])
+        return inputs[0]
 
     assert input_after(object_size=5.0) == (48, 64)  # the checkpoint records no training object sizes
     predictor.object_sizes = (15.0, 25.0)
@@ -133,7 +153,7 @@ def test_object_size_outside_the_trained_range_rescales_the_image(tmp_path, monk
     assert input_after(object_size=0.5) == (192, 256)  # at most 4x the model's own size
     monkeypatch.setattr(predictor_module, "MAX_INFERENCE_SIDE", 128)
     assert input_after(object_size=0.5) == (96, 128)  # and never past the largest inference side
-    monkeypatch.undo()
+    monkeypatch.setattr(predictor_module, "MAX_INFERENCE_SIDE", 4096)
     inputs.clear()
     predictor.classify_boxes(image, np.array([[2, 2, 20, 20]]), object_size=10.0)
     assert inputs == [(72, 96)]
@@ -181,8 +201,20 @@ def test_classify_boxes_augmented_averages_own_and_largest_training_size_and_mir
 
     def predictor_with(kwargs, name):
         path = tmp_path / name
-        save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "version": 1, "model": state, "config": {
-            "model": "maskrcnn_resnet18_fpn", "preset": "small", "kwargs": kwargs, "class_names": CLASSES}})
+        save_checkpoint(
+            path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "version": 1,
+                "model": state,
+                "config": {
+                    "model": "maskrcnn_resnet18_fpn",
+                    "preset": "small",
+                    "kwargs": kwargs,
+                    "class_names": CLASSES,
+                },
+            },
+        )
         return load(path, device="cpu")
 
     image = np.random.default_rng(3).integers(0, 255, (48, 56, 3), dtype=np.uint8)  # max_size 64 leaves room

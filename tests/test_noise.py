@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 
-from instaseg.core import io, masks as mask_ops
+from instaseg.core import io
+from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
 from instaseg.review import inject_noise, review
@@ -35,7 +35,10 @@ def test_each_injected_error_is_what_it_claims(synthetic):
     noisy, injected = inject_noise(clean, missing=0.1, extra=0.1, wrong_class=0.1, bad_mask=0.1, duplicate=0.05, seed=1)
     assert clean.coco == original
     total = len(clean.annotations)
-    counts = {t: sum(e["type"] == t for e in injected) for t in ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")}
+    counts = {
+        t: sum(e["type"] == t for e in injected)
+        for t in ("missing_label", "extra_label", "wrong_class", "bad_mask", "duplicate")
+    }
     assert counts["missing_label"] == round(0.1 * total) and counts["wrong_class"] == round(0.1 * total)
     assert counts["extra_label"] == round(0.1 * total) and counts["duplicate"] == round(0.05 * total)
     assert round(0.1 * total) - 2 <= counts["bad_mask"] <= round(0.1 * total)  # tiny fragments are left clean
@@ -73,8 +76,7 @@ def test_noise_is_reproducible_and_skips_wrong_class_with_one_class(synthetic):
     one_class = clean.copy()
     for ann in one_class.annotations:
         ann["category_id"] = one_class.categories[0]["id"]
-    one_class.coco["categories"] = one_class.categories[:1]
-    one_class.reindex()
+    one_class.categories = one_class.categories[:1]
     _, injected = inject_noise(one_class, wrong_class=0.5, seed=0)
     assert not any(e["type"] == "wrong_class" for e in injected)
 
@@ -91,7 +93,9 @@ def test_review_with_perfect_predictions_finds_every_injected_error(synthetic):
     for kind in ("extra_label", "wrong_class", "bad_mask", "duplicate"):
         expected = {e["annotation_id"] for e in injected if e["type"] == kind}
         if kind == "duplicate":  # either copy may be the one flagged
-            expected = {frozenset((e["annotation_id"], e["source_annotation_id"])) for e in injected if e["type"] == kind}
+            expected = {
+                frozenset((e["annotation_id"], e["source_annotation_id"])) for e in injected if e["type"] == kind
+            }
             found = {frozenset((s.annotation_id, s.other_annotation_id)) for s in suggestions if s.type == kind}
         else:
             found = {s.annotation_id for s in suggestions if s.type == kind and s.score >= 0.5}

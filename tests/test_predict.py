@@ -11,10 +11,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from instaseg.core import masks as mask_ops
-from instaseg.data import Dataset
 from instaseg.core.errors import InstasegError
-from instaseg.engine.predict import predict_images
 from instaseg.core.structures import Instances
+from instaseg.data import Dataset
+from instaseg.engine.predict import predict_images
 
 
 class FakePredictor:
@@ -78,10 +78,19 @@ def test_folder_holds_coco_predictions_results_and_counts(tmp_path, image_dir):
 
 
 def test_score_threshold_and_classes_restrict_the_output(tmp_path, image_dir):
-    summary = predict_images(FakePredictor(), [image_dir / "a.png"], score_threshold=0.5, classes=None, out=tmp_path / "p1", overlays=False)
+    summary = predict_images(
+        FakePredictor(), [image_dir / "a.png"], score_threshold=0.5, classes=None, out=tmp_path / "p1", overlays=False
+    )
     assert summary["counts"] == {"disc": 1, "box": 0, "never": 0}
 
-    summary = predict_images(FakePredictor(), [str(image_dir / "**" / "*.jpg")], score_threshold=0.1, classes=["box"], out=tmp_path / "p2", overlays=False)
+    summary = predict_images(
+        FakePredictor(),
+        [str(image_dir / "**" / "*.jpg")],
+        score_threshold=0.1,
+        classes=["box"],
+        out=tmp_path / "p2",
+        overlays=False,
+    )
     assert summary["counts"] == {"box": 1} and summary["images"] == 1
     results = json.loads((tmp_path / "p2" / "results.json").read_text())
     assert [r["category_id"] for r in results] == [2]
@@ -89,15 +98,30 @@ def test_score_threshold_and_classes_restrict_the_output(tmp_path, image_dir):
 
 
 def test_images_that_reach_the_detection_cap_are_named(tmp_path, image_dir, cli, monkeypatch):
-    summary = predict_images(FakePredictor(), [image_dir], score_threshold=0.1, max_detections=1, out=tmp_path / "p",
-                             overlays=False)
+    summary = predict_images(
+        FakePredictor(), [image_dir], score_threshold=0.1, max_detections=1, out=tmp_path / "p", overlays=False
+    )
     assert summary["capped"] == ["a.png", "sub/b.jpg"] and summary["total"] == 2
     counts = json.loads((tmp_path / "p" / "counts.json").read_text())
     assert counts["max_detections"] == 1 and counts["capped"] == ["a.png", "sub/b.jpg"]
-    assert predict_images(FakePredictor(), [image_dir], score_threshold=0.1, out=tmp_path / "q", overlays=False)["capped"] == []
+    assert (
+        predict_images(FakePredictor(), [image_dir], score_threshold=0.1, out=tmp_path / "q", overlays=False)["capped"]
+        == []
+    )
 
     monkeypatch.setattr("instaseg.engine.predictor.load", lambda path: FakePredictor())
-    r = cli("predict", "fake.pt", image_dir, "--score", "0.1", "--max-detections", "1", "--out", tmp_path / "r", "--no-overlays")
+    r = cli(
+        "predict",
+        "fake.pt",
+        image_dir,
+        "--score",
+        "0.1",
+        "--max-detections",
+        "1",
+        "--out",
+        tmp_path / "r",
+        "--no-overlays",
+    )
     assert r.code == 0 and "2 image(s) reached the cap of 1 instances" in r.stderr and "--max-detections" in r.stderr
     r = cli("predict", "fake.pt", image_dir, "--max-detections", "0", "--out", tmp_path / "s")
     assert r.code == 2 and "max-detections" in r.stderr
@@ -161,8 +185,8 @@ def write_tiny_checkpoint(path, class_names=("a", "b")):
     """
     import torch
 
-    from instaseg.models.registry import resolve_config
     from instaseg.engine.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from instaseg.models.registry import resolve_config
 
     torch.manual_seed(0)
     kwargs = resolve_config("maskrcnn_resnet18_fpn", "small", min_size=64, max_size=64, fpn_channels=32, box_head_fc=64)

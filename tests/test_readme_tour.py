@@ -11,7 +11,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED, run_cli, shared_dataset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -44,7 +43,19 @@ def shortened(words: list[str]) -> list[str]:
 
 def test_the_tour_lists_every_step():
     verbs = [words[0] for words in tour_commands()]
-    assert verbs == ["convert", "convert", "check", "stats", "show", "train", "predict", "eval", "review", "review", "export"]
+    assert verbs == [
+        "convert",
+        "convert",
+        "check",
+        "stats",
+        "show",
+        "train",
+        "predict",
+        "eval",
+        "review",
+        "review",
+        "export",
+    ]
 
 
 @pytest.mark.slow

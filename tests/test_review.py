@@ -14,14 +14,15 @@ import pytest
 from PIL import Image
 
 import instaseg
-from instaseg.core import io, masks as mask_ops
+from instaseg.core import io
+from instaseg.core import masks as mask_ops
+from instaseg.core.structures import Instances
 from instaseg.data import Dataset
 from instaseg.data.stats import object_size
 from instaseg.engine.checkpoint import read_checkpoint
 from instaseg.review import apply_review, review
 from instaseg.review.score import ReviewSettings, boundary_band, boundary_iou, edge_alignment, image_edges
 from instaseg.review.sources import assign_folds, out_of_fold_predictions, seen_warning, training_image_digests
-from instaseg.core.structures import Instances
 
 H = W = 64
 CLASSES = ("cat", "dog")
@@ -39,9 +40,18 @@ def make_dataset(objects_per_image, root="."):
         images.append({"id": image_id, "file_name": f"img{image_id}.png", "width": W, "height": H})
         for mask, name, *extra in objects:
             rle = mask_ops.encode(mask)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": CLASSES.index(name) + 1,
-                                "segmentation": rle, "area": mask_ops.area(rle), "bbox": mask_ops.bbox(rle),
-                                "iscrowd": 0, **(extra[0] if extra else {})})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": CLASSES.index(name) + 1,
+                    "segmentation": rle,
+                    "area": mask_ops.area(rle),
+                    "bbox": mask_ops.bbox(rle),
+                    "iscrowd": 0,
+                    **(extra[0] if extra else {}),
+                }
+            )
     categories = [{"id": k + 1, "name": n} for k, n in enumerate(CLASSES)]
     return Dataset({"images": images, "annotations": annotations, "categories": categories}, root)
 
@@ -50,8 +60,9 @@ def preds(*objects, class_names=CLASSES, probs=None):
     """Predicted Instances from (mask, class_name, score) triples."""
     masks = np.stack([m for m, _, _ in objects]) if objects else np.zeros((0, H, W), bool)
     data = {"class_probs": np.asarray(probs, np.float32)} if probs is not None else {}
-    return Instances.from_masks(masks, [class_names.index(c) for _, c, _ in objects], [s for _, _, s in objects],
-                                class_names, **data)
+    return Instances.from_masks(
+        masks, [class_names.index(c) for _, c, _ in objects], [s for _, _, s in objects], class_names, **data
+    )
 
 
 def of_type(suggestions, kind):
@@ -110,12 +121,17 @@ def test_extra_label_uses_the_models_verdict_on_the_labels_box():
     suggestions, _ = review(ds, {1: preds((B, "dog", 0.95))}, label_probs=label_probs)
     extra = of_type(suggestions, "extra_label")
     # (1 - support) x the image's top confidence x p(background)^0.25
-    assert [(s.annotation_id, s.score) for s in extra] == [(1, pytest.approx(0.95 * 0.9 ** 0.25, abs=1e-3)),
-                                                           (2, pytest.approx(0.95 * 0.2 ** 0.25, abs=1e-3))]
+    assert [(s.annotation_id, s.score) for s in extra] == [
+        (1, pytest.approx(0.95 * 0.9**0.25, abs=1e-3)),
+        (2, pytest.approx(0.95 * 0.2**0.25, abs=1e-3)),
+    ]
     assert extra[0].evidence == {"support": 0.0, "image_trust": 0.95, "p_background": 0.9}
     # At full weight the verdict scales the score as it is.
     full, _ = review(ds, {1: preds((B, "dog", 0.95))}, ReviewSettings(background_weight=1.0), label_probs)
-    assert [s.score for s in of_type(full, "extra_label")] == [pytest.approx(0.855, abs=1e-3), pytest.approx(0.19, abs=1e-3)]
+    assert [s.score for s in of_type(full, "extra_label")] == [
+        pytest.approx(0.855, abs=1e-3),
+        pytest.approx(0.19, abs=1e-3),
+    ]
 
 
 def test_extra_label_counts_less_where_the_model_backs_few_of_the_other_labels():
@@ -157,8 +173,13 @@ def test_wrong_class_is_decided_by_the_verdict_on_the_labels_own_box():
     wrong = of_type(suggestions, "wrong_class")
     assert [(s.annotation_id, s.suggested_class) for s in wrong] == [(2, "dog")]
     assert wrong[0].score == pytest.approx(0.5, abs=1e-3)  # 0.7 - 0.2
-    assert wrong[0].evidence == {"p_label_class": 0.6, "p_suggested_class": 0.4, "mask_iou": 1.0,
-                                 "box_p_label_class": 0.2, "box_p_suggested_class": 0.7}
+    assert wrong[0].evidence == {
+        "p_label_class": 0.6,
+        "p_suggested_class": 0.4,
+        "mask_iou": 1.0,
+        "box_p_label_class": 0.2,
+        "box_p_suggested_class": 0.7,
+    }
 
 
 def test_wrong_class_without_probabilities_uses_per_class_detections_of_the_object():
@@ -220,7 +241,10 @@ def test_review_warns_when_the_models_masks_are_too_coarse_to_judge_outlines_by(
         _, info = review(labels, {1: preds(*[(disc(cy, cx, radius), "cat", 0.95) for cy, cx in centres])})
         expected = disc(12, 12, radius).sum() / disc(12, 12, 7).sum()  # the model's disc lies inside the label's
         assert info["bad_mask_reference"]["median_mask_iou"] == pytest.approx(expected, abs=1e-3)
-        assert any("masks agree with the labels it is surest of at median mask IoU" in w for w in info["warnings"]) == warned
+        assert (
+            any("masks agree with the labels it is surest of at median mask IoU" in w for w in info["warnings"])
+            == warned
+        )
 
 
 def test_a_barely_overlapping_prediction_is_another_object_not_a_redraw():
@@ -311,7 +335,10 @@ def test_bad_mask_the_model_agrees_with_is_caught_by_the_image_edges():
     assert not of_type(blind, "bad_mask")
     seeing, info = review(ds, predictions, read_image=lambda image: painted(*objects))
     assert [(s.type, s.annotation_id) for s in seeing] == [("bad_mask", 5)]
-    assert seeing[0].score > 0.8 and seeing[0].evidence["edge_alignment"] < info["bad_mask_reference"]["median_edge_alignment"]
+    assert (
+        seeing[0].score > 0.8
+        and seeing[0].evidence["edge_alignment"] < info["bad_mask_reference"]["median_edge_alignment"]
+    )
 
 
 # -- apply -------------------------------------------------------------------------------------------
@@ -322,10 +349,16 @@ def _review_document(ds, predictions):
 
 def _noisy_case():
     shifted = np.roll(C, 4, axis=1)
-    ds = make_dataset([[(A, "cat"), (shifted, "cat"), (disc(44, 16, 6), "cat")],
-                       [(A, "dog"), (B, "cat"), (np.roll(B, 1, axis=0), "cat")]])
-    predictions = {1: preds((A, "cat", 0.95), (C, "cat", 0.95), (disc(44, 46, 8), "dog", 0.9)),
-                   2: preds((A, "cat", 0.95), (B, "cat", 0.95), probs=[[0.9, 0.1], [0.95, 0.05]])}
+    ds = make_dataset(
+        [
+            [(A, "cat"), (shifted, "cat"), (disc(44, 16, 6), "cat")],
+            [(A, "dog"), (B, "cat"), (np.roll(B, 1, axis=0), "cat")],
+        ]
+    )
+    predictions = {
+        1: preds((A, "cat", 0.95), (C, "cat", 0.95), (disc(44, 46, 8), "dog", 0.9)),
+        2: preds((A, "cat", 0.95), (B, "cat", 0.95), probs=[[0.9, 0.1], [0.95, 0.05]]),
+    }
     return ds, predictions
 
 
@@ -409,7 +442,7 @@ def test_out_of_fold_models_never_judge_images_they_trained_on(monkeypatch, tmp_
         io.write_image(ds.image_path(image), np.full((H, W, 3), image["id"], np.uint8))
     trained_on = {}
 
-    def fake_train(train, val=None, *, out, **options):
+    def fake_train(config, train, val=None, *, out, **options):
         trained_on[str(out)] = {img["id"] for img in train.images}
         return out / "best.pt"
 
@@ -483,7 +516,7 @@ def test_cli_review_writes_report_and_apply_fixes(cli, reviewed_files):
     assert all(counts[t] >= 1 for t in ("missing_label", "extra_label", "bad_mask", "duplicate")), counts
     rows = list(csv.DictReader((root / "rev" / "review.csv").open()))
     assert [int(row["id"]) for row in rows] == [s["id"] for s in document["suggestions"]]
-    for row, s in zip(rows, document["suggestions"]):  # every evidence number has its column
+    for row, s in zip(rows, document["suggestions"], strict=True):  # every evidence number has its column
         assert all(float(row[key]) == value for key, value in s["evidence"].items())
     assert {"support", "boundary_iou", "mask_iou"} <= rows[0].keys()
     page = (root / "rev" / "report.html").read_text()
@@ -506,7 +539,16 @@ def test_cli_review_writes_report_and_apply_fixes(cli, reviewed_files):
 
 def test_cli_review_refuses_bad_input(cli, reviewed_files, tmp_path):
     root = reviewed_files
-    r = cli("review", root / "labels.json", "--pred", root / "results.json", "--model", root / "x.pt", "--out", tmp_path / "o")
+    r = cli(
+        "review",
+        root / "labels.json",
+        "--pred",
+        root / "results.json",
+        "--model",
+        root / "x.pt",
+        "--out",
+        tmp_path / "o",
+    )
     assert r.code == 2 and "exactly one of" in r.stderr
     r = cli("review", root / "labels.json", "--pred", root / "nothing.json", "--out", tmp_path / "o")
     assert r.code == 2 and "nothing.json" in r.stderr and "Traceback" not in r.stderr
@@ -539,7 +581,9 @@ def test_cli_review_with_a_model_warns_when_it_trained_on_these_images(cli, revi
     assert r.code == 0, r.stderr
     assert "trained on 1 of these 2 images" in r.stderr
     document = json.loads((root / "rev" / "review.json").read_text())
-    assert document["source"]["kind"] == "model" and document["warnings"] == [r.stderr.strip().removeprefix("warning: ")]
+    assert document["source"]["kind"] == "model" and document["warnings"] == [
+        r.stderr.strip().removeprefix("warning: ")
+    ]
 
 
 def test_cli_review_of_a_non_coco_dataset_keeps_it_for_apply(cli, tmp_path):
@@ -550,10 +594,12 @@ def test_cli_review_of_a_non_coco_dataset_keeps_it_for_apply(cli, tmp_path):
         (folder / "masks").mkdir()
         Image.fromarray(np.full((H, W, 3), 40 * n, np.uint8)).save(folder / "images" / f"img{n}.png")
         for k, (cy, cx) in enumerate([(16, 16), (44, 44)]):
-            Image.fromarray((((yy - cy) ** 2 + (xx - cx) ** 2 <= 64) * 255).astype(np.uint8)).save(folder / "masks" / f"m{k}.png")
-    from instaseg.data.convert import read_dataset
+            Image.fromarray((((yy - cy) ** 2 + (xx - cx) ** 2 <= 64) * 255).astype(np.uint8)).save(
+                folder / "masks" / f"m{k}.png"
+            )
+    from instaseg.data.convert import open_dataset
 
-    ds = read_dataset(tmp_path / "nuclei", fmt="mask-files")
+    ds = open_dataset(tmp_path / "nuclei", "mask-files")
     results = []
     for image in ds.images:  # the model finds only the first nucleus of each image
         results += ds.ground_truth(image)[:1].to_coco(image["id"], ds.category_ids)
@@ -573,18 +619,32 @@ def test_cli_review_with_real_out_of_fold_models(cli, tmp_path):
     from instaseg.review.noise import inject_noise
 
     train_json, _ = make_synthetic(tmp_path / "data", num_train=8, num_val=1, size=64)
-    noisy, injected = inject_noise(Dataset.load(train_json), missing=0, extra=0, wrong_class=0, bad_mask=0, duplicate=0.15)
+    noisy, injected = inject_noise(
+        Dataset.load(train_json), missing=0, extra=0, wrong_class=0, bad_mask=0, duplicate=0.15
+    )
     noisy.save(tmp_path / "data" / "noisy.json")
-    r = cli("review", tmp_path / "data" / "noisy.json", "--folds", "2", "--epochs-per-fold", "1", "--preset", "small",
-            "--crop-size", "48", "--out", tmp_path / "rev")
+    r = cli(
+        "review",
+        tmp_path / "data" / "noisy.json",
+        "--folds",
+        "2",
+        "--epochs-per-fold",
+        "1",
+        "--preset",
+        "small",
+        "--crop-size",
+        "48",
+        "--out",
+        tmp_path / "rev",
+    )
     assert r.code == 0, r.stderr
     document = json.loads((tmp_path / "rev" / "review.json").read_text())
     assert document["source"]["kind"] == "folds"
     # Out-of-fold models draw no "seen these labels" warning; 1-epoch models do draw the coarse-masks one.
     assert document["warnings"] and all(w.startswith("the model's masks agree") for w in document["warnings"])
     for fold in (1, 2):
-        config = read_checkpoint(tmp_path / "rev" / "folds" / f"fold-{fold}" / "best.pt")["config"]
-        assert training_image_digests(config) and config["crop_size"] == 48
+        checkpoint = read_checkpoint(tmp_path / "rev" / "folds" / f"fold-{fold}" / "best.pt")
+        assert training_image_digests(checkpoint["config"]) and checkpoint["train_config"]["crop_size"] == 48
     # However little two 1-epoch models learn, a near copy of a label is found and ranked first
     # (either one of the pair may be the suggested removal).
     pairs = [{e["annotation_id"], e["source_annotation_id"]} for e in injected if e["type"] == "duplicate"]

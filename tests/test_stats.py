@@ -39,7 +39,11 @@ def coco_file(tmp_path):
                     "iscrowd": int(side == 150),
                 }
             )
-    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "cell"}, {"id": 2, "name": "dust"}]}
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "cell"}, {"id": 2, "name": "dust"}],
+    }
     for image in images:
         Image.new("RGB", (300, 200)).save(tmp_path / image["file_name"])
     return io.write_json(tmp_path / "data.json", coco)

@@ -13,7 +13,7 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path):
     a = make_synthetic(tmp_path / "a", num_train=6, num_val=3, size=64, seed=1)
     b = make_synthetic(tmp_path / "b", num_train=6, num_val=3, size=64, seed=1)
     make_synthetic(tmp_path / "c", num_train=6, num_val=3, size=64, seed=2)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x.read_bytes() == y.read_bytes()
     assert (tmp_path / "a/train/train_000001.png").read_bytes() == (tmp_path / "b/train/train_000001.png").read_bytes()
     assert (tmp_path / "a/train/train_000001.png").read_bytes() != (tmp_path / "c/train/train_000001.png").read_bytes()

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from instaseg.core.errors import InstasegError
 from instaseg.data import Dataset
 from instaseg.data.stats import object_size
 from instaseg.data.synth import make_synthetic
-from instaseg.core.errors import InstasegError
-from instaseg.models import get_model
+from instaseg.engine.checkpoint import load_weights, read_checkpoint
+from instaseg.engine.config import TrainConfig
+from instaseg.engine.data import TrainingImages, epoch_batches
 from instaseg.engine.predictor import load
-from instaseg.engine.checkpoint import read_checkpoint
+from instaseg.engine.train import WARMUP_ITERS, Schedule, Trainer, train
+from instaseg.models import get_model
 from instaseg.review.sources import seen_warning, training_image_digests
-from instaseg.engine.train import WARMUP_ITERS, TrainingImages, _Run, epoch_batches, load_weights, train
 
 # Small enough that one iteration takes well under a second on one core.
-TINY = {"min_size": 64, "max_size": 64, "train_scales": (1.0,), "box_detections_per_img": 10,
-        "rpn_post_nms_top_n_test": 50}
+TINY = {
+    "min_size": 64,
+    "max_size": 64,
+    "train_scales": (1.0,),
+    "box_detections_per_img": 10,
+    "rpn_post_nms_top_n_test": 50,
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +37,9 @@ def shapes(tmp_path_factory):
     return Dataset.load(train_json), Dataset.load(val_json)
 
 
-def _train(data, out, **kw):
-    options = {"epochs": 1, "batch_size": 4, "preset": "small", "model_kwargs": TINY, "progress": False, **kw}
-    return train(*data, out=out, **options)
+def _train(data, out, *, resume=False, **kw):
+    config = TrainConfig(**{"epochs": 1, "batch_size": 4, "preset": "small", "model_kwargs": TINY, **kw})
+    return train(config, *data, out=out, resume=resume)
 
 
 def test_a_few_iterations_give_finite_losses_and_a_loadable_checkpoint(shapes, tmp_path):
@@ -69,7 +75,7 @@ def test_resume_continues_exactly_where_last_pt_was_written(shapes, tmp_path, mo
     straight = read_checkpoint(tmp_path / "straight" / "last.pt")
 
     calls = {"n": 0}
-    real_step = _Run._step
+    real_step = Trainer.run_step
 
     def dies_at_third_step(self, batch):
         calls["n"] += 1
@@ -77,10 +83,10 @@ def test_resume_continues_exactly_where_last_pt_was_written(shapes, tmp_path, mo
             raise KeyboardInterrupt
         return real_step(self, batch)
 
-    monkeypatch.setattr(_Run, "_step", dies_at_third_step)
+    monkeypatch.setattr(Trainer, "run_step", dies_at_third_step)
     with pytest.raises(KeyboardInterrupt):
         _train(no_val, tmp_path / "killed", epochs=2, batch_size=2, checkpoint_every=1, **recipe)
-    monkeypatch.setattr(_Run, "_step", real_step)
+    monkeypatch.setattr(Trainer, "run_step", real_step)
     assert read_checkpoint(tmp_path / "killed" / "last.pt")["train_state"]["iteration"] == 2
     _train(no_val, tmp_path / "killed", epochs=2, batch_size=2, resume=True)
     resumed = read_checkpoint(tmp_path / "killed" / "last.pt")
@@ -96,7 +102,9 @@ def test_torchvision_state_dict_with_other_class_count_reinitialises_heads(tmp_p
     torch.save(other.state_dict(), path)
     model = get_model("maskrcnn_resnet18_fpn", 4, preset="small", **TINY)
     not_loaded = load_weights(model, path)
-    assert any(line.startswith("roi_heads.box_predictor.cls_score.weight (shape (3, 512) in file") for line in not_loaded)
+    assert any(
+        line.startswith("roi_heads.box_predictor.cls_score.weight (shape (3, 512) in file") for line in not_loaded
+    )
     assert any(line.startswith("roi_heads.mask_predictor.mask_fcn_logits.weight") for line in not_loaded)
     assert len(not_loaded) == 6  # class-specific weights and biases of the box and mask predictors
     assert torch.equal(model.backbone.body.conv1.weight, other.backbone.body.conv1.weight)
@@ -110,8 +118,18 @@ def test_cli_train_reports_unloaded_layers_and_bad_arguments(tmp_path, shapes, c
     train_json = shapes[0].source
     other = get_model("maskrcnn_resnet18_fpn", 2, preset="cpu")
     torch.save(other.state_dict(), tmp_path / "tv.pth")
-    ok = cli("train", train_json, "--epochs", "1", "--batch-size", "8", "--weights", tmp_path / "tv.pth",
-             "--out", tmp_path / "run")
+    ok = cli(
+        "train",
+        train_json,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--weights",
+        tmp_path / "tv.pth",
+        "--out",
+        tmp_path / "run",
+    )
     assert ok.code == 0, ok.stderr
     assert "roi_heads.box_predictor.cls_score.weight" in ok.stdout and "best checkpoint:" in ok.stdout
     no_length = cli("train", train_json, "--out", tmp_path / "other")
@@ -125,12 +143,15 @@ def test_cli_train_reports_unloaded_layers_and_bad_arguments(tmp_path, shapes, c
 def test_bad_training_data_is_refused_or_warned(tmp_path, shapes):
     empty = Dataset({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}, source="empty.json")
     with pytest.raises(InstasegError, match="empty.json: the training set has no images"):
-        train(empty, epochs=1, out=tmp_path / "a")
+        train(TrainConfig(epochs=1), empty, out=tmp_path / "a")
     coco = shapes[0].copy().coco
     coco["categories"].append({"id": 9, "name": "hexagon"})
     with pytest.warns(UserWarning, match="no instances of hexagon"):
-        train(Dataset(coco, shapes[0].image_root), epochs=1, out=tmp_path / "b", preset="small",
-              model_kwargs=TINY, batch_size=8, progress=False)
+        train(
+            TrainConfig(epochs=1, preset="small", model_kwargs=TINY, batch_size=8),
+            Dataset(coco, shapes[0].image_root),
+            out=tmp_path / "b",
+        )
     # Resuming with another class list is refused, naming both lists.
     with pytest.raises(InstasegError, match="last.pt was trained on classes"):
         _train(shapes, tmp_path / "b", resume=True)
@@ -145,15 +166,26 @@ def test_mixed_sizes_and_channel_counts_train(tmp_path):
         img = Image.fromarray(gray16) if mode == "I;16" else base.convert(mode)
         img.save(tmp_path / f"{k}.png")
         images.append({"id": k + 1, "file_name": f"{k}.png", "width": w, "height": h})
-        annotations.append({"id": k + 1, "image_id": k + 1, "category_id": 1, "iscrowd": 0,
-                            "segmentation": [[5, 5, 30, 5, 30, 30, 5, 30]], "bbox": [5, 5, 25, 25], "area": 625})
+        annotations.append(
+            {
+                "id": k + 1,
+                "image_id": k + 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": [[5, 5, 30, 5, 30, 30, 5, 30]],
+                "bbox": [5, 5, 25, 25],
+                "area": 625,
+            }
+        )
     data = Dataset({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "box"}]}, tmp_path)
-    best = train(data, epochs=1, batch_size=2, out=tmp_path / "run", preset="small", model_kwargs=TINY, progress=False)
+    best = train(TrainConfig(epochs=1, batch_size=2, preset="small", model_kwargs=TINY), data, out=tmp_path / "run")
     assert read_checkpoint(best)["train_state"]["iteration"] == 2
 
 
 def test_batches_group_orientations_and_shard_evenly():
-    images = [{"id": i, "file_name": f"{i}.png", "width": 10 if i % 3 else 5, "height": 5 if i % 3 else 10} for i in range(11)]
+    images = [
+        {"id": i, "file_name": f"{i}.png", "width": 10 if i % 3 else 5, "height": 5 if i % 3 else 10} for i in range(11)
+    ]
     data = Dataset({"images": images, "annotations": [], "categories": []})
     batches = epoch_batches(data, 2, seed=0, epoch=0)
     assert len(batches) == 5 and all(len(b) == 2 for b in batches)
@@ -204,12 +236,27 @@ def test_crops_are_taken_at_the_models_scale_with_their_instances(tmp_path):
     pixels[80:110, 150:190] = 128
     Image.fromarray(pixels).save(tmp_path / "a.png")
     boxes = [[10, 10, 20, 20], [150, 80, 40, 30]]
-    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0,
-             "segmentation": [[b[0], b[1], b[0] + b[2], b[1], b[0] + b[2], b[1] + b[3], b[0], b[1] + b[3]]]}
-            for i, b in enumerate(boxes)]
-    (tmp_path / "a.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 120}], "annotations": anns,
-        "categories": [{"id": 1, "name": "square"}]}))
+    anns = [
+        {
+            "id": i + 1,
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": b,
+            "area": b[2] * b[3],
+            "iscrowd": 0,
+            "segmentation": [[b[0], b[1], b[0] + b[2], b[1], b[0] + b[2], b[1] + b[3], b[0], b[1] + b[3]]],
+        }
+        for i, b in enumerate(boxes)
+    ]
+    (tmp_path / "a.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 120}],
+                "annotations": anns,
+                "categories": [{"id": 1, "name": "square"}],
+            }
+        )
+    )
     dataset = Dataset.load(tmp_path / "a.json")
     images = TrainingImages(dataset, augment=False, min_sizes=(60, 240), max_size=1000, crop_size=64)
     scales_seen = set()
@@ -227,9 +274,12 @@ def test_crops_are_taken_at_the_models_scale_with_their_instances(tmp_path):
         assert (crop[0] > 0.4).sum() <= sum(m.sum() for m in target["masks"]) + 4 * 64
     assert scales_seen == {0.5, 2.0}
     # Training with crops runs, and inference still resizes (only training skips the model's resize).
-    best = train(dataset, out=tmp_path / "run", epochs=1, batch_size=1, preset="small", progress=False,
-                 model_kwargs=TINY, crop_size=48)
-    assert read_checkpoint(best)["config"]["crop_size"] == 48
+    best = train(
+        TrainConfig(epochs=1, batch_size=1, preset="small", model_kwargs=TINY, crop_size=48),
+        dataset,
+        out=tmp_path / "run",
+    )
+    assert read_checkpoint(best)["train_config"]["crop_size"] == 48
     assert load(best, device="cpu").predict(tmp_path / "a.png", score_threshold=0.0).masks.shape[1:] == (120, 200)
 
 
@@ -239,11 +289,25 @@ def test_all_flips_turn_the_image_with_its_masks_and_boxes(tmp_path):
     pixels = np.zeros((120, 200, 3), np.uint8)
     pixels[10:30, 20:80] = 255
     Image.fromarray(pixels).save(tmp_path / "a.png")
-    (tmp_path / "a.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 120}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 10, 60, 20], "area": 1200, "iscrowd": 0,
-                         "segmentation": [[20, 10, 80, 10, 80, 30, 20, 30]]}],
-        "categories": [{"id": 1, "name": "bar"}]}))
+    (tmp_path / "a.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 120}],
+                "annotations": [
+                    {
+                        "id": 1,
+                        "image_id": 1,
+                        "category_id": 1,
+                        "bbox": [20, 10, 60, 20],
+                        "area": 1200,
+                        "iscrowd": 0,
+                        "segmentation": [[20, 10, 80, 10, 80, 30, 20, 30]],
+                    }
+                ],
+                "categories": [{"id": 1, "name": "bar"}],
+            }
+        )
+    )
     dataset = Dataset.load(tmp_path / "a.json")
     seen = {}
     for flips in ("horizontal", "all"):
@@ -259,7 +323,7 @@ def test_all_flips_turn_the_image_with_its_masks_and_boxes(tmp_path):
     assert seen["horizontal"] == {((120, 200), (20, 10, 80, 30)), ((120, 200), (120, 10, 180, 30))}
     assert len(seen["all"]) == 8 and {size for size, _ in seen["all"]} == {(120, 200), (200, 120)}
     with pytest.raises(InstasegError, match="--flips"):
-        train(dataset, out=tmp_path / "run", epochs=1, flips="upside-down")
+        TrainConfig(epochs=1, flips="upside-down")
 
 
 def test_photometric_all_also_turns_images_grey_and_inverts_them(tmp_path):
@@ -270,11 +334,25 @@ def test_photometric_all_also_turns_images_grey_and_inverts_them(tmp_path):
     pixels[..., 1] = 40
     pixels[10:30, 20:60, 0] = 230
     Image.fromarray(pixels).save(tmp_path / "a.png")
-    (tmp_path / "a.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.png", "width": 80, "height": 60}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 10, 40, 20], "area": 800, "iscrowd": 0,
-                         "segmentation": [[20, 10, 60, 10, 60, 30, 20, 30]]}],
-        "categories": [{"id": 1, "name": "bar"}]}))
+    (tmp_path / "a.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.png", "width": 80, "height": 60}],
+                "annotations": [
+                    {
+                        "id": 1,
+                        "image_id": 1,
+                        "category_id": 1,
+                        "bbox": [20, 10, 40, 20],
+                        "area": 800,
+                        "iscrowd": 0,
+                        "segmentation": [[20, 10, 60, 10, 60, 30, 20, 30]],
+                    }
+                ],
+                "categories": [{"id": 1, "name": "bar"}],
+            }
+        )
+    )
     dataset = Dataset.load(tmp_path / "a.json")
     for photometric in ("jitter", "all"):
         images = TrainingImages(dataset, augment=True, min_sizes=(60,), max_size=1000, photometric=photometric)
@@ -294,22 +372,16 @@ def test_photometric_all_also_turns_images_grey_and_inverts_them(tmp_path):
         else:
             assert 70 < grey < 130 and 70 < inverted < 130
     with pytest.raises(InstasegError, match="--photometric"):
-        train(dataset, out=tmp_path / "run", epochs=1, photometric="sepia")
+        TrainConfig(epochs=1, photometric="sepia")
 
 
-def test_short_runs_warm_up_for_a_tenth_of_the_run(monkeypatch):
+def test_short_runs_warm_up_for_a_tenth_of_the_run():
     seconds_per_step = 6.0
 
     def schedule(epochs: int | None, batches_per_epoch: int, minutes: float | None = None) -> list[float]:
-        run = _Run.__new__(_Run)  # only the schedule's inputs are needed
-        run.lr, run.epochs, run.minutes, run.batches_per_epoch = 1e-3, epochs, minutes, batches_per_epoch
-        run.elapsed_before, run.started, run.val_seconds = 0.0, 0.0, 0.0
+        run = Schedule(lr=1e-3, epochs=epochs, minutes=minutes, batches_per_epoch=batches_per_epoch)
         steps = epochs * batches_per_epoch if epochs else round(minutes * 60 / seconds_per_step)
-        rates = []
-        for run.iteration in range(steps):
-            monkeypatch.setattr(time, "monotonic", lambda: seconds_per_step * run.iteration)
-            rates.append(run.learning_rate())
-        return rates
+        return [run.learning_rate(iteration, seconds_per_step * iteration) for iteration in range(steps)]
 
     short = schedule(epochs=24, batches_per_epoch=6)  # 144 iterations: warmup 15, not WARMUP_ITERS
     assert int(np.argmax(short)) == 15 and max(short) > 0.97e-3

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_dataset
 from PIL import Image
 
-from conftest import shared_dataset
 from instaseg.core import masks as mask_ops
-from instaseg.data import Dataset
-from instaseg.data.convert import read_dataset
 from instaseg.core.structures import Instances
+from instaseg.data import Dataset
+from instaseg.data.convert import open_dataset
 from instaseg.viz import draw_instances, enlarge, instance_color, save_overlays, side_by_side
 
 
@@ -117,7 +117,7 @@ def test_show_draws_the_balloon_photos(tmp_path, cli):
     r = cli("show", balloon, "--out", tmp_path / "out", "--limit", "1")
     assert r.code == 0, r.stderr
     (picture_path,) = (tmp_path / "out").rglob("*.png")
-    dataset = read_dataset(balloon)
+    dataset = open_dataset(balloon)
     image = next(img for img in dataset.images if Path(img["file_name"]).stem == picture_path.stem)
     photo = dataset.read_image(image)
     with Image.open(picture_path) as picture:
@@ -137,7 +137,16 @@ def test_show_labels_carry_scores_for_predictions(tmp_path):
     coco = {
         "images": [{"id": 1, "file_name": "a.png", "width": 160, "height": 120}],
         "categories": [{"id": 1, "name": "cell"}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle, "bbox": mask_ops.bbox(rle), "area": mask_ops.area(rle)}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": rle,
+                "bbox": mask_ops.bbox(rle),
+                "area": mask_ops.area(rle),
+            }
+        ],
     }
     (labels,) = save_overlays(Dataset(coco, tmp_path), tmp_path / "labels")
     coco["annotations"][0]["score"] = 0.87

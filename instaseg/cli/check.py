@@ -5,26 +5,27 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from instaseg.core import io
-from instaseg.data.check import Severity, check_dataset, count_problems, fix_dataset, save_fixed
-from instaseg.data.convert import load_dataset
+from instaseg.data.check import Severity, check_dataset, count_problems, fix_dataset
+from instaseg.data.convert import ReadOptions, open_dataset
 from instaseg.data.stats import dataset_stats, plot_stats, stats_tables
 from instaseg.viz import save_overlays
 
 EXIT_PROBLEMS = 1
 
 DataArgument = typer.Argument(..., help="The dataset: a COCO JSON file (or any format 'instaseg convert' reads).")
-ImagesOption = typer.Option(None, "--images", help="Folder the image file names are relative to (default: beside DATA).")
+ImagesOption = typer.Option(
+    None, "--images", help="Folder the image file names are relative to (default: beside DATA)."
+)
 
 
 def check(
     data: Path = DataArgument,
-    images: Optional[Path] = ImagesOption,
-    fix: Optional[Path] = typer.Option(None, "--fix", help="Write a repaired COCO JSON here and list each change."),
+    images: Path | None = ImagesOption,
+    fix: Path | None = typer.Option(None, "--fix", help="Write a repaired COCO JSON here and list each change."),
     as_json: bool = typer.Option(False, "--json", help="Print the problems as JSON instead of text."),
     no_files: bool = typer.Option(False, "--no-files", help="Do not open the image files (JSON checks only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --fix output if it exists."),
@@ -37,12 +38,19 @@ def check(
     io.guard_outputs([fix], [data], [images or data])
     if fix is not None:
         io.check_output(fix, overwrite)
-    dataset = load_dataset(data, images=images, validate=False, outputs=[fix])
+    dataset = open_dataset(data, options=ReadOptions(images=images), validate=False, outputs=[fix])
     problems = check_dataset(dataset, check_files=not no_files)
     errors, warnings = count_problems(problems)
-    report: dict = {"file": str(data), "errors": errors, "warnings": warnings, "problems": [p.to_dict() for p in problems]}
+    report: dict = {
+        "file": str(data),
+        "errors": errors,
+        "warnings": warnings,
+        "problems": [p.to_dict() for p in problems],
+    }
     lines = [str(p) for p in problems]
-    lines.append(f"{errors} error(s), {warnings} warning(s) in {len(dataset.images)} images, {len(dataset.annotations)} annotations")
+    lines.append(
+        f"{errors} error(s), {warnings} warning(s) in {len(dataset.images)} images, {len(dataset.annotations)} annotations"
+    )
     if problems:
         kinds = Counter((p.severity, p.kind) for p in problems)
         lines.append("by kind: " + ", ".join(f"{n} {kind} ({severity})" for (severity, kind), n in kinds.most_common()))
@@ -51,7 +59,7 @@ def check(
         fixed, changes = fix_dataset(dataset, problems)
         remaining = check_dataset(fixed, check_files=not no_files)
         errors, _ = count_problems(remaining)
-        save_fixed(fixed, fix, overwrite=overwrite)
+        fixed.save(fix, overwrite=overwrite, record_image_root=True)
         report["fix"] = {"file": str(fix), "changes": changes, "errors_left": errors}
         lines += [f"fixed: {change}" for change in changes]
         lines.append(f"wrote {fix}: {len(changes)} change(s), {errors} error(s) left")
@@ -67,16 +75,16 @@ def check(
 
 def stats(
     data: Path = DataArgument,
-    images: Optional[Path] = ImagesOption,
+    images: Path | None = ImagesOption,
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also save a figure (PNG, SVG or PDF) here."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also save a figure (PNG, SVG or PDF) here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --plot file if it exists."),
 ) -> None:
     """Counts per class and per image, COCO size ranges and images without instances."""
     io.guard_outputs([plot], [data], [images or data])
     if plot is not None:
         io.check_output(plot, overwrite)
-    result = dataset_stats(load_dataset(data, images=images, outputs=[plot]))
+    result = dataset_stats(open_dataset(data, options=ReadOptions(images=images), outputs=[plot]))
     if plot is not None:
         plot_stats(result, plot, overwrite=overwrite)
     if as_json:
@@ -94,12 +102,14 @@ def stats(
 def show(
     data: Path = DataArgument,
     out: Path = typer.Option(..., "--out", help="Folder to write one overlay PNG per image into."),
-    images: Optional[Path] = ImagesOption,
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Draw only the first N images."),
+    images: Path | None = ImagesOption,
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Draw only the first N images."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Draw each image's annotations on it and save the pictures as PNG."""
     io.guard_outputs([out], [data], [images or data])
     io.check_output(out, overwrite)
-    written = save_overlays(load_dataset(data, images=images), out, limit=limit, overwrite=overwrite)
+    written = save_overlays(
+        open_dataset(data, options=ReadOptions(images=images)), out, limit=limit, overwrite=overwrite
+    )
     typer.echo(f"wrote {len(written)} picture(s) to {out}")

@@ -10,7 +10,7 @@ import contextlib
 import os
 import sys
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import typer
 
@@ -29,8 +29,17 @@ app = typer.Typer(
 )
 
 # Verbs in the order of the pipeline: data, models, training, prediction, the metric, the review, export.
-for verb in (data.convert, check.check, check.stats, check.show, data.synth, models.models, train.train,
-             train.quickstart, predict.predict):
+for verb in (
+    data.convert,
+    check.check,
+    check.stats,
+    check.show,
+    data.synth,
+    models.models,
+    train.train,
+    train.quickstart,
+    predict.predict,
+):
     app.command()(verb)
 app.command("eval")(evaluate.eval_command)
 app.add_typer(review.review_app, name="review")

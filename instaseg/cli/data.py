@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from instaseg.data.convert import READERS, WRITERS, convert as convert_dataset
+from instaseg.data.convert import READERS, WRITERS, ReadOptions
+from instaseg.data.convert import convert as convert_dataset
 
 
 def convert(
     src: Path = typer.Argument(..., help="Dataset to read: a JSON file or a folder, depending on the format."),
     out: Path = typer.Argument(..., help="Output: a .json file for coco, a folder for the other formats."),
-    from_format: Optional[str] = typer.Option(
+    from_format: str | None = typer.Option(
         None, "--from", help=f"Input format: {', '.join(READERS)} (detected when left out)."
     ),
-    to_format: Optional[str] = typer.Option(
+    to_format: str | None = typer.Option(
         None, "--to", help=f"Output format: {', '.join(WRITERS)} (coco for a .json OUT)."
     ),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder, where the input format does not say."),
-    class_name: Optional[str] = typer.Option(
+    images: Path | None = typer.Option(None, "--images", help="Image folder, where the input format does not say."),
+    class_name: str | None = typer.Option(
         None, "--class", help="Class of instances whose format has none (default: object)."
     ),
-    classes: Optional[Path] = typer.Option(
+    classes: Path | None = typer.Option(
         None, "--classes", help="Names file (YOLO, LabelMe) or instance/image -> class mapping (masks)."
     ),
-    mask_suffix: Optional[str] = typer.Option(
+    mask_suffix: str | None = typer.Option(
         None,
         "--mask-suffix",
         help="masks: what follows the image's stem in a mask's name, instead of the usual _mask, _masks, -mask, "
@@ -55,11 +55,7 @@ def convert(
     from instaseg.core import io
 
     io.guard_outputs([out], [src, classes], [images or src])
-    report = convert_dataset(
-        src,
-        out,
-        src_format=from_format,
-        out_format=to_format,
+    options = ReadOptions(
         images=images,
         class_name=class_name,
         classes=classes,
@@ -67,11 +63,11 @@ def convert(
         ignore_value=ignore_value,
         allow_skipped=allow_skipped,
         polylines_as_polygons=polylines_as_polygons,
-        split=split,
-        overwrite=overwrite,
     )
-    for warning in report.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+    # Warnings reach the user as events (the console listener prints them) while converting.
+    report = convert_dataset(
+        src, out, src_format=from_format, out_format=to_format, options=options, split=split, overwrite=overwrite
+    )
     if report.detected:
         typer.echo(f"detected format: {report.source_format}")
     typer.echo(

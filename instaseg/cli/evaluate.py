@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from instaseg.core import io
-from instaseg.data.convert import load_dataset
+from instaseg.data.convert import ReadOptions, open_dataset
 from instaseg.evaluation import ERROR_KINDS, EvalResult, evaluate_results, load_predictions, write_report
 
 TOP_IMAGES = 10
@@ -26,7 +26,7 @@ ERROR_HEADINGS = {
 }
 
 
-class IouType(str, Enum):
+class IouType(StrEnum):
     segm = "segm"
     bbox = "bbox"
     both = "both"
@@ -44,23 +44,23 @@ def eval_command(
         IouType, typer.Option("--iou-type", help="Match by mask IoU (segm), box IoU (bbox) or report both.")
     ] = IouType.segm,
     out: Annotated[
-        Optional[Path], typer.Option(help="Folder for metrics.json, PR curves, confusion matrix and errors.json/csv.")
+        Path | None, typer.Option(help="Folder for metrics.json, PR curves, confusion matrix and errors.json/csv.")
     ] = None,
     images: Annotated[
-        Optional[Path], typer.Option(help="Folder GT image file names are relative to (formats that need it).")
+        Path | None, typer.Option(help="Folder GT image file names are relative to (formats that need it).")
     ] = None,
     gt_format: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--from", help="Format of GT, as for 'instaseg convert' (coco, yolo, via, ...); detected when omitted."
         ),
     ] = None,
     class_name: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--class", help="Class of GT instances whose format has none (default: object), as for convert."),
     ] = None,
     classes: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Names file (YOLO) or instance/image -> class mapping (masks) of GT, as for convert."),
     ] = None,
     score_threshold: Annotated[
@@ -77,7 +77,9 @@ def eval_command(
     io.guard_outputs([out], [gt, pred, classes], [images or gt])
     if out is not None:
         io.check_output(out, overwrite)  # before minutes of work, not after
-    dataset = load_dataset(gt, gt_format, images=images, class_name=class_name, classes=classes, outputs=[out])
+    dataset = open_dataset(
+        gt, gt_format, options=ReadOptions(images=images, class_name=class_name, classes=classes), outputs=[out]
+    )
     warnings: list[str] = []
     results = load_predictions(dataset, pred, warnings)
     iou_types = ("segm", "bbox") if iou_type is IouType.both else (iou_type.value,)

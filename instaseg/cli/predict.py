@@ -7,7 +7,7 @@ should not wait for it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,14 +22,15 @@ def predict(
     model: Annotated[Path, typer.Argument(help="Checkpoint file (best.pt / last.pt from `instaseg train`).")],
     images: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")],
     classes: Annotated[
-        Optional[str], typer.Option(help="Comma-separated class names to keep, e.g. 'cat,dog' (default: all).")
+        str | None, typer.Option(help="Comma-separated class names to keep, e.g. 'cat,dog' (default: all).")
     ] = None,
     score: Annotated[float, typer.Option(min=0.0, max=1.0, help="Drop instances scoring below this.")] = 0.5,
     max_detections: Annotated[
-        Optional[int], typer.Option(min=1, help="Most instances per image (default: the model's own cap, usually 100).")
+        int | None, typer.Option(min=1, help="Most instances per image (default: the model's own cap, usually 100).")
     ] = None,
     out: Annotated[
-        Optional[Path], typer.Option(help="Predictions folder to write (default: the first free runs/predict, runs/predict2, ...).")
+        Path | None,
+        typer.Option(help="Predictions folder to write (default: the first free runs/predict, runs/predict2, ...)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     overlays: Annotated[bool, typer.Option(help="Draw each image's instances into OUT/overlays.")] = True,
@@ -39,8 +40,8 @@ def predict(
     OUT holds predictions.json (COCO dict with scores), results.json (COCO results list),
     counts.csv / counts.json (instances per class, per image and in total) and overlays/*.png.
     """
-    from instaseg.engine.predictor import load
     from instaseg.engine.predict import predict_images
+    from instaseg.engine.predictor import load
 
     target = out if out is not None else _free_folder(DEFAULT_PREDICT_DIR)
     io.guard_outputs([target], [model, *images])
@@ -62,8 +63,11 @@ def predict(
         err.print(f"warning: skipped {skip['reason']}", markup=False)
     if summary["capped"]:
         first = ", ".join(summary["capped"][:3]) + (", ..." if len(summary["capped"]) > 3 else "")
-        err.print(f"warning: {len(summary['capped'])} image(s) reached the cap of {summary['max_detections']} instances "
-                  f"and may hold more ({first}); raise --max-detections to count them all", markup=False)
+        err.print(
+            f"warning: {len(summary['capped'])} image(s) reached the cap of {summary['max_detections']} instances "
+            f"and may hold more ({first}); raise --max-detections to count them all",
+            markup=False,
+        )
     table = Table(title=f"{summary['images']} images, score >= {score:g}")
     table.add_column("class")
     table.add_column("instances", justify="right")

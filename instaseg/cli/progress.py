@@ -19,8 +19,15 @@ class ConsoleListener:
         self.bars: dict[str, tqdm] = {}
 
     def __call__(self, event: events.Event) -> None:
+        """Show progress on its task's bar, metrics beside that bar (e.g. the training loss), messages as lines."""
         if isinstance(event, events.Progress):
             self._progress(event)
+        elif isinstance(event, events.Metrics):
+            bar = self.bars.get(event.task)
+            if bar is not None:
+                # The total loss says enough on one line; the parts are in metrics.jsonl.
+                shown = {k: v for k, v in event.values.items() if k in ("loss", "lr")} or event.values
+                bar.set_postfix({name: f"{value:.3g}" for name, value in shown.items()}, refresh=False)
         elif isinstance(event, events.Message):
             if event.level == "warning":
                 tqdm.write(f"warning: {' '.join(event.text.split())}", file=sys.stderr)

@@ -18,26 +18,24 @@ from typing import Any
 
 import torch
 
-from instaseg.core import io
+from instaseg.core import events, io
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
-from instaseg.evaluation import evaluate
-from instaseg.models import DEFAULT_MODEL
+from instaseg.engine.config import TrainConfig
 from instaseg.engine.predict import predict_images
 from instaseg.engine.predictor import load
-from instaseg.engine.train import check_options, train, usable_cores
+from instaseg.engine.train import train, usable_cores
+from instaseg.evaluation import evaluate
 
-# Tuned on a 2-core CPU (see BENCHMARKS.md): more distinct images beat more epochs.
+# More distinct images beat more epochs (see BENCHMARKS.md).
 NUM_TRAIN_IMAGES = 1000
 NUM_VAL_IMAGES = 50
 NUM_PICTURES = 8
-BATCH_SIZE = 4
-LEARNING_RATE = 1e-3
-# Each validation of a young model (many low-score detections) costs tens of seconds on a CPU,
-# steps the 10-minute budget needs: one halfway, one at the end.
+# Each validation of a young model (many low-score detections) is slow on a CPU and takes steps
+# from the budget: one halfway, one at the end.
 VALIDATIONS = 2
-# On a CPU one process keeps only ~1.35 of 2 cores busy at 128 px; two single-thread data-parallel
-# processes, each taking half of every batch, make 1.35x the steps (BENCHMARKS.md, quickstart run 13).
+# On a CPU one process keeps only part of two cores busy at this image size; two single-thread
+# data-parallel processes, each taking half of every batch, make more steps (BENCHMARKS.md).
 CPU_PROCESSES = 2
 
 
@@ -63,20 +61,21 @@ def quickstart(
         ``mask_mAP`` and ``box_mAP`` (COCO mAP@[.5:.95] on the val split), ``checkpoint`` (best.pt),
         ``eval`` (the metrics file) and ``overlays`` (the folder of pictures).
     """
-    check_options(minutes=minutes)  # before the data are made: a refused budget must leave nothing behind
+    processes = 1 if torch.cuda.is_available() or usable_cores() < CPU_PROCESSES else CPU_PROCESSES
+    # Before the data are made: a refused budget must leave nothing behind.
+    config = TrainConfig.recipe(
+        "quickstart", minutes=minutes, val_every=minutes / VALIDATIONS, seed=seed, processes=processes
+    )
     out = io.check_output(out, overwrite)
     train_json, val_json = make_synthetic(
         out / "data", num_train=num_train, num_val=num_val, seed=seed, overwrite=overwrite
     )
     training, val = Dataset.load(train_json), Dataset.load(val_json)
-    processes = 1 if torch.cuda.is_available() or usable_cores() < CPU_PROCESSES else CPU_PROCESSES
-    best = train(training, val, model=DEFAULT_MODEL, preset="small", minutes=minutes, out=out / "model", seed=seed,
-                 overwrite=overwrite, lr=LEARNING_RATE, val_every=minutes / VALIDATIONS, batch_size=BATCH_SIZE,
-                 processes=processes)
+    best = train(config, training, val, out=out / "model", overwrite=overwrite)
     predictor = load(best)
     result = evaluate(val, predictor.iter_dataset(val), ("segm", "bbox"))
     io.write_json(out / "eval.json", result.to_dict(), overwrite=overwrite, indent=True)
-    print(result.summary())
+    events.info(result.summary())
     pictures = [val.image_path(image) for image in val.images[:NUM_PICTURES]]
     predict_images(predictor, pictures, out=out / "predictions", overwrite=overwrite)
     return {
@@ -86,4 +85,3 @@ def quickstart(
         "eval": out / "eval.json",
         "overlays": out / "predictions" / "overlays",
     }
-

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 logger = logging.getLogger("instaseg")
 # A library leaves logging's output to the application; without this, warnings would also reach
@@ -93,8 +94,8 @@ def emit(event: Event) -> None:
 
 def track(items: Iterable[T], task: str, *, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """Yield ``items``, emitting a ``Progress`` event before the first and after each one."""
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
+    if total is None and isinstance(items, Sized):
+        total = len(items)
     if not _listeners.get():
         yield from items
         return

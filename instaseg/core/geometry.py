@@ -65,7 +65,10 @@ def coco_polygons(shape: Any, decimals: int = 2) -> list[list[float]]:
     # A collection may hold multipolygons: get_parts twice reaches the polygons.
     for part in shapely.get_parts(shapely.get_parts(shape)):
         if isinstance(part, shapely.Polygon) and part.area > 0:
-            rings = [np.asarray(ring.coords)[:-1].reshape(-1).round(decimals).tolist() for ring in (part.exterior, *part.interiors)]
+            rings = [
+                np.asarray(ring.coords)[:-1].reshape(-1).round(decimals).tolist()
+                for ring in (part.exterior, *part.interiors)
+            ]
             polygons.append(join_polygons(rings))
     return polygons
 

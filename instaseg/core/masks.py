@@ -6,6 +6,7 @@ the masks the COCO metric sees.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -16,6 +17,7 @@ Segmentation = Any  # list of polygons [[x1, y1, x2, y2, ...], ...] or an RLE di
 
 
 def is_rle(segmentation: Segmentation) -> bool:
+    """Whether a COCO segmentation is an RLE (a dict), not a list of polygons."""
     return isinstance(segmentation, dict)
 
 
@@ -59,7 +61,10 @@ def _clip_far(polygon: list[float], height: int, width: int) -> list[float]:
 
 def _str_counts(rle: dict) -> dict:
     counts = rle["counts"]
-    return {"size": [int(s) for s in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return {
+        "size": [int(s) for s in rle["size"]],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
 
 
 def _bytes_counts(rle: dict) -> dict:
@@ -73,7 +78,7 @@ def _bytes_counts(rle: dict) -> dict:
 _MAX_RLE_CHARS = 6
 
 
-def invalid_rles(rles: list[dict], sizes: list[tuple[int, int]]) -> dict[int, str]:
+def invalid_rles(rles: Sequence[dict], sizes: Sequence[Sequence[int]]) -> dict[int, str]:
     """Why each RLE of ``rles`` that is not a COCO RLE of its (height, width) in ``sizes`` is not, by position.
 
     pycocotools trusts what it is given: run lengths that do not add up to the image, negative or
@@ -121,13 +126,15 @@ def _run_list_problem(counts: list, height: int, width: int) -> str | None:
 
 
 def _total_problem(total: int, height: int, width: int) -> str | None:
-    if total == height * width:
-        return None
+    return None if total == height * width else _total_mismatch(total, height, width)
+
+
+def _total_mismatch(total: int, height: int, width: int) -> str:
     how = "run past the end of" if total > height * width else "stop short of"
     return f"RLE counts {how} the image ({total} pixels, the {height}x{width} image has {height * width})"
 
 
-def _compressed_problems(strings: list[str | bytes], sizes: list[tuple[int, int]]) -> dict[int, str]:
+def _compressed_problems(strings: list[str | bytes], sizes: Sequence[Sequence[int]]) -> dict[int, str]:
     """What is wrong with each bad compressed RLE string, by position, decoded in one pass.
 
     Each number is a run of characters ``48 + 5 bits``, bit 0x20 of all but the last marking that more
@@ -136,7 +143,7 @@ def _compressed_problems(strings: list[str | bytes], sizes: list[tuple[int, int]
     """
     count = len(strings)
     # NUL is outside the alphabet: a string that is not ASCII is reported as holding a bad character.
-    encoded = [s if type(s) is bytes else s.encode("ascii") if s.isascii() else b"\0" for s in strings]
+    encoded = [s if isinstance(s, bytes) else s.encode("ascii") if s.isascii() else b"\0" for s in strings]
     lengths = np.fromiter(map(len, encoded), np.int64, count)
     string_start = np.cumsum(lengths) - lengths
     chars = np.frombuffer(b"".join(encoded), np.uint8) - np.uint8(48)  # bytes below '0' wrap past 63
@@ -146,7 +153,8 @@ def _compressed_problems(strings: list[str | bytes], sizes: list[tuple[int, int]
     unfinished[lengths > 0] = more[last_char]
     more[last_char] = False  # so that no number runs on into the next string
     ends = np.flatnonzero(~more)  # the last character of each number
-    first = np.searchsorted(ends, np.r_[string_start, len(chars)])  # each string's first number
+    string_bounds: np.ndarray = np.r_[string_start, len(chars)]
+    first = np.searchsorted(ends, string_bounds)  # each string's first number
 
     # Nearly every number is one character, read by table; the longer ones character by character.
     values = _ONE_CHARACTER_NUMBER[chars[ends]]
@@ -170,7 +178,7 @@ def _compressed_problems(strings: list[str | bytes], sizes: list[tuple[int, int]
     problems: dict[int, str] = {}
     for k in np.flatnonzero(np.logical_or.reduce([*flagged.values(), totals != pixels])):
         reason = next((message for message, where in flagged.items() if where[k]), None)
-        problems[int(k)] = reason or _total_problem(int(totals[k]), *sizes[k])
+        problems[int(k)] = reason or _total_mismatch(int(totals[k]), *sizes[int(k)])  # flagged, or its total is off
     return problems
 
 
@@ -241,12 +249,14 @@ def decode(segmentation: Segmentation, height: int, width: int) -> np.ndarray:
 
 
 def decode_many(rles: list[dict], height: int, width: int) -> np.ndarray:
+    """RLE masks of one (height, width) image as an (N, H, W) boolean array."""
     if not rles:
         return np.zeros((0, height, width), bool)
     return mask_utils.decode([_bytes_counts(r) for r in rles]).transpose(2, 0, 1).astype(bool)
 
 
 def area(rle: dict) -> int:
+    """Number of pixels of an RLE mask."""
     return int(mask_utils.area(_bytes_counts(rle)))
 
 
@@ -259,7 +269,7 @@ def iou(rles_a: list[dict], rles_b: list[dict], iscrowd_b: list[bool] | None = N
     """(len(a), len(b)) mask IoU matrix, with COCO's crowd rule for ``b`` entries marked crowd."""
     if not rles_a or not rles_b:
         return np.zeros((len(rles_a), len(rles_b)))
-    crowd = [int(c) for c in (iscrowd_b or [0] * len(rles_b))]
+    crowd = [int(c) for c in (iscrowd_b or [False] * len(rles_b))]
     return np.asarray(
         mask_utils.iou([_bytes_counts(r) for r in rles_a], [_bytes_counts(r) for r in rles_b], crowd)
     ).reshape(len(rles_a), len(rles_b))
@@ -301,11 +311,11 @@ def paste(probabilities: np.ndarray, boxes: np.ndarray, height: int, width: int,
     Each mask is sampled bilinearly where the mask head's training targets were taken, fading to 0
     half a mask cell beyond the box, like torchvision's ``paste_masks_in_image`` -- but at sub-pixel
     box positions, only within the box and straight to booleans, never as full-image float masks
-    (100 of those at 2048 px are 1.2 GB).
+    (a hundred of those on a large image take gigabytes).
     """
     pasted = np.zeros((len(probabilities), height, width), bool)
     size = probabilities.shape[-1]
-    for k, (soft, (x0, y0, x1, y1)) in enumerate(zip(probabilities.astype(np.float32), boxes)):
+    for k, (soft, (x0, y0, x1, y1)) in enumerate(zip(probabilities.astype(np.float32), boxes, strict=True)):
         scale_x, scale_y = max(x1 - x0, 1e-3) / size, max(y1 - y0, 1e-3) / size
         left, top = max(0, int(np.floor(x0)) - 1), max(0, int(np.floor(y0)) - 1)
         right, bottom = min(width, int(np.ceil(x1)) + 1), min(height, int(np.ceil(y1)) + 1)
@@ -313,14 +323,17 @@ def paste(probabilities: np.ndarray, boxes: np.ndarray, height: int, width: int,
             continue
         # Output pixel j reads mask cell (left + j - x0) / scale_x - 0.5: torchvision's training targets
         # come from roi_align(aligned=False), which puts pixel k at coordinate k (not its centre k + 0.5),
-        # so this inverts them (a disc round-trips at mean IoU 0.944, 0.899 with torchvision's paste:
-        # bench/bench_paste.py).
+        # so this inverts them (bench/bench_paste.py compares the round trip with torchvision's paste).
         image_to_mask = np.array(
             [[1 / scale_x, 0, (left - x0) / scale_x - 0.5], [0, 1 / scale_y, (top - y0) / scale_y - 0.5]]
         )
         crop = cv2.warpAffine(
-            soft, image_to_mask, (right - left, bottom - top),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+            soft,
+            image_to_mask,
+            (right - left, bottom - top),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
         )
         pasted[k, top:bottom, left:right] = crop > threshold
     return pasted

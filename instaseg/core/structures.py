@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from instaseg.core import masks as mask_ops
 
@@ -32,6 +34,7 @@ class Instances:
     data: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Bring the fields to their dtypes and shapes, refusing counts or values that disagree."""
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
         self.masks = np.asarray(self.masks, bool)
         self.class_ids = np.asarray(self.class_ids, np.int64).reshape(-1)
@@ -40,7 +43,12 @@ class Instances:
         n = len(self.boxes)
         if self.masks.ndim != 3 or len(self.masks) != n:
             raise ValueError(f"masks must be (N, H, W) with N={n}, got {self.masks.shape}")
-        for name, value in (("class_ids", self.class_ids), ("scores", self.scores), *self.data.items()):
+        per_instance: tuple[tuple[str, np.ndarray], ...] = (
+            ("class_ids", self.class_ids),
+            ("scores", self.scores),
+            *self.data.items(),
+        )
+        for name, value in per_instance:
             if len(value) != n:
                 raise ValueError(f"{name} has {len(value)} entries, expected {n}")
         if n and self.class_names and (self.class_ids.min() < 0 or self.class_ids.max() >= len(self.class_names)):
@@ -49,23 +57,26 @@ class Instances:
             raise ValueError("scores must be finite")
 
     @classmethod
-    def empty(cls, height: int, width: int, class_names: Sequence[str] = ()) -> "Instances":
+    def empty(cls, height: int, width: int, class_names: Sequence[str] = ()) -> Instances:
+        """No instances, on an image of ``height`` x ``width``."""
         return cls(np.zeros((0, 4)), np.zeros((0, height, width), bool), np.zeros(0), np.zeros(0), tuple(class_names))
 
     @classmethod
     def from_masks(
         cls,
         masks: np.ndarray,
-        class_ids: Sequence[int],
-        scores: Sequence[float] | None = None,
+        class_ids: ArrayLike,
+        scores: ArrayLike | None = None,
         class_names: Sequence[str] = (),
         **data: np.ndarray,
-    ) -> "Instances":
+    ) -> Instances:
         """Build from masks alone; boxes are the masks' tight boxes and scores default to 1."""
         masks = np.asarray(masks, bool)
         boxes = [mask_ops.box_from_mask(m) for m in masks]
-        scores = np.ones(len(masks)) if scores is None else scores
-        return cls(np.asarray(boxes).reshape(-1, 4), masks, class_ids, scores, tuple(class_names), dict(data))
+        confidences = np.ones(len(masks)) if scores is None else np.asarray(scores)
+        return cls(
+            np.asarray(boxes).reshape(-1, 4), masks, np.asarray(class_ids), confidences, tuple(class_names), dict(data)
+        )
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -79,12 +90,13 @@ class Instances:
 
     @property
     def areas(self) -> np.ndarray:
+        """(N,) pixel count of each mask."""
         return self.masks.reshape(len(self), -1).sum(1)
 
     def __len__(self) -> int:
         return len(self.boxes)
 
-    def __getitem__(self, index: Any) -> "Instances":
+    def __getitem__(self, index: Any) -> Instances:
         """A subset, selected by a boolean mask, an index array, a slice or an int."""
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
@@ -97,7 +109,7 @@ class Instances:
             {k: v[index] for k, v in self.data.items()},
         )
 
-    def filter(self, min_score: float = 0.0, classes: Sequence[str] | None = None) -> "Instances":
+    def filter(self, min_score: float = 0.0, classes: Sequence[str] | None = None) -> Instances:
         """Keep instances scoring at least ``min_score`` and, if given, of the named classes only."""
         keep = self.scores >= min_score
         if classes is not None:
@@ -111,6 +123,7 @@ class Instances:
         return {name: int(found[i]) for i, name in enumerate(self.class_names)}
 
     def rles(self) -> list[dict]:
+        """Each mask as a compressed COCO RLE (counts as str)."""
         return mask_ops.encode_many(self.masks)
 
     def to_coco(self, image_id: int, category_ids: Sequence[int], with_scores: bool = True) -> list[dict]:

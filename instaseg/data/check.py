@@ -21,7 +21,7 @@ import itertools
 import math
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -77,6 +77,7 @@ class ProblemKind(StrEnum):
     stops_show: bool
 
     def __new__(cls, value: str, severity: Severity, repair: Repair | None, description: str, stops_show: bool = False):
+        """A member from its definition line: the value, then the properties in the order above."""
         member = str.__new__(cls, value)
         member._value_ = value
         member.severity = severity
@@ -109,37 +110,73 @@ class ProblemKind(StrEnum):
     TRUNCATED_IMAGE = "truncated-image", Severity.ERROR, Repair.DROP_IMAGE, "an image file cut short"
     SIZE_MISMATCH = "size-mismatch", Severity.ERROR, None, "an image file of another size than the JSON says"
     # Annotations
-    UNKNOWN_IMAGE = "unknown-image", Severity.ERROR, Repair.DROP_ANNOTATION, "an annotation of an image not in the dataset"
+    UNKNOWN_IMAGE = (
+        "unknown-image",
+        Severity.ERROR,
+        Repair.DROP_ANNOTATION,
+        "an annotation of an image not in the dataset",
+    )
     UNKNOWN_CATEGORY = (
-        "unknown-category", Severity.ERROR, Repair.DROP_ANNOTATION, "an annotation of a category not in the dataset", True
+        "unknown-category",
+        Severity.ERROR,
+        Repair.DROP_ANNOTATION,
+        "an annotation of a category not in the dataset",
+        True,
     )
     NO_SEGMENTATION = "no-segmentation", Severity.ERROR, Repair.DROP_ANNOTATION, "an annotation without a mask"
     BAD_SEGMENTATION = (
-        "bad-segmentation", Severity.ERROR, Repair.DROP_ANNOTATION, "a segmentation that is neither polygons nor RLE", True
+        "bad-segmentation",
+        Severity.ERROR,
+        Repair.DROP_ANNOTATION,
+        "a segmentation that is neither polygons nor RLE",
+        True,
     )
     BAD_POLYGON = "bad-polygon", Severity.ERROR, Repair.REPAIR_POLYGONS, "a polygon that is not a list of numbers", True
     ODD_COORDINATES = (
-        "odd-coordinates", Severity.ERROR, Repair.REPAIR_POLYGONS, "a polygon with an odd number of coordinates", True
+        "odd-coordinates",
+        Severity.ERROR,
+        Repair.REPAIR_POLYGONS,
+        "a polygon with an odd number of coordinates",
+        True,
     )
     TOO_FEW_POINTS = "too-few-points", Severity.ERROR, Repair.REPAIR_POLYGONS, "a polygon of fewer than 3 points"
-    POINTS_OUTSIDE = "points-outside", Severity.WARNING, Repair.REPAIR_POLYGONS, "a polygon reaching a little outside its image"
+    POINTS_OUTSIDE = (
+        "points-outside",
+        Severity.WARNING,
+        Repair.REPAIR_POLYGONS,
+        "a polygon reaching a little outside its image",
+    )
     POINTS_FAR_OUTSIDE = (
-        "points-far-outside", Severity.ERROR, Repair.REPAIR_POLYGONS, "a polygon reaching far outside its image", True
+        "points-far-outside",
+        Severity.ERROR,
+        Repair.REPAIR_POLYGONS,
+        "a polygon reaching far outside its image",
+        True,
     )
     SELF_INTERSECTION = "self-intersection", Severity.WARNING, Repair.REPAIR_POLYGONS, "a polygon that crosses itself"
     ZERO_AREA = "zero-area", Severity.ERROR, Repair.REPAIR_POLYGONS, "a mask or polygon that covers no pixel"
     BAD_RLE = "bad-rle", Severity.ERROR, Repair.DROP_ANNOTATION, "a malformed RLE mask", True
     RLE_SIZE_MISMATCH = (
-        "rle-size-mismatch", Severity.ERROR, Repair.DROP_ANNOTATION, "an RLE mask of another size than its image", True
+        "rle-size-mismatch",
+        Severity.ERROR,
+        Repair.DROP_ANNOTATION,
+        "an RLE mask of another size than its image",
+        True,
     )
     MISSING_BBOX = "missing-bbox", Severity.WARNING, Repair.RECOMPUTE_BBOX, "an annotation without a bbox"
-    BAD_BBOX = "bad-bbox", Severity.ERROR, Repair.RECOMPUTE_BBOX, "a bbox that is not [x, y, width, height] with an extent"
+    BAD_BBOX = (
+        "bad-bbox",
+        Severity.ERROR,
+        Repair.RECOMPUTE_BBOX,
+        "a bbox that is not [x, y, width, height] with an extent",
+    )
     BBOX_OUTSIDE = "bbox-outside", Severity.ERROR, Repair.RECOMPUTE_BBOX, "a bbox reaching outside its image"
     BBOX_MISMATCH = "bbox-mismatch", Severity.ERROR, Repair.RECOMPUTE_BBOX, "a bbox that does not fit its mask"
     MISSING_AREA = "missing-area", Severity.WARNING, Repair.RECOMPUTE_AREA, "an annotation without an area"
     BAD_AREA = "bad-area", Severity.ERROR, Repair.RECOMPUTE_AREA, "an area that is not a non-negative number"
     AREA_MISMATCH = "area-mismatch", Severity.WARNING, Repair.RECOMPUTE_AREA, "an area far from its mask's"
     BAD_ISCROWD = "bad-iscrowd", Severity.ERROR, Repair.SET_ISCROWD, "an iscrowd that is not 0 or 1"
+
 
 # A box may differ from its mask's extent by this many pixels per edge before it is reported
 # (tools round boxes to whole pixels and may put edges on pixel centres).
@@ -157,7 +194,12 @@ TINY_POLYGON_AREA = 2.0
 _END_MARKERS = ((b"\xff\xd8", b"\xff\xd9"), (b"\x89PNG", b"IEND\xaeB`\x82"))
 
 # Polygon problems that leave an annotation's mask undefined until ``--fix`` repairs it.
-_MALFORMED_POLYGON = {ProblemKind.BAD_POLYGON, ProblemKind.ODD_COORDINATES, ProblemKind.TOO_FEW_POINTS, ProblemKind.POINTS_FAR_OUTSIDE}
+_MALFORMED_POLYGON = {
+    ProblemKind.BAD_POLYGON,
+    ProblemKind.ODD_COORDINATES,
+    ProblemKind.TOO_FEW_POINTS,
+    ProblemKind.POINTS_FAR_OUTSIDE,
+}
 
 
 @dataclass(frozen=True)
@@ -183,7 +225,9 @@ class Problem:
     category_id: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", ProblemKind(self.kind))
+        """Accept the kind's name too (as ``check --json`` writes it)."""
+        # mypy reads the member fields of ``__new__`` as required, but a lookup by value takes the value alone.
+        object.__setattr__(self, "kind", ProblemKind(self.kind))  # type: ignore[call-arg]
 
     @property
     def severity(self) -> Severity:
@@ -224,7 +268,7 @@ def check_dataset(dataset: Dataset, check_files: bool = True) -> list[Problem]:
     checker.check_images(check_files)
     checker.check_annotations()
     # Vectorised checks report late; list each record's problems together, in file order.
-    order = {"categories": 0, "images": 1, "annotations": 2}
+    order: dict[str | None, int] = {"categories": 0, "images": 1, "annotations": 2}
     return sorted(checker.problems, key=lambda p: (order.get(p.section, -1), p.index or 0))
 
 
@@ -258,7 +302,11 @@ class _Checker:
             if not name.strip():
                 self._add(ProblemKind.EMPTY_NAME, "category name is empty", **where)
             elif name in names:
-                self._add(ProblemKind.DUPLICATE_NAME, f"category name {name!r} is also used by category id {names[name]}", **where)
+                self._add(
+                    ProblemKind.DUPLICATE_NAME,
+                    f"category name {name!r} is also used by category id {names[name]}",
+                    **where,
+                )
             else:
                 names[name] = category_id
         if not self.dataset.categories:
@@ -284,7 +332,9 @@ class _Checker:
                 self._add(ProblemKind.BAD_IMAGE_SIZE, f"declared size {width}x{height} is not positive", **where)
             name = image["file_name"]
             if name in file_names:
-                self._add(ProblemKind.DUPLICATE_FILE, f"file {name!r} is also listed as image id {file_names[name]}", **where)
+                self._add(
+                    ProblemKind.DUPLICATE_FILE, f"file {name!r} is also listed as image id {file_names[name]}", **where
+                )
             else:
                 file_names[name] = image_id
             if image_id not in annotated:
@@ -339,14 +389,22 @@ class _Checker:
         for index, ann in enumerate(annotations):
             annotation_id, image_id = ann["id"], ann["image_id"]
             if annotation_id in seen_ids:
-                self._add(ProblemKind.DUPLICATE_ID, f"annotation id {annotation_id} is used more than once", **self._where(index))
+                self._add(
+                    ProblemKind.DUPLICATE_ID,
+                    f"annotation id {annotation_id} is used more than once",
+                    **self._where(index),
+                )
             seen_ids.add(annotation_id)
             size = self.image_size_by_id.get(image_id)
             if size is None:
                 self._add(ProblemKind.UNKNOWN_IMAGE, f"image id {image_id} is not in the dataset", **self._where(index))
                 continue
             if ann["category_id"] not in self.category_ids:
-                self._add(ProblemKind.UNKNOWN_CATEGORY, f"category id {ann['category_id']} is not in the dataset", **self._where(index))
+                self._add(
+                    ProblemKind.UNKNOWN_CATEGORY,
+                    f"category id {ann['category_id']} is not in the dataset",
+                    **self._where(index),
+                )
             width, height = size
             segmentation = ann.get("segmentation")
             if type(segmentation) is list and segmentation:
@@ -355,10 +413,18 @@ class _Checker:
                 if self._rle_size_ok(index, segmentation, width, height):
                     rle_candidates.append(index)
             elif not segmentation:
-                self._add(ProblemKind.NO_SEGMENTATION, "annotation has no mask (segmentation missing or empty)", **self._where(index))
+                self._add(
+                    ProblemKind.NO_SEGMENTATION,
+                    "annotation has no mask (segmentation missing or empty)",
+                    **self._where(index),
+                )
             else:
                 found = type(segmentation).__name__
-                self._add(ProblemKind.BAD_SEGMENTATION, f"segmentation is a {found}, expected polygons or RLE", **self._where(index))
+                self._add(
+                    ProblemKind.BAD_SEGMENTATION,
+                    f"segmentation is a {found}, expected polygons or RLE",
+                    **self._where(index),
+                )
             box = ann.get("bbox")
             if type(box) is list and len(box) == 4:
                 box_records.append(index)
@@ -369,12 +435,16 @@ class _Checker:
                 self._add(ProblemKind.BAD_BBOX, f"bbox {box!r} is not [x, y, width, height]", **self._where(index))
             area = ann.get("area")
             if area is None:
-                self._add(ProblemKind.MISSING_AREA, "annotation has no area (COCO evaluation needs it)", **self._where(index))
+                self._add(
+                    ProblemKind.MISSING_AREA, "annotation has no area (COCO evaluation needs it)", **self._where(index)
+                )
             else:
                 area_records.append(index)
                 area_values.append(area)
             if ann.get("iscrowd", 0) not in (0, 1):
-                self._add(ProblemKind.BAD_ISCROWD, f"iscrowd is {ann['iscrowd']!r}, expected 0 or 1", **self._where(index))
+                self._add(
+                    ProblemKind.BAD_ISCROWD, f"iscrowd is {ann['iscrowd']!r}, expected 0 or 1", **self._where(index)
+                )
 
         self._check_boxes(box_records, box_values, boxes)
         self._check_areas(area_records, area_values, declared_area)
@@ -384,9 +454,9 @@ class _Checker:
         exact[rle_owners] = True
         self._check_consistency(boxes, declared_area, extents, areas, exact)
 
-    def _where(self, index: int) -> dict:
+    def _where(self, index: int | np.integer) -> dict:
         ann = self.dataset.annotations[index]
-        return dict(section="annotations", index=index, image_id=ann["image_id"], annotation_id=ann["id"])
+        return dict(section="annotations", index=int(index), image_id=ann["image_id"], annotation_id=ann["id"])
 
     def _gather_polygons(self, index: int, segmentation: list, width: int, height: int, batch: _PolygonBatch) -> None:
         if type(segmentation[0]) is not list:
@@ -413,8 +483,9 @@ class _Checker:
     def _rle_size_ok(self, index: int, segmentation: dict, width: int, height: int) -> bool:
         """False, reported, for an RLE of another size than its image; a malformed size is left to ``_check_rles``."""
         size = segmentation.get("size")
-        well_formed = type(size) is list and len(size) == 2 and all(type(v) is int for v in size)
-        if well_formed and size != [height, width]:
+        if type(size) is not list or len(size) != 2 or not all(type(v) is int for v in size):
+            return True
+        if size != [height, width]:
             message = f"RLE size is {size[0]}x{size[1]} (h x w) but the image is {height}x{width}"
             self._add(ProblemKind.RLE_SIZE_MISMATCH, message, **self._where(index))
             return False
@@ -445,22 +516,30 @@ class _Checker:
         if not records:
             return
         numbers = _numbers(values, 4)
-        records = np.asarray(records)
+        rows = np.asarray(records)
         for k in np.flatnonzero(~np.isfinite(numbers).all(axis=1)):
-            self._add(ProblemKind.BAD_BBOX, f"bbox {values[k]!r} is not [x, y, width, height]", **self._where(records[k]))
+            self._add(ProblemKind.BAD_BBOX, f"bbox {values[k]!r} is not [x, y, width, height]", **self._where(rows[k]))
         x, y, w, h = numbers.T
-        sizes = np.asarray([self.image_size_by_id[self.dataset.annotations[r]["image_id"]] for r in records], np.float64)
+        sizes = np.asarray(
+            [self.image_size_by_id[self.dataset.annotations[r]["image_id"]] for r in records], np.float64
+        )
         margin = BOX_TOLERANCE / 2
         with np.errstate(invalid="ignore"):
             empty = (w <= 0) | (h <= 0)
-            outside = ~empty & ((x < -margin) | (y < -margin) | (x + w > sizes[:, 0] + margin) | (y + h > sizes[:, 1] + margin))
+            outside = ~empty & (
+                (x < -margin) | (y < -margin) | (x + w > sizes[:, 0] + margin) | (y + h > sizes[:, 1] + margin)
+            )
         for k in np.flatnonzero(empty):
-            self._add(ProblemKind.BAD_BBOX, f"bbox {values[k]} has no extent", **self._where(records[k]))
+            self._add(ProblemKind.BAD_BBOX, f"bbox {values[k]} has no extent", **self._where(rows[k]))
         for k in np.flatnonzero(outside):
             width, height = sizes[k].astype(int)
-            self._add(ProblemKind.BBOX_OUTSIDE, f"bbox {values[k]} reaches outside the {width}x{height} image", **self._where(records[k]))
+            self._add(
+                ProblemKind.BBOX_OUTSIDE,
+                f"bbox {values[k]} reaches outside the {width}x{height} image",
+                **self._where(rows[k]),
+            )
         usable = ~empty & ~outside & np.isfinite(numbers).all(axis=1)
-        boxes[records[usable]] = np.stack([x, y, x + w, y + h], axis=1)[usable]
+        boxes[rows[usable]] = np.stack([x, y, x + w, y + h], axis=1)[usable]
 
     def _check_areas(self, records: list[int], values: list, areas: np.ndarray) -> None:
         if not records:
@@ -469,7 +548,9 @@ class _Checker:
         bad = ~np.isfinite(numbers)
         bad[~bad] = numbers[~bad] < 0
         for k in np.flatnonzero(bad):
-            self._add(ProblemKind.BAD_AREA, f"area {values[k]!r} is not a non-negative number", **self._where(records[k]))
+            self._add(
+                ProblemKind.BAD_AREA, f"area {values[k]!r} is not a non-negative number", **self._where(records[k])
+            )
         areas[np.asarray(records)[~bad]] = numbers[~bad]
 
     def _check_polygons(self, batch: _PolygonBatch, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -489,10 +570,15 @@ class _Checker:
             outside = np.logical_or.reduceat((xs < 0) | (ys < 0) | (xs > width) | (ys > height), starts) & finite
             # pycocotools walks every polygon edge pixel by pixel: an edge reaching millions of pixels
             # away exhausts memory, so such polygons are flagged to be clipped before anything draws them.
-            far = np.logical_or.reduceat((np.abs(xs) > FAR_OUTSIDE * width) | (np.abs(ys) > FAR_OUTSIDE * height), starts) & finite
+            far = (
+                np.logical_or.reduceat((np.abs(xs) > FAR_OUTSIDE * width) | (np.abs(ys) > FAR_OUTSIDE * height), starts)
+                & finite
+            )
         ring_offsets = np.r_[starts, len(coords)]
         shapes = shapely.from_ragged_array(
-            shapely.GeometryType.POLYGON, np.where(np.isfinite(coords), coords, 0.0), (ring_offsets, np.arange(len(starts) + 1))
+            shapely.GeometryType.POLYGON,
+            np.where(np.isfinite(coords), coords, 0.0),
+            (ring_offsets, np.arange(len(starts) + 1)),
         )
         valid = shapely.is_valid(shapes)
         # The shoelace area of a self-intersecting polygon cancels out; measure the area it fills instead.
@@ -502,7 +588,11 @@ class _Checker:
         polygon_areas[invalid] = shapely.area(filled)
 
         for p in np.flatnonzero(~finite):
-            self._add(ProblemKind.BAD_POLYGON, f"{batch.label(p)} has coordinates that are not finite numbers", **self._where(owners[p]))
+            self._add(
+                ProblemKind.BAD_POLYGON,
+                f"{batch.label(p)} has coordinates that are not finite numbers",
+                **self._where(owners[p]),
+            )
         for p in np.flatnonzero(outside):
             w, h = batch.widths[p], batch.heights[p]
             # Drawing clips a polygon to its image, so points a little outside are harmless.
@@ -511,18 +601,26 @@ class _Checker:
         empty = np.zeros(len(starts), bool)
         for p in np.flatnonzero(finite & (polygon_areas < TINY_POLYGON_AREA)):
             if far[p]:
-                drawn = shapely.box(0, 0, batch.widths[p], batch.heights[p]).intersection(shapely.make_valid(shapes[p])).area
+                drawn = (
+                    shapely.box(0, 0, batch.widths[p], batch.heights[p])
+                    .intersection(shapely.make_valid(shapes[p]))
+                    .area
+                )
             else:
                 rle = mask_utils.frPyObjects([batch.polygons[p]], int(batch.heights[p]), int(batch.widths[p]))
                 drawn = mask_utils.area(rle).sum()
             if drawn == 0:
                 empty[p] = True
                 self._add(ProblemKind.ZERO_AREA, f"{batch.label(p)} encloses no pixel", **self._where(owners[p]))
-        for p, shape in zip(invalid, filled):
+        for p, shape in zip(invalid, filled, strict=True):
             points = coords[ring_offsets[p] : ring_offsets[p + 1]]
             # No pixels to compare where the image size is unusable (reported with the image) or the polygon far outside.
             drawable = not (empty[p] or far[p]) and min(batch.widths[p], batch.heights[p]) > 0
-            problem = _self_intersection(batch.polygons[p], points, shape, batch.widths[p], batch.heights[p]) if drawable else None
+            problem = (
+                _self_intersection(batch.polygons[p], points, shape, batch.widths[p], batch.heights[p])
+                if drawable
+                else None
+            )
             if problem:
                 self._add(ProblemKind.SELF_INTERSECTION, f"{batch.label(p)} {problem}", **self._where(owners[p]))
 
@@ -557,12 +655,12 @@ class _Checker:
         because a box or area may rightly describe the drawn pixels, which thin spikes and
         slivers of a polygon do not reach.
         """
-        reported = defaultdict(set)
+        reported: defaultdict[int | None, set[ProblemKind]] = defaultdict(set)
         for p in self.problems:
             if p.section == "annotations":
                 reported[p.index].add(p.kind)
         measured = np.isfinite(areas)
-        for index in np.flatnonzero(measured & (areas <= 0)):
+        for index in np.flatnonzero(measured & (areas <= 0)).tolist():
             if ProblemKind.ZERO_AREA not in reported[index]:
                 self._add(ProblemKind.ZERO_AREA, "mask is empty", **self._where(index))
         # Box and area are meaningless until malformed polygons are repaired.
@@ -571,9 +669,11 @@ class _Checker:
         measured &= areas > 0
         with np.errstate(invalid="ignore"):
             box_off = measured & (np.abs(boxes - extents).max(axis=1) > BOX_TOLERANCE)
-            area_off = measured & (np.abs(declared_area - areas) > np.maximum(AREA_ABSOLUTE_TOLERANCE, AREA_RELATIVE_TOLERANCE * areas))
+            area_off = measured & (
+                np.abs(declared_area - areas) > np.maximum(AREA_ABSOLUTE_TOLERANCE, AREA_RELATIVE_TOLERANCE * areas)
+            )
         annotations = self.dataset.annotations
-        for index in np.flatnonzero(box_off | area_off):
+        for index in np.flatnonzero(box_off | area_off).tolist():
             ann, box, area = annotations[index], boxes[index], declared_area[index]
             extent, mask_area = extents[index], areas[index]
             box_wrong, area_wrong = bool(box_off[index]), bool(area_off[index])
@@ -584,9 +684,17 @@ class _Checker:
             if box_wrong:
                 x1, y1, x2, y2 = (float(v) for v in extent)
                 mask_box = [round(x1, 1), round(y1, 1), round(x2 - x1, 1), round(y2 - y1, 1)]
-                self._add(ProblemKind.BBOX_MISMATCH, f"bbox {ann['bbox']} does not fit the mask (mask box {mask_box})", **self._where(index))
+                self._add(
+                    ProblemKind.BBOX_MISMATCH,
+                    f"bbox {ann['bbox']} does not fit the mask (mask box {mask_box})",
+                    **self._where(index),
+                )
             if area_wrong:
-                self._add(ProblemKind.AREA_MISMATCH, f"area {ann['area']} is far from the mask's area ({mask_area:.0f})", **self._where(index))
+                self._add(
+                    ProblemKind.AREA_MISMATCH,
+                    f"area {ann['area']} is far from the mask's area ({mask_area:.0f})",
+                    **self._where(index),
+                )
 
     def _rasterised(self, ann: dict) -> tuple[np.ndarray, float]:
         width, height = self.image_size_by_id[ann["image_id"]]
@@ -595,7 +703,9 @@ class _Checker:
         return np.asarray([x, y, x + w, y + h]), float(mask_ops.area(rle))
 
 
-def _self_intersection(polygon: list, points: np.ndarray, filled: shapely.Geometry, width: int, height: int) -> str | None:
+def _self_intersection(
+    polygon: list, points: np.ndarray, filled: shapely.Geometry, width: int, height: int
+) -> str | None:
     """What is wrong with a polygon that is not simple, or None when nothing is.
 
     ``filled`` is ``even_odd_shape(points)``. Zero-width bridges walked there and back, which YOLO
@@ -653,7 +763,7 @@ class _PolygonBatch:
         self.widths: list[int] = []
         self.heights: list[int] = []
 
-    def label(self, p: int) -> str:
+    def label(self, p: int | np.integer) -> str:
         return f"polygon {self.parts[p]}"
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -734,21 +844,7 @@ def fix_dataset(dataset: Dataset, problems: list[Problem]) -> tuple[Dataset, lis
     return Dataset(coco, dataset.image_root, dataset.source), changes
 
 
-def save_fixed(dataset: Dataset, path: str | Path, overwrite: bool = False) -> Path:
-    """Write a repaired dataset as COCO JSON, atomically.
-
-    When the file goes to another folder than the images, ``info.image_root`` records where they
-    are (relative to the file), so ``Dataset.load`` finds them without ``--images``.
-    """
-    path = Path(path)
-    root = os.path.relpath(dataset.image_root.resolve(), path.resolve().parent)
-    info = dataset.coco.get("info")
-    if root != "." or (isinstance(info, dict) and "image_root" in info):
-        dataset.coco["info"] = {**(info if isinstance(info, dict) else {}), "image_root": Path(root).as_posix()}
-    return dataset.save(path, overwrite=overwrite)
-
-
-def _next_id(records: list[dict]) -> Iterable[int]:
+def _next_id(records: list[dict]) -> Iterator[int]:
     next_id = max((r["id"] for r in records), default=0) + 1
     while True:
         yield next_id
@@ -759,7 +855,7 @@ def _fix_categories(coco: dict, flagged: dict, changes: list[str]) -> dict[int, 
     """Renumber duplicate ids and merge duplicate names; returns old id -> new id for annotations."""
     categories = coco["categories"]
     fresh = _next_id(categories)
-    first_with_name = {}
+    first_with_name: dict[str, int] = {}
     for category in categories:
         first_with_name.setdefault(category["name"], category["id"])
     category_map: dict[int, int] = {}
@@ -815,8 +911,10 @@ def _fix_images(coco: dict, flagged: dict, changes: list[str]) -> set[int]:
     return dropped
 
 
-def _fix_annotations(coco: dict, flagged: dict, category_map: dict, dropped_images: set[int], changes: list[str]) -> None:
-    images = {}
+def _fix_annotations(
+    coco: dict, flagged: dict, category_map: dict, dropped_images: set[int], changes: list[str]
+) -> None:
+    images: dict[int, dict] = {}
     for image in coco["images"]:
         images.setdefault(image["id"], image)
     fresh = _next_id(coco["annotations"])
@@ -893,7 +991,9 @@ def _repair_polygons(segmentation: list, width: int, height: int) -> tuple[list[
         far = (np.abs(points) > FAR_OUTSIDE * np.array([width, height])).any()
         changed = 0 if far or not steps else _changed_pixels([polygon], drawn, width, height)
         if changed:
-            notes.append(f"{label} left unchanged: once {' and '.join(steps)} it would draw {changed} pixel(s) differently")
+            notes.append(
+                f"{label} left unchanged: once {' and '.join(steps)} it would draw {changed} pixel(s) differently"
+            )
             repaired.append(polygon)
         elif not drawn:
             notes.append(f"{label} removed (encloses no pixel)")

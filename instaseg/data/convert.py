@@ -1,26 +1,37 @@
 """Read any supported dataset format into a COCO ``Dataset`` and write a ``Dataset`` in any format.
 
-``read_dataset`` is what every verb uses to accept "any format convert reads"; ``convert`` is the
-``instaseg convert`` verb. Readers keep every instance they can and record each one they cannot
-(file and record named) in a ``Report``; malformed input raises ``InstasegError``, and so does a read
-that keeps none, or under half, of the label records it saw (``check_kept``). Folder outputs
+``open_dataset`` is what every verb uses to accept "any format convert reads", told what the
+format leaves unsaid by ``ReadOptions``; ``convert`` is the ``instaseg convert`` verb. Readers keep
+every instance they can and record each one they cannot (file and record named) in a ``Report``;
+malformed input raises ``InstasegError``, and so does a read that keeps none, or under half, of
+the label records it saw (``check_kept``). Folder outputs
 are built in a temporary folder and renamed into place, so a failed conversion writes nothing
 (which is why the files inside a folder output are written directly, not one by one atomically).
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from instaseg.core import io
+from instaseg.core.errors import InstasegError
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats import coco, labelme, mask_files, masks, panoptic, semantic, via, yolo
 from instaseg.data.formats._common import Report
-from instaseg.core.errors import InstasegError
 
-__all__ = ["READERS", "WRITERS", "Report", "check_kept", "convert", "detect_format", "read_dataset", "write_dataset"]
+__all__ = [
+    "READERS",
+    "WRITERS",
+    "ReadOptions",
+    "Report",
+    "check_kept",
+    "convert",
+    "detect_format",
+    "open_dataset",
+    "write_dataset",
+]
 
 READERS: dict[str, Callable[..., Dataset]] = {
     "coco": coco.read,
@@ -45,8 +56,6 @@ SNIFF_BYTES = 1 << 20
 # A read keeping under this share of the label records it saw is refused unless allowed: losing most
 # of a dataset far more often means a layout the reader misunderstood than labels meant to go.
 MIN_KEPT_SHARE = 0.5
-
-logger = logging.getLogger("instaseg")
 
 
 def detect_format(src: str | Path) -> str:
@@ -113,85 +122,117 @@ _DETECTORS: dict[str, Callable[[Path], bool]] = {
 }
 
 
-def load_dataset(
-    src: str | Path,
-    fmt: str | None = None,
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a dataset whose format leaves something unsaid: the options of ``instaseg convert``.
+
+    Args:
+        images: the image folder, where the format does not say (``--images``; stored as a ``Path``).
+        class_name: the class of instances whose format carries none (``--class``, default ``object``).
+        classes: a names file (YOLO, LabelMe) or a mapping file (instance-id masks) (``--classes``;
+            stored as a ``Path``).
+        mask_suffix: what follows the image's stem in a mask's (masks only; ``--mask-suffix``).
+        ignore_value: the void value of instance-id masks (masks only; ``--ignore-value``): a number,
+            None, ``"auto"``, or the text of one of them (``"255"``, ``"none"``); stored parsed.
+        allow_skipped: accept a read that keeps under half of the label records (``--allow-skipped``).
+        polylines_as_polygons: read every VIA polyline as a polygon, not only closed ones (via only;
+            ``--polylines-as-polygons``).
+
+    Raises:
+        InstasegError: an ``ignore_value`` that is none of the above.
+    """
+
+    images: str | Path | None = None
+    class_name: str | None = None
+    classes: str | Path | None = None
+    mask_suffix: str | None = None
+    ignore_value: int | str | None = "auto"
+    allow_skipped: bool = False
+    polylines_as_polygons: bool = False
+
+    def __post_init__(self) -> None:
+        # Frozen: the normalised values are set through object.__setattr__, once, here.
+        for name in ("images", "classes"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "ignore_value", _parse_ignore_value(self.ignore_value))
+
+    def refuse_unused(self, fmt: str, src: Path) -> None:
+        """Refuse options that only another format reads, rather than ignore them."""
+        if fmt != "masks" and (self.mask_suffix is not None or self.ignore_value != "auto"):
+            raise InstasegError(f"--mask-suffix and --ignore-value are for masks input, not {fmt}", file=src)
+        if fmt != "via" and self.polylines_as_polygons:
+            raise InstasegError(f"--polylines-as-polygons is for via input, not {fmt}", file=src)
+
+
+def _parse_ignore_value(value: int | str | None) -> int | str | None:
+    """``--ignore-value`` as a number, None or ``"auto"``; anything else is refused."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    if text.isdigit():
+        return int(text)
+    raise InstasegError(f"--ignore-value takes a number, none or auto, not {value!r}")
+
+
+def open_dataset(
+    source: str | Path,
+    format: str | None = None,
     *,
-    images: str | Path | None = None,
-    class_name: str | None = None,
-    classes: str | Path | None = None,
+    options: ReadOptions | None = None,
     validate: bool = True,
     outputs: Iterable[str | Path | None] = (),
+    report: Report | None = None,
 ) -> Dataset:
-    """What every verb's DATA argument means: a COCO JSON read as it is, any other format converted.
+    """Open a dataset in any supported format as a COCO ``Dataset``: what every verb's DATA means.
 
-    A COCO file is not passed through the converter, which drops records it cannot use: ``check``
-    must see them, and ``review apply`` must leave untouched records byte-identical. ``class_name``
-    and ``classes`` are ``read_dataset``'s, for the formats that need them; ``validate`` is
-    ``Dataset.load``'s (``check`` reports what it would refuse). ``outputs``, the paths the verb
-    will write, are refused if they are or contain the dataset's image folder, which only the
-    loaded dataset knows (a COCO file may keep its images elsewhere, in ``info.image_root``).
+    A COCO JSON is read as it is (``Dataset.load``), not passed through the converter, which drops
+    records it cannot use: ``check`` must see them, and ``review apply`` must leave untouched
+    records byte-identical. Any other format is converted, and refused when it keeps none, or under
+    half without ``options.allow_skipped``, of the label records it read (``check_kept``).
+
+    Args:
+        source: the file or folder to read (see each format in ``docs/convert.md``).
+        format: one of ``coco``, ``yolo``, ``via``, ``labelme``, ``masks``, ``mask-files``; detected when None.
+        options: how to read what the format leaves unsaid (``ReadOptions``).
+        validate: refuse COCO content every step would misread (``Dataset.validate``); ``check``
+            passes False to report it with all its other findings.
+        outputs: the paths the caller will write, refused if they are or contain the dataset's
+            image folder, which only the opened dataset knows (a COCO file may keep its images
+            elsewhere, in ``info.image_root``).
+        report: receives the converter's counts and warnings; every warning is also sent to
+            ``events.warn`` once the read is accepted.
+
+    Raises:
+        InstasegError: malformed or unrecognised input, naming the file and the record; too few
+            label records kept; an output that would overwrite the images.
     """
-    dataset = _load(src, fmt, images, class_name, classes, validate)
+    source = Path(source)
+    options = options if options is not None else ReadOptions()
+    if _is_coco_file(source, format):
+        options.refuse_unused("coco", source)
+        dataset = Dataset.load(source, options.images, validate=validate)
+    else:
+        dataset = _read_converted(source, format, options, report if report is not None else Report())
     io.guard_outputs(outputs, image_roots=[dataset.image_root])
     return dataset
 
 
-def _load(
-    src: str | Path,
-    fmt: str | None,
-    images: str | Path | None,
-    class_name: str | None,
-    classes: str | Path | None,
-    validate: bool,
-) -> Dataset:
-    src = Path(src)
-    if fmt in (None, "coco") and src.suffix.lower() == ".json" and src.is_file():
-        try:
-            detected = fmt or detect_format(src)
-        except InstasegError:  # not recognisably anything: let the COCO reader name what is wrong
-            detected = "coco"
-        if detected == "coco":
-            return Dataset.load(src, images, validate=validate)
-        fmt = detected
-    return read_dataset(src, fmt, images=images, class_name=class_name, classes=classes)
+def _is_coco_file(src: Path, fmt: str | None) -> bool:
+    """Whether ``src`` is a JSON file to read as COCO: named so, or not recognisably anything else."""
+    if fmt not in (None, "coco") or src.suffix.lower() != ".json" or not src.is_file():
+        return False
+    try:
+        return (fmt or detect_format(src)) == "coco"
+    except InstasegError:  # not recognisably anything: let the COCO reader name what is wrong
+        return True
 
 
-def read_dataset(
-    src: str | Path,
-    fmt: str | None = None,
-    *,
-    images: str | Path | None = None,
-    class_name: str | None = None,
-    classes: str | Path | None = None,
-    mask_suffix: str | None = None,
-    ignore_value: int | str | None = "auto",
-    allow_skipped: bool = False,
-    polylines_as_polygons: bool = False,
-    report: Report | None = None,
-) -> Dataset:
-    """Read a dataset in any supported format as a COCO ``Dataset``.
-
-    Args:
-        src: the file or folder to read (see each format in ``docs/convert.md``).
-        fmt: one of ``coco``, ``yolo``, ``via``, ``labelme``, ``masks``, ``mask-files``; detected when None.
-        images: the image folder, where the format does not say (``--images``).
-        class_name: the class of instances whose format carries none (``--class``, default ``object``).
-        classes: a names file (YOLO, LabelMe) or a mapping file (instance-id masks) (``--classes``).
-        mask_suffix: what follows the image's stem in a mask's (masks only; ``--mask-suffix``).
-        ignore_value: the void value of instance-id masks: a number, None or ``"auto"`` (``--ignore-value``).
-        allow_skipped: accept a read that keeps under half of the label records (``--allow-skipped``).
-        polylines_as_polygons: read every VIA polyline as a polygon, not only closed ones (``--polylines-as-polygons``).
-        report: receives counts and warnings (one report per read); without one, warnings go to the
-            ``instaseg`` logger.
-
-    Raises:
-        InstasegError: malformed or unrecognised input, naming the file and the record; labels read
-            but none, or under half of them without ``allow_skipped``, kept.
-    """
-    src = Path(src)
-    own_report = report is None
-    report = Report() if report is None else report
+def _read_converted(src: Path, fmt: str | None, options: ReadOptions, report: Report) -> Dataset:
+    """Read ``src`` through its format's converter (COCO included, keeping only usable records)."""
     if fmt is None:
         fmt = detect_format(src)
         report.detected = True
@@ -199,25 +240,20 @@ def read_dataset(
         raise InstasegError(f"cannot read format {fmt!r}; readable formats: {', '.join(READERS)}")
     if not src.exists():
         raise InstasegError("no such file or folder", file=src)
-    if fmt != "masks" and (mask_suffix is not None or ignore_value != "auto"):
-        raise InstasegError(f"--mask-suffix and --ignore-value are for masks input, not {fmt}", file=src)
-    if fmt != "via" and polylines_as_polygons:
-        raise InstasegError(f"--polylines-as-polygons is for via input, not {fmt}", file=src)
+    options.refuse_unused(fmt, src)
     report.source_format = fmt
     dataset = READERS[fmt](
         src,
         report=report,
-        images=Path(images) if images is not None else None,
-        class_name=class_name,
-        classes=Path(classes) if classes is not None else None,
-        mask_suffix=mask_suffix,
-        ignore_value=ignore_value,
-        polylines_as_polygons=polylines_as_polygons,
+        images=options.images,
+        class_name=options.class_name,
+        classes=options.classes,
+        mask_suffix=options.mask_suffix,
+        ignore_value=options.ignore_value,
+        polylines_as_polygons=options.polylines_as_polygons,
     )
-    if own_report:
-        for warning in report.warnings:
-            logger.warning(warning)
-    check_kept(report, src, allow_skipped)
+    check_kept(report, src, options.allow_skipped)
+    report.send_warnings()
     return dataset
 
 
@@ -258,16 +294,14 @@ def write_dataset(
         fmt: one of ``coco``, ``yolo``, ``via``, ``labelme``, ``masks``, ``mask-files``, ``semantic``, ``panoptic``.
         overwrite: replace an existing ``out``.
         split: the YOLO split folder name (``images/<split>``, ``labels/<split>``).
-        report: receives the number of instances written and warnings.
+        report: receives the number of instances written and warnings; every warning is also sent
+            to ``events.warn``.
     """
     if fmt not in WRITERS:
         raise InstasegError(f"cannot write format {fmt!r}; writable formats: {', '.join(WRITERS)}")
-    own_report = report is None
     report = Report() if report is None else report
     path = WRITERS[fmt](dataset, Path(out), report=report, overwrite=overwrite, split=split)
-    if own_report:
-        for warning in report.warnings:
-            logger.warning(warning)
+    report.send_warnings()
     return path
 
 
@@ -277,21 +311,16 @@ def convert(
     *,
     src_format: str | None = None,
     out_format: str | None = None,
-    images: str | Path | None = None,
-    class_name: str | None = None,
-    classes: str | Path | None = None,
-    mask_suffix: str | None = None,
-    ignore_value: int | str | None = "auto",
-    allow_skipped: bool = False,
-    polylines_as_polygons: bool = False,
+    options: ReadOptions | None = None,
     split: str = "train",
     overwrite: bool = False,
 ) -> Report:
     """Convert a dataset between formats (``instaseg convert``) and return what was done.
 
+    Every input, COCO included, is read through its format's converter (``open_dataset`` reads a
+    COCO file as it is instead), so what the output format cannot hold is reported and skipped.
     ``out_format`` defaults to ``coco`` when ``out`` ends in ``.json``. The output is checked
-    before reading, so an existing ``out`` fails fast without ``overwrite``. The reading options are
-    ``read_dataset``'s.
+    before reading, so an existing ``out`` fails fast without ``overwrite``.
     """
     out = Path(out)
     if out_format is None:
@@ -303,18 +332,7 @@ def convert(
     if out.exists() and not overwrite:
         raise InstasegError("already exists; pass --overwrite to replace it", file=out)
     report = Report()
-    dataset = read_dataset(
-        src,
-        src_format,
-        images=images,
-        class_name=class_name,
-        classes=classes,
-        mask_suffix=mask_suffix,
-        ignore_value=ignore_value,
-        allow_skipped=allow_skipped,
-        polylines_as_polygons=polylines_as_polygons,
-        report=report,
-    )
+    dataset = _read_converted(Path(src), src_format, options if options is not None else ReadOptions(), report)
     io.guard_outputs([out], image_roots=[dataset.image_root])
     write_dataset(dataset, out, out_format, overwrite=overwrite, split=split, report=report)
     return report

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from collections import defaultdict
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from instaseg.core import io, masks as mask_ops
+from instaseg.core import io
+from instaseg.core import masks as mask_ops
 from instaseg.core.errors import InstasegError
 from instaseg.core.structures import Instances
 
@@ -43,7 +46,7 @@ class Dataset:
 
     # -- loading and saving -------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, images: str | Path | None = None, *, validate: bool = True) -> "Dataset":
+    def load(cls, path: str | Path, images: str | Path | None = None, *, validate: bool = True) -> Dataset:
         """Read a COCO instances JSON, refusing content every step would misread (see ``validate``).
 
         The image root defaults to the JSON's folder, or to ``info.image_root`` (relative to that
@@ -82,7 +85,9 @@ class Dataset:
         name = image["file_name"]
         path = io.safe_join(self.image_root, name, record=record, file=self.source)
         if not Path(name).name or path.is_dir():
-            raise InstasegError(f"file_name {name!r} names a folder, not an image file", file=self.source, record=record)
+            raise InstasegError(
+                f"file_name {name!r} names a folder, not an image file", file=self.source, record=record
+            )
         width, height = image["width"], image["height"]
         if width <= 0 or height <= 0:
             raise InstasegError(f"declared size {width}x{height} is not positive", file=self.source, record=record)
@@ -97,33 +102,124 @@ class Dataset:
     def _validate_rles(self) -> None:
         images = self.image_by_id
         # Annotations of unknown images are refused or skipped by each step, RLE or not.
-        owners = [ann for ann in self.annotations if type(ann.get("segmentation")) is dict and ann["image_id"] in images]
+        owners = [
+            ann for ann in self.annotations if type(ann.get("segmentation")) is dict and ann["image_id"] in images
+        ]
         sizes = [(images[ann["image_id"]]["height"], images[ann["image_id"]]["width"]) for ann in owners]
         problems = mask_ops.invalid_rles([ann["segmentation"] for ann in owners], sizes)
         if problems:
             position, problem = next(iter(problems.items()))
             ann = owners[position]
-            raise InstasegError(problem, file=self.source, record=f"annotation id {ann['id']} (image id {ann['image_id']})")
+            raise InstasegError(
+                problem, file=self.source, record=f"annotation id {ann['id']} (image id {ann['image_id']})"
+            )
 
-    def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write the COCO JSON atomically."""
-        return io.write_json(path, self.coco, overwrite=overwrite)
+    def save(
+        self,
+        path: str | Path,
+        *,
+        overwrite: bool = False,
+        record_image_root: bool = False,
+        location: str | Path | None = None,
+    ) -> Path:
+        """Write the COCO JSON atomically; with ``record_image_root``, one that still finds its images.
 
-    def copy(self) -> "Dataset":
+        ``record_image_root`` records the image root in ``info.image_root``, relative to the file's
+        folder, when it is another folder (and removes a stale one when it is that folder), so
+        ``Dataset.load`` finds the images without ``--images``: what ``convert``, ``check --fix``,
+        ``review apply`` and ``noise`` write. ``location`` is where the file will finally live, when
+        ``path`` is a temporary stand-in that is moved there afterwards. Without it the COCO dict is
+        written as it is.
+        """
+        coco = self.coco
+        if record_image_root:
+            coco = self._coco_with_image_root(Path(location if location is not None else path).parent)
+        return io.write_json(path, coco, overwrite=overwrite)
+
+    def image_root_relative_to(self, folder: str | Path) -> str:
+        """The image root as a POSIX path relative to ``folder`` (``"."`` when it is that folder).
+
+        Both paths are resolved first: a relative path computed through a symbolic link could lead
+        elsewhere once the system follows the link.
+        """
+        return Path(os.path.relpath(self.image_root.resolve(), Path(folder).resolve())).as_posix()
+
+    def _coco_with_image_root(self, folder: Path) -> dict[str, Any]:
+        root = self.image_root_relative_to(folder)
+        info = self.coco.get("info")
+        if root != ".":
+            return {**self.coco, "info": {**(info if isinstance(info, dict) else {}), "image_root": root}}
+        if isinstance(info, dict) and "image_root" in info:
+            return {**self.coco, "info": {key: value for key, value in info.items() if key != "image_root"}}
+        return self.coco
+
+    def copy(self) -> Dataset:
+        """A deep copy: editing it leaves this dataset as it is."""
         return Dataset(copy.deepcopy(self.coco), self.image_root, self.source)
 
     # -- the three lists ----------------------------------------------------------------------
+    # Read them freely; change them through the setters and the add/remove methods below, which
+    # keep the indexes current. Editing a record's fields in place needs nothing, except its
+    # ``id`` or an annotation's ``image_id``, which the indexes are keyed by: replace the record.
     @property
     def images(self) -> list[dict]:
+        """The image records (``id``, ``file_name``, ``width``, ``height``, ...)."""
         return self.coco["images"]
+
+    @images.setter
+    def images(self, records: Iterable[dict]) -> None:
+        self.coco["images"] = _checked_records(records, "images", self.source)
+        self._forget_indexes("image_by_id")
 
     @property
     def annotations(self) -> list[dict]:
+        """The annotation records (``id``, ``image_id``, ``category_id``, ``segmentation``, ...)."""
         return self.coco["annotations"]
+
+    @annotations.setter
+    def annotations(self, records: Iterable[dict]) -> None:
+        self.coco["annotations"] = _checked_records(records, "annotations", self.source)
+        self._forget_indexes("annotations_by_image")
 
     @property
     def categories(self) -> list[dict]:
+        """The category records (``id``, ``name``, ...), in class order."""
         return self.coco["categories"]
+
+    @categories.setter
+    def categories(self, records: Iterable[dict]) -> None:
+        self.coco["categories"] = _checked_records(records, "categories", self.source)
+        self._forget_indexes("category_index")
+
+    def add_images(self, records: Iterable[dict]) -> None:
+        """Append image records (their ids must be new: ``validate`` refuses duplicates)."""
+        added = _checked_records(records, "images", self.source, start=len(self.images))
+        self.images.extend(added)
+        index = self.__dict__.get("image_by_id")
+        if index is not None:
+            index.update((image["id"], image) for image in added)
+
+    def remove_images(self, image_ids: Iterable[int]) -> None:
+        """Drop the images of the given ids and their annotations."""
+        unwanted = set(image_ids)
+        self.coco["images"] = [image for image in self.images if image["id"] not in unwanted]
+        self.coco["annotations"] = [ann for ann in self.annotations if ann["image_id"] not in unwanted]
+        self._forget_indexes("image_by_id", "annotations_by_image")
+
+    def add_annotations(self, records: Iterable[dict]) -> None:
+        """Append annotation records (their ids must be new: ``validate`` refuses duplicates)."""
+        added = _checked_records(records, "annotations", self.source, start=len(self.annotations))
+        self.annotations.extend(added)
+        index = self.__dict__.get("annotations_by_image")
+        if index is not None:
+            for ann in added:
+                index[ann["image_id"]].append(ann)
+
+    def remove_annotations(self, annotation_ids: Iterable[int]) -> None:
+        """Drop the annotations of the given ids."""
+        unwanted = set(annotation_ids)
+        self.coco["annotations"] = [ann for ann in self.annotations if ann["id"] not in unwanted]
+        self._forget_indexes("annotations_by_image")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -134,17 +230,19 @@ class Dataset:
             f"{len(self.categories)} classes, root={str(self.image_root)!r})"
         )
 
-    # -- indexes (rebuilt by ``reindex`` after the lists change) --------------------------------
-    def reindex(self) -> None:
-        for name in ("image_by_id", "annotations_by_image", "category_index"):
+    # -- indexes (built on first use, kept current by the edits above) ---------------------------
+    def _forget_indexes(self, *names: str) -> None:
+        for name in names:
             self.__dict__.pop(name, None)
 
     @cached_property
     def image_by_id(self) -> dict[int, dict]:
+        """Image id -> image record."""
         return {img["id"]: img for img in self.images}
 
     @cached_property
     def annotations_by_image(self) -> dict[int, list[dict]]:
+        """Image id -> its annotation records, in file order."""
         index: dict[int, list[dict]] = defaultdict(list)
         for ann in self.annotations:
             index[ann["image_id"]].append(ann)
@@ -183,8 +281,7 @@ class Dataset:
         pixels = io.read_image(self.image_path(image))
         if pixels.shape[:2] != (image["height"], image["width"]):
             raise InstasegError(
-                f"image is {pixels.shape[1]}x{pixels.shape[0]} but the JSON says "
-                f"{image['width']}x{image['height']}",
+                f"image is {pixels.shape[1]}x{pixels.shape[0]} but the JSON says {image['width']}x{image['height']}",
                 file=self.image_path(image),
                 record=f"image id {image['id']}",
             )
@@ -206,7 +303,7 @@ class Dataset:
         )
         return instances
 
-    def subset(self, image_ids: Iterable[int]) -> "Dataset":
+    def subset(self, image_ids: Iterable[int]) -> Dataset:
         """A new dataset with only the given images and their annotations (categories kept)."""
         wanted = set(image_ids)
         coco = {k: v for k, v in self.coco.items() if k not in ("images", "annotations")}
@@ -237,16 +334,29 @@ def _validate_schema(coco: Any, source: Path | None) -> None:
     """
     if not isinstance(coco, dict):
         raise InstasegError("not a COCO instances file (top level is not an object)", file=source)
-    for key, fields in _REQUIRED.items():
+    for key in _REQUIRED:
         records = coco.setdefault(key, []) if key == "annotations" else coco.get(key)
         if not isinstance(records, list):
             raise InstasegError(f"not a COCO instances file (missing '{key}' list)", file=source)
-        for position, record in enumerate(records):
-            if not isinstance(record, dict):
-                raise InstasegError("record is not an object", file=source, record=f"{key}[{position}]")
-            for name, kind in fields:
-                value = record.get(name)
-                if not isinstance(value, kind) or isinstance(value, bool):
-                    label = f"{key}[{position}]" + (f" (id {record['id']})" if "id" in record else "")
-                    problem = "missing" if value is None else f"has {type(value).__name__}"
-                    raise InstasegError(f"field '{name}' {problem}, expected {kind.__name__}", file=source, record=label)
+        _check_records(records, key, source)
+
+
+def _checked_records(records: Iterable[dict], key: str, source: Path | None, start: int = 0) -> list[dict]:
+    """``records`` as a list, refused like a file's when a record lacks a field every step reads."""
+    records = list(records)
+    _check_records(records, key, source, start)
+    return records
+
+
+def _check_records(records: list, key: str, source: Path | None, start: int = 0) -> None:
+    """Refuse the first record (numbered from ``start`` in the ``key`` list) missing a required field."""
+    fields = _REQUIRED[key]
+    for position, record in enumerate(records, start):
+        if not isinstance(record, dict):
+            raise InstasegError("record is not an object", file=source, record=f"{key}[{position}]")
+        for name, kind in fields:
+            value = record.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                label = f"{key}[{position}]" + (f" (id {record['id']})" if "id" in record else "")
+                problem = "missing" if value is None else f"has {type(value).__name__}"
+                raise InstasegError(f"field '{name}' {problem}, expected {kind.__name__}", file=source, record=label)

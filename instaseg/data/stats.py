@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import shapely
 
-from instaseg.core import io, masks as mask_ops
-from instaseg.data.dataset import Dataset
+from instaseg.core import io
+from instaseg.core import masks as mask_ops
 from instaseg.core.errors import InstasegError
+from instaseg.data.dataset import Dataset
 
 SMALL_AREA = 32**2
 MEDIUM_AREA = 96**2
@@ -39,7 +40,7 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
         name: {"instances": 0, "images": 0, **dict.fromkeys(SIZE_NAMES, 0)} for name in names.values()
     }
     images_of_class: dict[str, set[int]] = {name: set() for name in per_class}
-    per_image = Counter()
+    per_image: Counter[int] = Counter()
     crowd = 0
     image_sizes = {img["id"]: (img["height"], img["width"]) for img in dataset.images}
     for ann in dataset.annotations:
@@ -75,8 +76,11 @@ def object_size(dataset: Dataset, image: dict) -> float | None:
     None when the image has no instance of positive area. Crowd regions are left out.
     """
     size = (image["height"], image["width"])
-    areas = [_area(ann, size, dataset.source) for ann in dataset.annotations_by_image.get(image["id"], [])
-             if not ann.get("iscrowd")]
+    areas = [
+        _area(ann, size, dataset.source)
+        for ann in dataset.annotations_by_image.get(image["id"], [])
+        if not ann.get("iscrowd")
+    ]
     sides = np.sqrt([a for a in areas if a > 0])
     return float(np.median(sides)) if len(sides) else None
 
@@ -89,7 +93,9 @@ def _size_name(ann: dict, image_sizes: dict[int, tuple[int, int]], source: Path 
 def _area(ann: dict, image_size: tuple[int, int], source: Path | None) -> float:
     """The annotation's ``area`` field, or its mask's area when the field is missing or not a number."""
     area = ann.get("area")
-    return area if type(area) in (int, float) else _mask_area(ann, *image_size, source)
+    if type(area) is int or type(area) is float:  # not bool, which is an int too
+        return float(area)
+    return _mask_area(ann, *image_size, source)
 
 
 def _mask_area(ann: dict, height: int, width: int, source: Path | None) -> float:
@@ -109,7 +115,9 @@ def _mask_area(ann: dict, height: int, width: int, source: Path | None) -> float
         return float(shapely.union_all([frame.intersection(s) for s in shapes]).area) if shapes else 0.0
     except (TypeError, ValueError, KeyError, shapely.errors.GEOSException):
         raise InstasegError(
-            "cannot measure the mask (run 'instaseg check')", file=source, record=f"annotation id {ann['id']} (image id {ann['image_id']})"
+            "cannot measure the mask (run 'instaseg check')",
+            file=source,
+            record=f"annotation id {ann['id']} (image id {ann['image_id']})",
         ) from None
 
 
@@ -143,7 +151,10 @@ def stats_tables(stats: dict[str, Any]) -> list:
         ("classes", stats["classes"]),
         ("crowd instances", stats["crowd"]),
         ("images without instances", stats["images_without_instances"]),
-        ("instances per image (min / median / mean / max)", f"{spread['min']} / {spread['median']:g} / {spread['mean']:g} / {spread['max']}"),
+        (
+            "instances per image (min / median / mean / max)",
+            f"{spread['min']} / {spread['median']:g} / {spread['mean']:g} / {spread['max']}",
+        ),
         ("small / medium / large (area < 32², < 96², more)", " / ".join(str(stats["sizes"][s]) for s in SIZE_NAMES)),
     ):
         overview.add_row(label, str(value))
@@ -186,7 +197,13 @@ def plot_stats(stats: dict[str, Any], path: str | Path, overwrite: bool = False)
         by_class.set_yticks([])
 
     bins = stats["instances_per_image"]["histogram"]
-    per_image.bar([b["from"] for b in bins], [b["images"] for b in bins], width=(bins[0]["to"] - bins[0]["from"] + 1) * 0.9 if bins else 0.9, align="edge", color="tab:green")
+    per_image.bar(
+        [b["from"] for b in bins],
+        [b["images"] for b in bins],
+        width=(bins[0]["to"] - bins[0]["from"] + 1) * 0.9 if bins else 0.9,
+        align="edge",
+        color="tab:green",
+    )
     per_image.set_title("instances per image")
     per_image.set_xlabel("instances")
     per_image.set_ylabel("images")

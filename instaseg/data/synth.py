@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from instaseg.core import io, masks as mask_ops
+from instaseg.core import events, io
+from instaseg.core import masks as mask_ops
 
 CLASS_NAMES = ("circle", "square", "triangle", "star")
 # Fragments smaller than this (after occlusion) are dropped rather than labelled: too few pixels to tell the shape.
@@ -63,8 +64,9 @@ def make_synthetic(
 
 def _make_split(root: Path, split: str, count: int, size: int, rng: np.random.Generator) -> dict:
     (root / split).mkdir()
-    images, annotations = [], []
-    for index in range(count):
+    images: list[dict] = []
+    annotations: list[dict] = []
+    for index in events.track(range(count), f"drawing {split} images", unit="image"):
         image_id = index + 1
         pixels, visible, class_ids = draw_image(size, rng)
         # the split in the name too: predictions are matched to images by name, so a train image
@@ -72,7 +74,7 @@ def _make_split(root: Path, split: str, count: int, size: int, rng: np.random.Ge
         file_name = f"{split}/{split}_{image_id:06d}.png"
         Image.fromarray(pixels).save(root / file_name)
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
-        for mask, class_id in zip(visible, class_ids):
+        for mask, class_id in zip(visible, class_ids, strict=True):
             rle = mask_ops.encode(mask)
             x, y, w, h = mask_ops.bbox(rle)
             annotations.append(
@@ -105,7 +107,8 @@ def draw_image(size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np
             mask = _shape_mask(class_id, size, rng)
             still_seen = [seen & ~mask for seen in visible]
             if mask.sum() >= MIN_VISIBLE_PIXELS and all(
-                s.sum() >= max(MIN_VISIBLE_PIXELS, MIN_VISIBLE_FRACTION * f.sum()) for s, f in zip(still_seen, full)
+                s.sum() >= max(MIN_VISIBLE_PIXELS, MIN_VISIBLE_FRACTION * f.sum())
+                for s, f in zip(still_seen, full, strict=True)
             ):
                 break
         else:
@@ -124,7 +127,7 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     angle = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[:size, :size] / size
-    t = (np.cos(angle) * xx + np.sin(angle) * yy)
+    t = np.cos(angle) * xx + np.sin(angle) * yy
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     canvas = a * (1 - t[..., None]) + b * t[..., None]
     blotches = cv2.resize(rng.normal(0, 25, (4, 4, 3)), (size, size), interpolation=cv2.INTER_CUBIC)

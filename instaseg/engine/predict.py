@@ -21,13 +21,13 @@ from __future__ import annotations
 import csv
 import io as text_io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
-from tqdm import tqdm
 
-from instaseg.core import io
+from instaseg.core import events, io
 from instaseg.core.errors import InstasegError
 from instaseg.core.structures import Instances
 
@@ -35,8 +35,13 @@ from instaseg.core.structures import Instances
 class Predictor(Protocol):
     """What ``predict_images`` needs from a model (``instaseg.load(path)`` returns one)."""
 
-    class_names: Sequence[str]
-    max_detections: int
+    @property
+    def class_names(self) -> Sequence[str]:
+        """The names the model's class ids index."""
+
+    @property
+    def max_detections(self) -> int:
+        """The model's own cap on the instances per image."""
 
     def predict(
         self,
@@ -112,8 +117,8 @@ def predict_images(
         folder.mkdir()
         if overlays:
             (folder / "overlays").mkdir()
-        for path, name, overlay_name in tqdm(
-            list(zip(paths, names, overlay_names)), desc="predict", unit="img", disable=None
+        for path, name, overlay_name in events.track(
+            list(zip(paths, names, overlay_names, strict=True)), "predict", unit="img"
         ):
             try:
                 pixels = io.read_image(path)
@@ -140,7 +145,9 @@ def predict_images(
 
         totals = {c: sum(row["counts"][c] for row in per_image) for c in counted}
         categories = [{"id": category_ids[k], "name": n} for k, n in enumerate(class_names)]
-        io.write_json(folder / "predictions.json", {"images": coco_images, "categories": categories, "annotations": annotations})
+        io.write_json(
+            folder / "predictions.json", {"images": coco_images, "categories": categories, "annotations": annotations}
+        )
         results = [{k: v for k, v in ann.items() if k not in ("id", "iscrowd")} for ann in annotations]
         io.write_json(folder / "results.json", results)
         io.write_text(folder / "counts.csv", _counts_csv(per_image, totals, counted))

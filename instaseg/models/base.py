@@ -70,11 +70,12 @@ class BoxPredictions:
 
     Attributes:
         class_probs: (N, 1 + K) softmax over background (column 0) and the K classes.
-        masks: (N, K, M, M) mask probabilities over each box, one grid per class.
+        masks: (N, K, M, M) mask probabilities over each box, one grid per class; None when
+            ``predict_boxes`` was asked for the class probabilities only.
     """
 
     class_probs: torch.Tensor
-    masks: torch.Tensor
+    masks: torch.Tensor | None
 
 
 class InstanceSegmenter(nn.Module, ABC):
@@ -114,16 +115,25 @@ class InstanceSegmenter(nn.Module, ABC):
 
     @abstractmethod
     def predict_boxes(
-        self, images: list[torch.Tensor], boxes: list[torch.Tensor], *, scales: list[float] | None = None
+        self,
+        images: list[torch.Tensor],
+        boxes: list[torch.Tensor],
+        *,
+        scales: list[float] | None = None,
+        masks: bool = True,
     ) -> list[BoxPredictions]:
         """The model's judgement of regions it was given: the class probabilities and masks for ``boxes``.
 
         This is "what is in this box?": the label review asks it of the labels' boxes, and a
-        box-to-mask assistant of the box a user drew. ``scales`` as for ``detect``.
+        box-to-mask assistant of the box a user drew. ``boxes`` holds an (N, 4) tensor per image;
+        ``scales`` as for ``detect``. Without ``masks`` only the class probabilities are computed
+        (the mask head costs as much again on many boxes).
         """
 
     @abstractmethod
-    def losses(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]], *, resize: bool = True) -> dict[str, torch.Tensor]:
+    def losses(
+        self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]], *, resize: bool = True
+    ) -> dict[str, torch.Tensor]:
         """The training losses by name (their sum is what training minimises), in train mode.
 
         ``targets`` hold, per image, ``boxes`` (N, 4), ``labels`` (N,) int64 class ids + 1 (0 is

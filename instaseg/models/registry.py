@@ -8,13 +8,14 @@ so the table that ``instaseg models`` prints is the single place to compare arch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
 
 from instaseg.core.errors import InstasegError
+from instaseg.models.base import InstanceSegmenter
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class ModelEntry:
 
     Attributes:
         name: the name users pass to ``--model``.
-        builder: keyword-only callable ``builder(*, num_classes, **kw) -> nn.Module``.
+        builder: keyword-only callable ``builder(*, num_classes, **kw) -> InstanceSegmenter``.
         description: one line for the models table.
         backbone: the backbone's name, for the models table.
         presets: named keyword-argument sets; ``"cpu"`` and ``"gpu"`` are the device defaults.
@@ -31,7 +32,7 @@ class ModelEntry:
     """
 
     name: str
-    builder: Callable[..., nn.Module]
+    builder: Callable[..., InstanceSegmenter]
     description: str
     backbone: str
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -48,10 +49,10 @@ def register_model(
     backbone: str,
     presets: dict[str, dict[str, Any]],
     metrics: dict[str, str] | None = None,
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+) -> Callable[[Callable[..., InstanceSegmenter]], Callable[..., InstanceSegmenter]]:
     """Decorator adding a keyword-only builder to ``MODELS`` under ``name``."""
 
-    def register(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def register(builder: Callable[..., InstanceSegmenter]) -> Callable[..., InstanceSegmenter]:
         if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         MODELS[name] = ModelEntry(name, builder, description, backbone, presets, dict(metrics or {}))
@@ -74,7 +75,7 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def default_preset() -> str:
-    """"gpu" when CUDA is available, else the lighter "cpu" preset."""
+    """ "gpu" when CUDA is available, else the lighter "cpu" preset."""
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
@@ -87,7 +88,7 @@ def resolve_config(name: str, preset: str | None = None, **overrides: Any) -> di
     return {**entry.presets[preset], **overrides}
 
 
-def get_model(name: str, num_classes: int, *, preset: str | None = None, **kw: Any) -> nn.Module:
+def get_model(name: str, num_classes: int, *, preset: str | None = None, **kw: Any) -> InstanceSegmenter:
     """Build ``name`` with random weights for ``num_classes`` object classes (background excluded).
 
     Args:

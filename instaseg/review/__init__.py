@@ -12,7 +12,6 @@ The Python API mirrors the CLI::
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -40,24 +39,16 @@ from instaseg.review.sources import (
 REVIEW_FORMAT = "instaseg-review"
 
 __all__ = [
-    "ReviewSettings", "Suggestion", "SuggestionType", "apply_review", "apply_review_file", "boundary_iou",
-    "inject_noise", "review", "run_review", "save_dataset",
+    "ReviewSettings",
+    "Suggestion",
+    "SuggestionType",
+    "apply_review",
+    "apply_review_file",
+    "boundary_iou",
+    "inject_noise",
+    "review",
+    "run_review",
 ]
-
-
-def save_dataset(dataset: Dataset, path: str | Path, overwrite: bool = False, *, location: str | Path | None = None) -> Path:
-    """Write a COCO JSON whose images still resolve: ``info.image_root`` points back to them if needed.
-
-    ``location`` is where the file will finally live, when ``path`` is a temporary stand-in.
-    """
-    path = Path(path)
-    final = Path(location) if location is not None else path
-    root = Path(os.path.relpath(dataset.image_root.resolve(), final.parent.resolve()))
-    coco = dataset.coco
-    if root != Path("."):
-        info = coco.get("info")
-        coco = {**coco, "info": {**(info if isinstance(info, dict) else {}), "image_root": root.as_posix()}}
-    return io.write_json(path, coco, overwrite=overwrite)
 
 
 def _sha256(path: Path) -> str:
@@ -113,26 +104,49 @@ def run_review(
         folder.mkdir()
         if folds is not None:
             predictions, label_probs, fold_info = out_of_fold_predictions(
-                dataset, folds, out=folder / "folds", model=architecture, minutes_per_fold=minutes_per_fold,
-                epochs_per_fold=epochs_per_fold, seed=seed,
-                train_options={"preset": preset, "crop_size": crop_size, "flips": flips,
-                               "photometric": photometric, "processes": processes})
+                dataset,
+                folds,
+                out=folder / "folds",
+                model=architecture,
+                minutes_per_fold=minutes_per_fold,
+                epochs_per_fold=epochs_per_fold,
+                seed=seed,
+                train_options={
+                    "preset": preset,
+                    "crop_size": crop_size,
+                    "flips": flips,
+                    "photometric": photometric,
+                    "processes": processes,
+                },
+            )
             warnings: list[str] = []
-            source: dict[str, Any] = {"kind": "folds", "folds": folds, "minutes_per_fold": minutes_per_fold,
-                                      "epochs_per_fold": epochs_per_fold, **fold_info}
+            source: dict[str, Any] = {
+                "kind": "folds",
+                "folds": folds,
+                "minutes_per_fold": minutes_per_fold,
+                "epochs_per_fold": epochs_per_fold,
+                **fold_info,
+            }
             source["checkpoints"] = [str(out / Path(c).relative_to(folder)) for c in source["checkpoints"]]
         elif model is not None:
             predictions, label_probs, warnings = predict_with_model(dataset, model)
             source = {"kind": "model", "path": str(Path(model).resolve())}
         else:
+            assert pred is not None  # exactly one source is given, checked above
             predictions, label_probs, warnings = load_prediction_file(dataset, pred)
             source = {"kind": "pred", "path": str(Path(pred).resolve())}
 
         suggestions, info = review(dataset, predictions, settings, label_probs, dataset.read_image)
-        document = review_document(dataset, suggestions, source=source, warnings=warnings + info["warnings"],
-                                   settings=settings, extra={"bad_mask_reference": info["bad_mask_reference"]})
+        document = review_document(
+            dataset,
+            suggestions,
+            source=source,
+            warnings=warnings + info["warnings"],
+            settings=settings,
+            extra={"bad_mask_reference": info["bad_mask_reference"]},
+        )
         if document["dataset"] is None:  # not a COCO file: keep the dataset reviewed beside the review
-            save_dataset(dataset, folder / "dataset.json", location=out / "dataset.json")
+            dataset.save(folder / "dataset.json", record_image_root=True, location=out / "dataset.json")
             document["dataset"] = str((out / "dataset.json").resolve())
             document["dataset_sha256"] = _sha256(folder / "dataset.json")
         write_outputs(folder, document, dataset, max_pictures=max_pictures)
@@ -141,16 +155,24 @@ def run_review(
     return document
 
 
-def review_document(dataset: Dataset, suggestions: list[Suggestion], *, source: dict, warnings: list[str],
-                    settings: ReviewSettings, extra: dict | None = None) -> dict[str, Any]:
+def review_document(
+    dataset: Dataset,
+    suggestions: list[Suggestion],
+    *,
+    source: dict,
+    warnings: list[str],
+    settings: ReviewSettings,
+    extra: dict | None = None,
+) -> dict[str, Any]:
     """The JSON document of a review; ``dataset`` is None unless the dataset is a COCO file on disk."""
-    is_coco_file = dataset.source is not None and dataset.source.suffix.lower() == ".json" and dataset.source.is_file()
+    path = dataset.source
+    coco_file = path if path is not None and path.suffix.lower() == ".json" and path.is_file() else None
     counts = {t.value: sum(s.type is t for s in suggestions) for t in SuggestionType}
     return {
         "format": REVIEW_FORMAT,
         "version": 1,
-        "dataset": str(dataset.source.resolve()) if is_coco_file else None,
-        "dataset_sha256": _sha256(dataset.source) if is_coco_file else None,
+        "dataset": str(coco_file.resolve()) if coco_file is not None else None,
+        "dataset_sha256": _sha256(coco_file) if coco_file is not None else None,
         "image_root": str(dataset.image_root.resolve()),
         "source": source,
         "warnings": warnings,
@@ -168,7 +190,9 @@ def read_review(path: str | Path) -> dict[str, Any]:
         path = path / "review.json"
     document = io.read_json(path)
     if not isinstance(document, dict) or document.get("format") != REVIEW_FORMAT:
-        raise InstasegError("not an instaseg review (expected the review.json that 'instaseg review' writes)", file=path)
+        raise InstasegError(
+            "not an instaseg review (expected the review.json that 'instaseg review' writes)", file=path
+        )
     return document
 
 
@@ -188,6 +212,7 @@ def apply_review_file(
     path = Path(data) if data is not None else Path(document["dataset"])
     dataset = Dataset.load(path, None if data is not None else document.get("image_root"))
     if data is None and document.get("dataset_sha256") and _sha256(path) != document["dataset_sha256"]:
-        raise InstasegError("has changed since the review was made; review it again (or pass --data to apply anyway)",
-                            file=path)
+        raise InstasegError(
+            "has changed since the review was made; review it again (or pass --data to apply anyway)", file=path
+        )
     return apply_review(document, dataset, accept=accept, accept_above=accept_above, reject=reject)

@@ -104,8 +104,10 @@ def _scale_features(channel: np.ndarray, sigma: float) -> tuple[np.ndarray, ...]
     small = cv2.resize(channel, (small_width, math.floor(height / shrink)), interpolation=cv2.INTER_AREA)
     # The scale-normalised Laplacian is the same at any size; a gradient per shrunk pixel spans ``factor`` pixels.
     smooth, gradient, laplacian = _direct_scale_features(small, sigma / factor)
-    return tuple(cv2.resize(feature, (width, height), interpolation=cv2.INTER_LINEAR)
-                 for feature in (smooth, gradient / factor, laplacian))
+    return tuple(
+        cv2.resize(feature, (width, height), interpolation=cv2.INTER_LINEAR)
+        for feature in (smooth, gradient / factor, laplacian)
+    )
 
 
 def _direct_scale_features(channel: np.ndarray, sigma: float) -> tuple[np.ndarray, ...]:
@@ -114,8 +116,9 @@ def _direct_scale_features(channel: np.ndarray, sigma: float) -> tuple[np.ndarra
     return smooth, gradient, cv2.Laplacian(smooth, cv2.CV_32F) * sigma * sigma
 
 
-def _fit_and_predict(features: np.ndarray, objects: np.ndarray, background: np.ndarray,
-                     rng: np.random.Generator) -> np.ndarray:
+def _fit_and_predict(
+    features: np.ndarray, objects: np.ndarray, background: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Probability that each pixel is an object, from a balanced sample of ``objects`` and ``background`` (flat indices)."""
     objects = rng.choice(objects, min(SAMPLES_PER_CLASS, len(objects)), replace=False)
     background = rng.choice(background, min(SAMPLES_PER_CLASS, len(background)), replace=False)
@@ -144,12 +147,17 @@ def appearance(pixels: np.ndarray, label_masks: np.ndarray, object_side: float, 
     size = reduced_size(height, width)
     if size == (width, height):
         return _appearance(pixels, masks, object_side, seed)
-    small = _appearance(cv2.resize(np.ascontiguousarray(pixels), size, interpolation=cv2.INTER_AREA),
-                        mask_ops.resize(masks, size[1], size[0]), object_side * size[0] / width, seed)
+    small = _appearance(
+        cv2.resize(np.ascontiguousarray(pixels), size, interpolation=cv2.INTER_AREA),
+        mask_ops.resize(masks, size[1], size[0]),
+        object_side * size[0] / width,
+        seed,
+    )
     if small is None:
         return None
-    return Appearance(cv2.resize(small.probability, (width, height), interpolation=cv2.INTER_LINEAR),
-                      small.reliability, object_side)
+    return Appearance(
+        cv2.resize(small.probability, (width, height), interpolation=cv2.INTER_LINEAR), small.reliability, object_side
+    )
 
 
 def reduced_size(height: int, width: int) -> tuple[int, int]:
@@ -167,7 +175,7 @@ def reduced_size(height: int, width: int) -> tuple[int, int]:
 def _appearance(pixels: np.ndarray, masks: np.ndarray, object_side: float, seed: int) -> Appearance | None:
     """``appearance`` of an image small enough to judge at its own size."""
     height, width = pixels.shape[:2]
-    labelled = masks.any(0)
+    labelled = np.any(masks, axis=0)
     kernel = np.ones((3, 3), np.uint8)
     near_labels = cv2.dilate(labelled.astype(np.uint8), kernel, iterations=MARGIN).astype(bool)
     background = np.flatnonzero(~near_labels)
@@ -235,14 +243,14 @@ def unlabelled_objects(found: Appearance, label_masks: np.ndarray) -> list[tuple
     a region the size of a typical object, in an image whose labels share a look, scores highest.
     """
     masks = np.asarray(label_masks, bool)
-    labelled = masks.any(0) if len(masks) else np.zeros(found.probability.shape, bool)
+    labelled = np.any(masks, axis=0) if len(masks) else np.zeros(found.probability.shape, bool)
     kernel = np.ones((3, 3), np.uint8)
     free = (found.probability > 0.5) & ~cv2.dilate(labelled.astype(np.uint8), kernel).astype(bool)
     radius = max(1, round(0.15 * found.object_side))
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    free = cv2.morphologyEx(free.astype(np.uint8), cv2.MORPH_OPEN, disk)
-    typical_area = float(np.median(masks.reshape(len(masks), -1).sum(1))) if len(masks) else found.object_side ** 2
-    count, regions, stats, _ = cv2.connectedComponentsWithStats(free, connectivity=4)
+    opened = cv2.morphologyEx(free.astype(np.uint8), cv2.MORPH_OPEN, disk)
+    typical_area = float(np.median(masks.reshape(len(masks), -1).sum(1))) if len(masks) else found.object_side**2
+    count, regions, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=4)
     found_regions = []
     for region in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[region])
@@ -251,8 +259,11 @@ def unlabelled_objects(found: Appearance, label_masks: np.ndarray) -> list[tuple
         # Within the region's box grown by the dilation's reach: a large image holds many regions.
         rows, cols = slice(max(0, y - 1), y + h + 1), slice(max(0, x - 1), x + w + 1)
         mask = np.zeros(labelled.shape, bool)
-        mask[rows, cols] = (cv2.dilate((regions[rows, cols] == region).astype(np.uint8), kernel).astype(bool)
-                            & ~labelled[rows, cols])
-        score = object_likeness(found, mask) * min(1.0, mask.sum() / (REGION_FULL_AREA * typical_area)) * found.reliability
+        mask[rows, cols] = (
+            cv2.dilate((regions[rows, cols] == region).astype(np.uint8), kernel).astype(bool) & ~labelled[rows, cols]
+        )
+        score = (
+            object_likeness(found, mask) * min(1.0, mask.sum() / (REGION_FULL_AREA * typical_area)) * found.reliability
+        )
         found_regions.append((mask, float(score)))
     return sorted(found_regions, key=lambda item: -item[1])

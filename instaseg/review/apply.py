@@ -36,7 +36,7 @@ class IdRanges:
         self._firsts = [first for first, _ in merged]
 
     @classmethod
-    def of(cls, ids: Iterable[int]) -> IdRanges:
+    def of(cls, ids: IdRanges | Iterable[int]) -> IdRanges:
         """The ranges of some ids (themselves ranges, or any iterable of ints)."""
         return ids if isinstance(ids, IdRanges) else cls((int(i), int(i)) for i in ids)
 
@@ -55,7 +55,7 @@ class IdRanges:
         gaps = []
         for first, last in self.intervals:
             start = first
-            for id_ in known[bisect.bisect_left(known, first):bisect.bisect_right(known, last)]:
+            for id_ in known[bisect.bisect_left(known, first) : bisect.bisect_right(known, last)]:
                 if id_ > start:
                     gaps.append((start, id_ - 1))
                 start = id_ + 1
@@ -89,11 +89,13 @@ def parse_accept(text: str) -> tuple[IdRanges, float | None]:
     if value == "all":
         return IdRanges(), 0.0
     if value.startswith("all-above"):
-        rest = value[len("all-above"):].strip().lstrip("=:").strip()
+        rest = value[len("all-above") :].strip().lstrip("=:").strip()
         try:
             return IdRanges(), float(rest)
         except ValueError:
-            raise InstasegError(f"cannot read --accept {text!r}: expected all-above SCORE, e.g. 'all-above 0.8'") from None
+            raise InstasegError(
+                f"cannot read --accept {text!r}: expected all-above SCORE, e.g. 'all-above 0.8'"
+            ) from None
     return parse_ids(value), None
 
 
@@ -122,9 +124,14 @@ def apply_review(
     unknown = IdRanges(accept.intervals + reject.intervals).outside(suggestions)
     if unknown:
         held = IdRanges.of(suggestions) or "none"
-        raise InstasegError(f"the review has no suggestion with id {_shortened(str(unknown))} (its ids: {_shortened(str(held))})")
-    chosen = [(s, _type(s)) for s in suggestions.values()
-              if (s["id"] in accept or (accept_above is not None and s["score"] >= accept_above)) and s["id"] not in reject]
+        raise InstasegError(
+            f"the review has no suggestion with id {_shortened(str(unknown))} (its ids: {_shortened(str(held))})"
+        )
+    chosen = [
+        (s, _type(s))
+        for s in suggestions.values()
+        if (s["id"] in accept or (accept_above is not None and s["score"] >= accept_above)) and s["id"] not in reject
+    ]
     # Removals first, so that a removed label is not also edited; then in rank order.
     chosen.sort(key=lambda item: (not item[1].removes_label, item[0]["id"]))
 
@@ -135,41 +142,64 @@ def apply_review(
     added: list[dict] = []
     next_id = max(by_id, default=0) + 1
     # Added labels take the style most of the dataset's labels have.
-    polygon_dataset = 2 * sum(isinstance(ann["segmentation"], list) for ann in fixed.annotations) > len(fixed.annotations)
+    polygon_dataset = 2 * sum(isinstance(ann["segmentation"], list) for ann in fixed.annotations) > len(
+        fixed.annotations
+    )
     changes: list[dict] = []
     for s, kind in chosen:
-        change = {"suggestion": s["id"], "type": s["type"], "image_id": s["image_id"], "annotation_id": s["annotation_id"]}
+        change = {
+            "suggestion": s["id"],
+            "type": s["type"],
+            "image_id": s["image_id"],
+            "annotation_id": s["annotation_id"],
+        }
         target = by_id.get(s["annotation_id"]) if s["annotation_id"] is not None else None
         if kind is not SuggestionType.MISSING_LABEL and target is None:
-            raise InstasegError(f"annotation id {s['annotation_id']} is not in the dataset (was the dataset changed "
-                                "since the review?)", file=dataset.source, record=f"suggestion {s['id']}")
+            raise InstasegError(
+                f"annotation id {s['annotation_id']} is not in the dataset (was the dataset changed since the review?)",
+                file=dataset.source,
+                record=f"suggestion {s['id']}",
+            )
         if s["annotation_id"] in removed:
-            changes.append({**change, "action": "skipped", "reason": f"label removed by suggestion {removed[s['annotation_id']]}"})
+            changes.append(
+                {**change, "action": "skipped", "reason": f"label removed by suggestion {removed[s['annotation_id']]}"}
+            )
             continue
         change["action"] = kind.applied_as
         if kind.removes_label:
             removed[s["annotation_id"]] = s["id"]
             changes.append(change)
         elif kind is SuggestionType.WRONG_CLASS:
+            assert target is not None  # checked above: only a missing label has none
             new_category = _category(category_by_name, s)
             changes.append({**change, "from": target["category_id"], "to": new_category})
             target["category_id"] = new_category
         elif kind is SuggestionType.BAD_MASK:
+            assert target is not None  # checked above: only a missing label has none
             image = fixed.image_by_id[target["image_id"]]
             _set_mask(target, s["suggested_segmentation"], image, polygons=isinstance(target["segmentation"], list))
             changes.append(change)
         else:  # a missing label
-            image = fixed.image_by_id.get(s["image_id"])
-            if image is None:
-                raise InstasegError(f"image id {s['image_id']} is not in the dataset", file=dataset.source, record=f"suggestion {s['id']}")
-            new = {"id": next_id, "image_id": s["image_id"], "category_id": _category(category_by_name, s), "iscrowd": 0}
-            _set_mask(new, s["suggested_segmentation"], image, polygons=polygon_dataset)
+            image_of_new = fixed.image_by_id.get(s["image_id"])
+            if image_of_new is None:
+                raise InstasegError(
+                    f"image id {s['image_id']} is not in the dataset",
+                    file=dataset.source,
+                    record=f"suggestion {s['id']}",
+                )
+            new = {
+                "id": next_id,
+                "image_id": s["image_id"],
+                "category_id": _category(category_by_name, s),
+                "iscrowd": 0,
+            }
+            _set_mask(new, s["suggested_segmentation"], image_of_new, polygons=polygon_dataset)
             added.append(new)
             changes.append({**change, "annotation_id": next_id})
             next_id += 1
 
-    fixed.coco["annotations"] = [ann for ann in fixed.annotations if ann["id"] not in removed] + added
-    fixed.reindex()
+    fixed.remove_annotations(removed)
+    fixed.add_annotations(added)
     changes.sort(key=lambda c: c["suggestion"])
     return fixed, changes
 
@@ -177,9 +207,12 @@ def apply_review(
 def _type(suggestion: dict) -> SuggestionType:
     """The type of a suggestion read from a review.json, refused when this version does not know it."""
     try:
-        return SuggestionType(suggestion["type"])
+        # mypy reads the member fields of ``__new__`` as required, but a lookup by value takes the value alone.
+        return SuggestionType(suggestion["type"])  # type: ignore[call-arg]
     except ValueError:
-        raise InstasegError(f"unknown suggestion type {suggestion['type']!r}", record=f"suggestion {suggestion['id']}") from None
+        raise InstasegError(
+            f"unknown suggestion type {suggestion['type']!r}", record=f"suggestion {suggestion['id']}"
+        ) from None
 
 
 def _category(category_by_name: dict[str, int], suggestion: dict) -> int:

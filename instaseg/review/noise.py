@@ -62,10 +62,20 @@ def inject_noise(
         ``distortion`` and its ``iou`` for ``bad_mask``, ``source_annotation_id`` for
         ``duplicate`` and ``extra_label``.
     """
-    rates = {SuggestionType.MISSING_LABEL: missing, SuggestionType.EXTRA_LABEL: extra, SuggestionType.WRONG_CLASS: wrong_class,
-             SuggestionType.BAD_MASK: bad_mask, SuggestionType.DUPLICATE: duplicate}
+    rates = {
+        SuggestionType.MISSING_LABEL: missing,
+        SuggestionType.EXTRA_LABEL: extra,
+        SuggestionType.WRONG_CLASS: wrong_class,
+        SuggestionType.BAD_MASK: bad_mask,
+        SuggestionType.DUPLICATE: duplicate,
+    }
     # Drawn from the same annotations one after the other (extra labels are new ones).
-    taken = (SuggestionType.MISSING_LABEL, SuggestionType.WRONG_CLASS, SuggestionType.BAD_MASK, SuggestionType.DUPLICATE)
+    taken = (
+        SuggestionType.MISSING_LABEL,
+        SuggestionType.WRONG_CLASS,
+        SuggestionType.BAD_MASK,
+        SuggestionType.DUPLICATE,
+    )
     for name, rate in rates.items():
         if not 0.0 <= rate <= 1.0:
             raise InstasegError(f"the {name} rate must lie in [0, 1], got {rate}")
@@ -103,7 +113,9 @@ def inject_noise(
     for k in chosen[SuggestionType.WRONG_CLASS]:
         ann = coco["annotations"][k]
         new = int(rng.choice([c for c in category_ids if c != ann["category_id"]]))
-        injected.append(_record(noisy, SuggestionType.WRONG_CLASS, ann, old_category_id=ann["category_id"], new_category_id=new))
+        injected.append(
+            _record(noisy, SuggestionType.WRONG_CLASS, ann, old_category_id=ann["category_id"], new_category_id=new)
+        )
         ann["category_id"] = new
 
     for k in chosen[SuggestionType.BAD_MASK]:
@@ -142,15 +154,19 @@ def inject_noise(
         added.append(spurious_ann)
         injected.append(_record(noisy, SuggestionType.EXTRA_LABEL, spurious_ann, source_annotation_id=source_id))
 
-    coco["annotations"] = [ann for k, ann in enumerate(coco["annotations"]) if k not in removed] + added
-    noisy.reindex()
+    noisy.annotations = [ann for k, ann in enumerate(coco["annotations"]) if k not in removed] + added
     return noisy, injected
 
 
 def _record(dataset: Dataset, kind: SuggestionType, ann: dict, **details: Any) -> dict:
     image = dataset.image_by_id[ann["image_id"]]
-    return {"type": kind, "image_id": ann["image_id"], "file_name": image["file_name"],
-            "annotation_id": ann["id"], **details}
+    return {
+        "type": kind,
+        "image_id": ann["image_id"],
+        "file_name": image["file_name"],
+        "annotation_id": ann["id"],
+        **details,
+    }
 
 
 def _mask(ann: dict, image: dict) -> np.ndarray:
@@ -199,7 +215,7 @@ def _distortion(mask: np.ndarray, kind: str, step: int, size: float, rng: np.ran
     if kind == "shift":
         angle = rng.uniform(0, 2 * math.pi)
         dx, dy = round(step * math.cos(angle)), round(step * math.sin(angle))
-        shifted = cv2.warpAffine(m8, np.float32([[1, 0, dx], [0, 1, dy]]), (mask.shape[1], mask.shape[0]))
+        shifted = cv2.warpAffine(m8, np.array([[1, 0, dx], [0, 1, dy]], np.float32), (mask.shape[1], mask.shape[0]))
         return shifted.astype(bool)
     # coarse polygon: fewer and fewer vertices, as a hurried annotator would click
     contours, _ = cv2.findContours(m8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -222,7 +238,9 @@ def _jitter(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
         dx, dy = (int(v) for v in rng.integers(-radius, radius + 1, size=2))
         if dx == 0 and dy == 0:
             dx = 1
-        moved = cv2.warpAffine(np.ascontiguousarray(mask, dtype=np.uint8), np.float32([[1, 0, dx], [0, 1, dy]]), (width, height)).astype(bool)
+        moved = cv2.warpAffine(
+            np.ascontiguousarray(mask, dtype=np.uint8), np.array([[1, 0, dx], [0, 1, dy]], np.float32), (width, height)
+        ).astype(bool)
         if moved.any() and _iou(mask, moved) >= DUPLICATE_MIN_IOU:
             return moved
     return mask.copy() if mask.any() else None
@@ -241,7 +259,7 @@ def _spurious(dataset: Dataset, shapes: list[dict], occupied: dict[int, np.ndarr
         ys, xs = np.nonzero(shape)
         if len(xs) == 0:
             continue
-        shape = shape[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+        shape = shape[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
         h, w = shape.shape
         height, width = image["height"], image["width"]
         if h >= height or w >= width:
@@ -257,7 +275,7 @@ def _spurious(dataset: Dataset, shapes: list[dict], occupied: dict[int, np.ndarr
         for _ in range(_PLACEMENT_TRIES):
             y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
             placed = np.zeros((height, width), bool)
-            placed[y: y + h, x: x + w] = shape
+            placed[y : y + h, x : x + w] = shape
             if not (placed & forbidden).any():
                 ann = {"image_id": image["id"], "category_id": source["category_id"], "iscrowd": 0}
                 _set_mask(ann, placed, like=source)

@@ -26,8 +26,18 @@ from instaseg.review.score import SuggestionType
 
 PANEL_SIZE = 256  # long side of each half of a picture, in pixels
 _HEADER = 22
-_CSV_FIELDS = ("id", "type", "score", "image_id", "file_name", "annotation_id", "class_name", "suggested_class",
-               "confidence", "other_annotation_id")
+_CSV_FIELDS = (
+    "id",
+    "type",
+    "score",
+    "image_id",
+    "file_name",
+    "annotation_id",
+    "class_name",
+    "suggested_class",
+    "confidence",
+    "other_annotation_id",
+)
 # Types whose fixed panel shows an instance of the fix's own: the model's mask, or the copy that stays.
 _FOCUS_AFTER = (SuggestionType.MISSING_LABEL, SuggestionType.BAD_MASK, SuggestionType.DUPLICATE)
 
@@ -89,8 +99,18 @@ def suggestion_picture(dataset: Dataset, suggestion: dict) -> np.ndarray | None:
     crop = _resize(pixels[y0:y1, x0:x1], scale, cv2.INTER_LINEAR)
     panels = []
     for instances, title in ((before, "label"), (after, _fix_title(suggestion))):
-        masks = np.stack([_resize(np.ascontiguousarray(m[y0:y1, x0:x1], dtype=np.uint8), scale, cv2.INTER_NEAREST).astype(bool)
-                          for m in instances.masks]) if len(instances) else np.zeros((0, *crop.shape[:2]), bool)
+        masks = (
+            np.stack(
+                [
+                    _resize(np.ascontiguousarray(m[y0:y1, x0:x1], dtype=np.uint8), scale, cv2.INTER_NEAREST).astype(
+                        bool
+                    )
+                    for m in instances.masks
+                ]
+            )
+            if len(instances)
+            else np.zeros((0, *crop.shape[:2]), bool)
+        )
         visible = masks.reshape(len(masks), -1).any(1) if len(masks) else np.zeros(0, bool)
         shown = Instances.from_masks(masks[visible], instances.class_ids[visible], None, instances.class_names)
         drawn = draw_instances(crop, shown, show_scores=False)
@@ -110,22 +130,34 @@ def _before_after(labels: Instances, s: dict, class_names: list[str]) -> tuple[I
         others = [k for k in others if k != keep] + [keep]
     before = labels[others + subject]
     rest = labels[others]
-    if SuggestionType(s["type"]).removes_label:
+    # mypy reads the member fields of ``__new__`` as required, but a lookup by value takes the value alone.
+    if SuggestionType(s["type"]).removes_label:  # type: ignore[call-arg]
         return before, rest
-    height, width = labels.image_size
-    model_mask = mask_ops.decode(s["suggested_segmentation"], height, width)[None] if s.get("suggested_segmentation") else None
     if s["type"] == SuggestionType.MISSING_LABEL:
-        new = Instances.from_masks(model_mask, [class_names.index(s["suggested_class"])], None, class_names)
+        new = Instances.from_masks(
+            _suggested_mask(s, labels.image_size), [class_names.index(s["suggested_class"])], None, class_names
+        )
         return before, _concat(rest, new)
     old = labels[subject]
-    mask = model_mask if s["type"] == SuggestionType.BAD_MASK else old.masks
-    class_id = class_names.index(s["suggested_class"]) if s.get("suggested_class") in class_names else int(old.class_ids[0])
+    mask = _suggested_mask(s, labels.image_size) if s["type"] == SuggestionType.BAD_MASK else old.masks
+    class_id = (
+        class_names.index(s["suggested_class"]) if s.get("suggested_class") in class_names else int(old.class_ids[0])
+    )
     return before, _concat(rest, Instances.from_masks(mask, [class_id], None, class_names))
 
 
+def _suggested_mask(s: dict, image_size: tuple[int, int]) -> np.ndarray:
+    """The mask a suggestion proposes, as a stack of one (missing labels and bad masks always carry one)."""
+    return mask_ops.decode(s["suggested_segmentation"], *image_size)[None]
+
+
 def _concat(a: Instances, b: Instances) -> Instances:
-    return Instances.from_masks(np.concatenate([a.masks, b.masks]), np.concatenate([a.class_ids, b.class_ids]),
-                                None, a.class_names or b.class_names)
+    return Instances.from_masks(
+        np.concatenate([a.masks, b.masks]),
+        np.concatenate([a.class_ids, b.class_ids]),
+        None,
+        a.class_names or b.class_names,
+    )
 
 
 def _crop_box(focus: np.ndarray) -> tuple[int, int, int, int]:
@@ -135,8 +167,12 @@ def _crop_box(focus: np.ndarray) -> tuple[int, int, int, int]:
     if len(xs) == 0:
         return 0, height, 0, width
     margin = max(16, int(0.75 * max(ys.max() - ys.min(), xs.max() - xs.min())))
-    return (max(0, ys.min() - margin), min(height, ys.max() + 1 + margin),
-            max(0, xs.min() - margin), min(width, xs.max() + 1 + margin))
+    return (
+        max(0, ys.min() - margin),
+        min(height, ys.max() + 1 + margin),
+        max(0, xs.min() - margin),
+        min(width, xs.max() + 1 + margin),
+    )
 
 
 def _mark(panel: np.ndarray, focus: np.ndarray, scale: float) -> None:
@@ -145,8 +181,10 @@ def _mark(panel: np.ndarray, focus: np.ndarray, scale: float) -> None:
     if len(xs):
         pad = 3
         top_left = (max(0, int(xs.min() * scale) - pad), max(0, int(ys.min() * scale) - pad))
-        bottom_right = (min(panel.shape[1] - 1, int((xs.max() + 1) * scale) + pad),
-                        min(panel.shape[0] - 1, int((ys.max() + 1) * scale) + pad))
+        bottom_right = (
+            min(panel.shape[1] - 1, int((xs.max() + 1) * scale) + pad),
+            min(panel.shape[0] - 1, int((ys.max() + 1) * scale) + pad),
+        )
         cv2.rectangle(panel, top_left, bottom_right, (255, 221, 0), 1, cv2.LINE_AA)
 
 
@@ -156,7 +194,8 @@ def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
 
 
 def _fix_title(s: dict) -> str:
-    fix = SuggestionType(s["type"]).fix.format(suggested_class=s["suggested_class"])
+    kind = SuggestionType(s["type"])  # type: ignore[call-arg]  # a lookup by value, as above
+    fix = kind.fix.format(suggested_class=s["suggested_class"])
     return f"{fix} ({s['score']:.2f})"
 
 
@@ -205,7 +244,11 @@ def _card(s: dict, picture: str | None) -> str:
     evidence = ", ".join(f"{k} {v}" for k, v in s["evidence"].items())
     if s.get("confidence") is not None:
         evidence = f"model confidence {s['confidence']}" + (f", {evidence}" if evidence else "")
-    image = f'<img loading="lazy" src="{esc(picture)}" alt="suggestion {s["id"]}">' if picture else '<div class="nopic">no picture (over --max-pictures)</div>'
+    image = (
+        f'<img loading="lazy" src="{esc(picture)}" alt="suggestion {s["id"]}">'
+        if picture
+        else '<div class="nopic">no picture (over --max-pictures)</div>'
+    )
     return (
         f'<div class="card" data-type="{s["type"]}" data-score="{s["score"]}" data-classes="{esc(classes)}">'
         f'{image}<div class="meta"><span class="rank">#{s["id"]}</span> '

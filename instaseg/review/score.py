@@ -41,7 +41,7 @@ that scores of different types can be ranked in one list (docs/review.md explain
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -78,6 +78,7 @@ class SuggestionType(StrEnum):
     applied_as: str
 
     def __new__(cls, value: str, description: str, fix: str, applied_as: str):
+        """A member from its definition line: the value, then the properties in the order above."""
         member = str.__new__(cls, value)
         member._value_ = value
         member.description = description
@@ -106,6 +107,7 @@ class Pair(NamedTuple):
     edge_alignment: float | None  # of the label's outline with the image's edges
     outline_look: float | None  # fit of the label's outline with the image's object-like pixels (appearance)
     look_weight: float  # of the appearance witness on this image (0 without it)
+
 
 # Matches at this confidence or above set the typical outline agreement (bad_mask): mostly correct labels.
 CONFIDENT_MATCH = 0.5
@@ -189,7 +191,9 @@ class Suggestion:
     evidence: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.type = SuggestionType(self.type)
+        """Accept the type's name too (as review.json holds it)."""
+        # mypy reads the member fields of ``__new__`` as required, but a lookup by value takes the value alone.
+        self.type = SuggestionType(self.type)  # type: ignore[call-arg]
 
     def to_dict(self) -> dict[str, Any]:
         """The suggestion as review.json holds it."""
@@ -220,7 +224,9 @@ def boundary_iou(a: np.ndarray, b: np.ndarray, width: int) -> float:
 def image_edges(pixels: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
     """Edge strength of an RGB image (gradient magnitude of its lightly smoothed grey levels) and,
     per pixel, the strongest edge within ``radius`` pixels (a square window)."""
-    grey = cv2.GaussianBlur(cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0)
+    grey = cv2.GaussianBlur(
+        cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0
+    )
     strength = cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
     return strength, cv2.dilate(strength, np.ones((2 * radius + 1, 2 * radius + 1), np.uint8))
 
@@ -252,7 +258,9 @@ def edge_alignment(mask: np.ndarray, strength: np.ndarray, strongest_nearby: np.
 def align_classes(pred: Instances, class_names: list[str]) -> tuple[Instances, set[str]]:
     """Re-index predictions to the dataset's classes by name; drop (and return) names the dataset lacks."""
     if not pred.class_names or list(pred.class_names) == list(class_names):
-        return Instances(pred.boxes, pred.masks, pred.class_ids, pred.scores, tuple(class_names), dict(pred.data)), set()
+        return Instances(
+            pred.boxes, pred.masks, pred.class_ids, pred.scores, tuple(class_names), dict(pred.data)
+        ), set()
     position = {name: k for k, name in enumerate(class_names)}
     known = np.array([name in position for name in pred.class_labels], bool)
     unknown = {name for name in pred.class_labels if name not in position}
@@ -295,7 +303,7 @@ def score_image(
     base = {"image_id": int(image["id"]), "file_name": image["file_name"]}
     # The appearance witness counts in proportion to how far it tells this image's objects from its background.
     look_weight = settings.appearance_weight * look.reliability if look is not None else 0.0
-    labelled = labels.masks.any(0) if len(labels) else None
+    labelled: np.ndarray = np.any(labels.masks, axis=0)
     suggestions: list[dict] = []
 
     agreement = np.zeros(len(labels))  # how much the model backs each label (for choosing duplicates)
@@ -310,11 +318,13 @@ def score_image(
 
         weight = np.where(ious >= settings.match_min_iou, ious * scores[None, :], 0.0)
         rows, cols = linear_sum_assignment(weight, maximize=True) if weight.size else ([], [])
-        match = {int(r): int(c) for r, c in zip(rows, cols) if weight[r, c] > 0}
+        match = {int(r): int(c) for r, c in zip(rows, cols, strict=True) if weight[r, c] > 0}
         pred_ious = mask_ops.iou(pred_rles, pred_rles) if len(pred) else np.zeros((0, 0))
 
         # A detection at full_support_confidence or above, at same_object_iou or above, fully backs a label.
-        backing = np.minimum(1.0, scores / settings.full_support_confidence)[None, :] * np.minimum(1.0, ious / settings.same_object_iou)
+        backing = np.minimum(1.0, scores / settings.full_support_confidence)[None, :] * np.minimum(
+            1.0, ious / settings.same_object_iou
+        )
         support = backing.max(1) if ious.size else np.zeros(len(labels))
         if ious.size:
             agreement = (ious * scores[None, :]).max(1)
@@ -335,10 +345,17 @@ def score_image(
             if look is not None:
                 unlike = 1.0 - object_likeness(look, labels.masks[g])
                 extra_evidence |= {"background_look": round(unlike, 4), "look_reliability": round(look.reliability, 4)}
-                extra_score = extra_score ** (1.0 - look_weight) * unlike ** look_weight
+                extra_score = extra_score ** (1.0 - look_weight) * unlike**look_weight
             if extra_score >= settings.min_score:
-                suggestions.append({**label, "type": SuggestionType.EXTRA_LABEL, "score": extra_score, "suggested_class": None,
-                                    "evidence": extra_evidence})
+                suggestions.append(
+                    {
+                        **label,
+                        "type": SuggestionType.EXTRA_LABEL,
+                        "score": extra_score,
+                        "suggested_class": None,
+                        "evidence": extra_evidence,
+                    }
+                )
             if m is None:
                 continue
             mask_iou = float(ious[g, m])
@@ -352,13 +369,26 @@ def score_image(
                 margin[own] = -np.inf
                 best = int(margin.argmax())
                 if margin[best] >= settings.min_score:
-                    evidence = {"p_label_class": round(float(detected_p[own]), 4),
-                                "p_suggested_class": round(float(detected_p[best]), 4), "mask_iou": round(mask_iou, 4)}
+                    evidence = {
+                        "p_label_class": round(float(detected_p[own]), 4),
+                        "p_suggested_class": round(float(detected_p[best]), 4),
+                        "mask_iou": round(mask_iou, 4),
+                    }
                     if box_p is not None:
-                        evidence |= {"box_p_label_class": round(float(class_p[own]), 4),
-                                     "box_p_suggested_class": round(float(class_p[best]), 4)}
-                    suggestions.append({**label, **fix, "type": SuggestionType.WRONG_CLASS, "score": float(margin[best]),
-                                        "suggested_class": labels.class_names[best], "evidence": evidence})
+                        evidence |= {
+                            "box_p_label_class": round(float(class_p[own]), 4),
+                            "box_p_suggested_class": round(float(class_p[best]), 4),
+                        }
+                    suggestions.append(
+                        {
+                            **label,
+                            **fix,
+                            "type": SuggestionType.WRONG_CLASS,
+                            "score": float(margin[best]),
+                            "suggested_class": labels.class_names[best],
+                            "evidence": evidence,
+                        }
+                    )
             quality = boundary_iou(labels.masks[g], pred.masks[m], settings.boundary_width)
             alignment = edge_alignment(labels.masks[g], *edges) if edges is not None else None
             fit = outline_fit(look, labels.masks[g], labelled) if look is not None else None
@@ -370,20 +400,33 @@ def score_image(
                 evidence["edge_alignment"] = round(alignment, 4)
             if fit is not None:
                 evidence["outline_look"] = round(fit, 4)
-            suggestions.append({**label, **fix, "type": SuggestionType.BAD_MASK, "score": None, "pair": len(pairs) - 1,
-                                "suggested_class": labels.class_names[labels.class_ids[g]], "evidence": evidence})
+            suggestions.append(
+                {
+                    **label,
+                    **fix,
+                    "type": SuggestionType.BAD_MASK,
+                    "score": None,
+                    "pair": len(pairs) - 1,
+                    "suggested_class": labels.class_names[labels.class_ids[g]],
+                    "evidence": evidence,
+                }
+            )
 
         regions, region_class = [], None
         if look is not None:
             regions = unlabelled_objects(look, labels.masks)
             region_class = labels.class_names[int(np.bincount(labels.class_ids).argmax())]
-        suggestions += _missing(base, pred, pred_rles, ious, set(match.values()), gt[crowd], settings, regions, region_class)
+        suggestions += _missing(
+            base, pred, pred_rles, ious, set(match.values()), gt[crowd], settings, regions, region_class
+        )
 
     suggestions += _duplicates(base, labels, label_rles, ann_ids, agreement, settings)
     return suggestions, pairs
 
 
-def _class_evidence(m: int, pred: Instances, pred_ious: np.ndarray, probs: np.ndarray | None, same_object_iou: float) -> np.ndarray:
+def _class_evidence(
+    m: int, pred: Instances, pred_ious: np.ndarray, probs: np.ndarray | None, same_object_iou: float
+) -> np.ndarray:
     """Probability of each class for the object of prediction ``m``.
 
     With ``class_probs`` these are the model's own. Without, a detector that keeps one box per
@@ -399,9 +442,17 @@ def _class_evidence(m: int, pred: Instances, pred_ious: np.ndarray, probs: np.nd
     return evidence
 
 
-def _missing(base: dict, pred: Instances, pred_rles: list[dict], ious: np.ndarray, matched: set[int],
-             crowd: Instances, settings: ReviewSettings, regions: list[tuple[np.ndarray, float]] = (),
-             region_class: str | None = None) -> list[dict]:
+def _missing(
+    base: dict,
+    pred: Instances,
+    pred_rles: list[dict],
+    ious: np.ndarray,
+    matched: set[int],
+    crowd: Instances,
+    settings: ReviewSettings,
+    regions: Sequence[tuple[np.ndarray, float]] = (),
+    region_class: str | None = None,
+) -> list[dict]:
     """Objects no label covers: unmatched confident predictions that no label overlaps, one per object
     (greedy by confidence), and the image's own unlabelled object-like ``regions`` (with their scores).
 
@@ -427,25 +478,45 @@ def _missing(base: dict, pred: Instances, pred_rles: list[dict], ious: np.ndarra
         evidence = {"iou_with_labels": round(float(nearest[j]), 4)}
         if "box_score" in pred.data:
             evidence["box_score"] = round(float(second_look[j]), 4)
-        out.append({**base, "type": SuggestionType.MISSING_LABEL, "score": score, "annotation_id": None, "class_name": None,
-                    "suggested_class": pred.class_names[pred.class_ids[j]],
-                    "suggested_segmentation": pred_rles[j], "confidence": round(float(pred.scores[j]), 4),
-                    "evidence": evidence})
+        out.append(
+            {
+                **base,
+                "type": SuggestionType.MISSING_LABEL,
+                "score": score,
+                "annotation_id": None,
+                "class_name": None,
+                "suggested_class": pred.class_names[pred.class_ids[j]],
+                "suggested_segmentation": pred_rles[j],
+                "confidence": round(float(pred.scores[j]), 4),
+                "evidence": evidence,
+            }
+        )
     region_rles = [mask_ops.encode(mask) for mask, _ in regions]
     outside = ~_inside_crowd(region_rles, crowd_rles)
-    region_rles = [rle for rle, keep in zip(region_rles, outside) if keep]
-    region_scores = [score for (_, score), keep in zip(regions, outside) if keep]
-    overlap = mask_ops.iou(region_rles, [item["suggested_segmentation"] for item in out]) if region_rles and out else None
-    for r, (rle, region_score) in enumerate(zip(region_rles, region_scores)):
-        same = int(overlap[r].argmax()) if overlap is not None else -1
-        if same >= 0 and overlap[r, same] >= settings.same_object_iou:
-            item = out[same]
+    region_rles = [rle for rle, keep in zip(region_rles, outside, strict=True) if keep]
+    region_scores = [score for (_, score), keep in zip(regions, outside, strict=True) if keep]
+    overlap = (
+        mask_ops.iou(region_rles, [item["suggested_segmentation"] for item in out]) if region_rles and out else None
+    )
+    for r, (rle, region_score) in enumerate(zip(region_rles, region_scores, strict=True)):
+        if overlap is not None and overlap[r].max() >= settings.same_object_iou:
+            item = out[int(overlap[r].argmax())]
             item["score"] = 1.0 - (1.0 - item["score"]) * (1.0 - region_score)
             item["evidence"]["image_look"] = max(item["evidence"].get("image_look", 0.0), round(region_score, 4))
             continue
-        out.append({**base, "type": SuggestionType.MISSING_LABEL, "score": region_score, "annotation_id": None, "class_name": None,
-                    "suggested_class": region_class, "suggested_segmentation": rle, "confidence": None,
-                    "evidence": {"image_look": round(region_score, 4)}})
+        out.append(
+            {
+                **base,
+                "type": SuggestionType.MISSING_LABEL,
+                "score": region_score,
+                "annotation_id": None,
+                "class_name": None,
+                "suggested_class": region_class,
+                "suggested_segmentation": rle,
+                "confidence": None,
+                "evidence": {"image_look": round(region_score, 4)},
+            }
+        )
     return [item for item in out if item["score"] >= settings.min_score]
 
 
@@ -457,25 +528,34 @@ def _inside_crowd(rles: list[dict], crowd_rles: list[dict]) -> np.ndarray:
     return mask_ops.iou(rles, crowd_rles, [True] * len(crowd_rles)).max(1) >= 0.5
 
 
-def _duplicates(base: dict, labels: Instances, rles: list[dict], ann_ids: list[int], agreement: np.ndarray,
-                settings: ReviewSettings) -> list[dict]:
+def _duplicates(
+    base: dict, labels: Instances, rles: list[dict], ann_ids: list[int], agreement: np.ndarray, settings: ReviewSettings
+) -> list[dict]:
     """Pairs of same-class labels covering the same pixels; the copy the model backs less is to go."""
     if len(labels) < 2:
         return []
     ious = mask_ops.iou(rles, rles)
     out = []
     t = settings.duplicate_min_iou
-    for a, b in zip(*np.nonzero(np.triu(ious, 1) >= t)):
+    for a, b in zip(*np.nonzero(np.triu(ious, 1) >= t), strict=True):
         a, b = int(a), int(b)
         if labels.class_ids[a] != labels.class_ids[b]:
             continue
         # Remove the less supported copy; on a tie, the later one (higher annotation id).
         keep, drop = (a, b) if (agreement[a], -ann_ids[a]) >= (agreement[b], -ann_ids[b]) else (b, a)
         overlap = float(ious[a, b])
-        out.append({**base, "type": SuggestionType.DUPLICATE, "score": 0.5 + 0.5 * (overlap - t) / (1.0 - t),
-                    "annotation_id": ann_ids[drop], "other_annotation_id": ann_ids[keep],
-                    "class_name": labels.class_names[labels.class_ids[drop]], "suggested_class": None,
-                    "evidence": {"mask_iou": round(overlap, 4)}})
+        out.append(
+            {
+                **base,
+                "type": SuggestionType.DUPLICATE,
+                "score": 0.5 + 0.5 * (overlap - t) / (1.0 - t),
+                "annotation_id": ann_ids[drop],
+                "other_annotation_id": ann_ids[keep],
+                "class_name": labels.class_names[labels.class_ids[drop]],
+                "suggested_class": None,
+                "evidence": {"mask_iou": round(overlap, 4)},
+            }
+        )
     return out
 
 
@@ -485,7 +565,9 @@ def _robust_reference(values: list[float]) -> tuple[float, float]:
     return median, max(0.02, 1.4826 * float(np.median(np.abs(np.asarray(values) - median))))
 
 
-def bad_mask_scorer(pairs_by_image: dict[int, list[Pair]], settings: ReviewSettings):
+def bad_mask_scorer(
+    pairs_by_image: dict[int, list[Pair]], settings: ReviewSettings
+) -> tuple[Callable[[int, int], tuple[float, dict[str, float]]], dict[str, float | None]]:
     """The mapping from a matched label to the probability that its mask is wrong.
 
     The references are the labels the model is confident about (mostly correct ones): median and
@@ -499,8 +581,9 @@ def bad_mask_scorer(pairs_by_image: dict[int, list[Pair]], settings: ReviewSetti
     weigh 1 - w each and the look w, its weight on the image (``appearance_weight`` x reliability).
     It scores confidence x logistic(2 (z - 2)): about 0.5 at z = 2, 0.9 at z = 3.
 
-    Returns ``score(image_id, index)`` for the ``index``-th pair of that image, giving the score and
-    the references used (evidence for the report); ``score.reference`` holds the dataset's.
+    Returns ``(score, reference)``: ``score(image_id, index)`` for the ``index``-th pair of that
+    image gives the score and the references used (evidence for the report); ``reference`` holds
+    the dataset's.
     """
     witnesses = ("boundary_iou", "edge_alignment", "outline_look")
 
@@ -509,7 +592,7 @@ def bad_mask_scorer(pairs_by_image: dict[int, list[Pair]], settings: ReviewSetti
 
     everything = [p for pairs in pairs_by_image.values() for p in pairs]
     typical = confident(everything) or everything
-    dataset_reference = {}
+    dataset_reference: dict[str, tuple[float, float]] = {}
     for name in witnesses:
         values = [getattr(p, name) for p in typical if getattr(p, name) is not None]
         if values or name == "boundary_iou":
@@ -519,31 +602,39 @@ def bad_mask_scorer(pairs_by_image: dict[int, list[Pair]], settings: ReviewSetti
         if len(values) < settings.min_image_matches:
             return dataset
         weight = len(values) / (len(values) + settings.image_reference_matches)
-        return tuple(weight * own + (1 - weight) * overall for own, overall in zip(_robust_reference(values), dataset))
+        own_median, own_spread = _robust_reference(values)
+        median, spread = dataset
+        return weight * own_median + (1 - weight) * median, weight * own_spread + (1 - weight) * spread
 
     def score(image_id: int, index: int) -> tuple[float, dict[str, float]]:
         pairs = pairs_by_image[image_id]
         pair = pairs[index]
-        others = confident(pairs[:index] + pairs[index + 1:])
-        weights = {"boundary_iou": 1.0 - pair.look_weight, "edge_alignment": 1.0 - pair.look_weight,
-                   "outline_look": pair.look_weight}
+        others = confident(pairs[:index] + pairs[index + 1 :])
+        weights = {
+            "boundary_iou": 1.0 - pair.look_weight,
+            "edge_alignment": 1.0 - pair.look_weight,
+            "outline_look": pair.look_weight,
+        }
         total, norm, used = 0.0, 0.0, {}
         for name in witnesses:
             value = getattr(pair, name)
             if value is None or name not in dataset_reference or weights[name] == 0.0:
                 continue
-            median, spread = pooled([getattr(p, name) for p in others if getattr(p, name) is not None],
-                                    dataset_reference[name])
+            median, spread = pooled(
+                [getattr(p, name) for p in others if getattr(p, name) is not None], dataset_reference[name]
+            )
             total += weights[name] * (median - value) / spread
             norm += weights[name] ** 2
             used[f"reference_{name}"] = round(median, 4)
         z = total / math.sqrt(norm) if norm else 0.0
         return float(pair.confidence / (1.0 + math.exp(-2.0 * (z - 2.0)))), used
 
-    score.reference = {"median_mask_iou": round(float(np.median([p.mask_iou for p in typical])), 4) if typical else None}
+    reference: dict[str, float | None] = {
+        "median_mask_iou": round(float(np.median([p.mask_iou for p in typical])), 4) if typical else None
+    }
     for name, (median, spread) in dataset_reference.items():
-        score.reference |= {f"median_{name}": round(median, 4), f"{name}_spread": round(spread, 4)}
-    return score
+        reference |= {f"median_{name}": round(median, 4), f"{name}_spread": round(spread, 4)}
+    return score, reference
 
 
 def review(
@@ -595,20 +686,24 @@ def review(
         found, pairs[image["id"]] = score_image(image, gt, pred, settings, label_probs, edges, look)
         raw += found
 
-    scorer = bad_mask_scorer(pairs, settings)
+    scorer, reference = bad_mask_scorer(pairs, settings)
     for item in raw:
         if item["type"] is SuggestionType.BAD_MASK:
             item["score"], used = scorer(item["image_id"], item.pop("pair"))
             item["evidence"] |= used
     kept = [item for item in raw if item["score"] >= settings.min_score]
     kept.sort(key=lambda item: (-item["score"], item["image_id"], item["annotation_id"] or 0, item["type"]))
-    suggestions = [Suggestion(id=k + 1, **{**item, "score": round(float(item["score"]), 4)}) for k, item in enumerate(kept)]
+    suggestions = [
+        Suggestion(id=k + 1, **{**item, "score": round(float(item["score"]), 4)}) for k, item in enumerate(kept)
+    ]
     warnings = []
     if unknown:
         warnings.append(f"ignored predictions of classes the dataset does not have: {', '.join(sorted(unknown))}")
-    outline_agreement = scorer.reference["median_mask_iou"]
+    outline_agreement = reference["median_mask_iou"]
     if outline_agreement is not None and outline_agreement < SHARP_OUTLINE_IOU:
-        warnings.append(f"the model's masks agree with the labels it is surest of at median mask IoU {outline_agreement:.2f}, "
-                        "so a label drawn about that far off looks like the model's own error: bad-mask scores rest "
-                        "mostly on the image's edges and look (a model with sharper masks, e.g. trained longer, finds more)")
-    return suggestions, {"warnings": warnings, "bad_mask_reference": scorer.reference}
+        warnings.append(
+            f"the model's masks agree with the labels it is surest of at median mask IoU {outline_agreement:.2f}, "
+            "so a label drawn about that far off looks like the model's own error: bad-mask scores rest "
+            "mostly on the image's edges and look (a model with sharper masks, e.g. trained longer, finds more)"
+        )
+    return suggestions, {"warnings": warnings, "bad_mask_reference": reference}

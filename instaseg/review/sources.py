@@ -8,17 +8,18 @@ about its training data, and warns otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
+from instaseg.core import events
 from instaseg.core import masks as mask_ops
-from instaseg.data.dataset import Dataset
-from instaseg.data.stats import object_size
 from instaseg.core.errors import InstasegError
 from instaseg.core.structures import Instances
+from instaseg.data.dataset import Dataset
+from instaseg.data.stats import object_size
 
 if TYPE_CHECKING:
     from instaseg.engine.predictor import Predictor
@@ -44,7 +45,9 @@ def predictions_from_results(dataset: Dataset, results: list[dict]) -> dict[int,
     by_image: dict[int, list[dict]] = {}
     for position, record in enumerate(results):
         if not isinstance(record, dict) or not {"image_id", "category_id", "segmentation"} <= record.keys():
-            raise InstasegError("prediction needs image_id, category_id and segmentation", record=f"results[{position}]")
+            raise InstasegError(
+                "prediction needs image_id, category_id and segmentation", record=f"results[{position}]"
+            )
         if record["image_id"] not in dataset.image_by_id:
             raise InstasegError(f"unknown image id {record['image_id']}", record=f"results[{position}]")
         if record["category_id"] not in dataset.category_index:
@@ -93,7 +96,7 @@ def predict_with_model(dataset: Dataset, model_path: str | Path) -> tuple[dict[i
     return predictions, label_probs, [warning] if warning else []
 
 
-def judge(predictor: "Predictor", dataset: Dataset) -> tuple[dict[int, Instances], LabelProbs]:
+def judge(predictor: Predictor, dataset: Dataset) -> tuple[dict[int, Instances], LabelProbs]:
     """What a model sees in every image: its predictions, and its class probabilities for each label's box.
 
     The second are the box head's answer to "what is in this labelled box?" (``classify_boxes``,
@@ -110,8 +113,8 @@ def judge(predictor: "Predictor", dataset: Dataset) -> tuple[dict[int, Instances
     columns = [0] + [position.get(name, -1) for name in dataset.class_names]
     judged = -1 not in columns
     predictions: dict[int, Instances] = {}
-    label_probs: LabelProbs = {}
-    for image in tqdm(dataset.images, desc="predict", unit="img", disable=None, leave=False):
+    label_probs: dict[int, np.ndarray] = {}
+    for image in events.track(dataset.images, "predict", unit="img"):
         pixels = dataset.read_image(image)
         labels = dataset.ground_truth(image)
         size = object_size(dataset, image)
@@ -119,12 +122,15 @@ def judge(predictor: "Predictor", dataset: Dataset) -> tuple[dict[int, Instances
         found = predictor.predict(pixels, PREDICT_SCORE_THRESHOLD, max_detections=room, object_size=size)
         # One call judges both sets of boxes, so the backbone runs once per view for all of them.
         boxes = np.concatenate([labels.boxes, found.boxes])
-        probs = (predictor.classify_boxes(pixels, boxes, augment=True, object_size=size) if len(boxes)
-                 else np.zeros((0, 1 + len(predictor.class_names)), np.float32))
+        probs = (
+            predictor.classify_boxes(pixels, boxes, augment=True, object_size=size)
+            if len(boxes)
+            else np.zeros((0, 1 + len(predictor.class_names)), np.float32)
+        )
         found.data["box_score"] = probs[len(labels) + np.arange(len(found)), found.class_ids + 1]
         predictions[image["id"]] = found
         if judged and len(labels):
-            label_probs.update(zip(labels.data["annotation_id"].tolist(), probs[: len(labels), columns]))
+            label_probs.update(zip(labels.data["annotation_id"].tolist(), probs[: len(labels), columns], strict=True))
     return predictions, label_probs if judged else None
 
 
@@ -140,8 +146,10 @@ def seen_warning(dataset: Dataset, trained_on: set[str] | None) -> str | None:
         return UNSEEN_WARNING
     seen = sum(dataset.image_sha1(image) in trained_on for image in dataset.images)
     if seen:
-        return (f"the model was trained on {seen} of these {len(dataset.images)} images, so it has learnt their "
-                "labels, errors included; use --folds for an honest review")
+        return (
+            f"the model was trained on {seen} of these {len(dataset.images)} images, so it has learnt their "
+            "labels, errors included; use --folds for an honest review"
+        )
     return None
 
 
@@ -175,34 +183,38 @@ def out_of_fold_predictions(
         model: architecture name (the trainer's default when None).
         minutes_per_fold, epochs_per_fold: training budget of each fold.
         seed: fixes the fold split and the training.
-        train_options: further keyword arguments for ``instaseg.engine.train.train``.
+        train_options: further ``TrainConfig`` fields (preset, crop_size, flips, ...).
 
     Returns:
         ``(predictions, label_probs, info)``: image id -> Instances for every image, annotation id
         -> the held-out model's class probabilities for that label's box (see ``judge``), and
         ``info`` with the fold of each image and the checkpoint of each fold.
     """
+    from instaseg.engine.config import TrainConfig
     from instaseg.engine.train import train
 
-    folds = assign_folds(dataset, k, seed)
-    checkpoints = []
-    options = dict(train_options or {})
+    options: dict[str, Any] = dict(train_options or {})
     if model is not None:
         options["model"] = model
+    # One config for every fold, checked before the first fold trains.
+    config = TrainConfig(epochs=epochs_per_fold, minutes=minutes_per_fold, seed=seed, **options)
+    folds = assign_folds(dataset, k, seed)
+    checkpoints = []
     for fold in range(k):
         training = dataset.subset(image_id for image_id, f in folds.items() if f != fold)
         if not training.annotations:
             raise InstasegError(f"fold {fold + 1} has no training labels; use fewer folds", file=dataset.source)
-        best = train(training, None, epochs=epochs_per_fold, minutes=minutes_per_fold,
-                     out=Path(out) / f"fold-{fold + 1}", seed=seed, **options)
-        checkpoints.append(best)
+        checkpoints.append(train(config, training, None, out=Path(out) / f"fold-{fold + 1}"))
     predictions, label_probs = judge_held_out(dataset, folds, checkpoints)
-    return predictions, label_probs, {"folds": {str(i): f + 1 for i, f in folds.items()},
-                                      "checkpoints": [str(c) for c in checkpoints]}
+    return (
+        predictions,
+        label_probs,
+        {"folds": {str(i): f + 1 for i, f in folds.items()}, "checkpoints": [str(c) for c in checkpoints]},
+    )
 
 
 def judge_held_out(
-    dataset: Dataset, folds: dict[int, int], checkpoints: list[str | Path]
+    dataset: Dataset, folds: dict[int, int], checkpoints: Sequence[str | Path]
 ) -> tuple[dict[int, Instances], dict[int, np.ndarray]]:
     """Judge (see ``judge``) each fold's images with ``checkpoints[fold]``, the model trained without them."""
     import instaseg

@@ -5,18 +5,20 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
 from PIL import Image
 
-from instaseg.core import io, masks as mask_ops
-from instaseg.data.dataset import Dataset
+from instaseg.core import events, io
+from instaseg.core import masks as mask_ops
 from instaseg.core.errors import InstasegError
 from instaseg.core.geometry import join_polygons
+from instaseg.data.dataset import Dataset
 
 DEFAULT_CLASS = "object"
 # zlib level for label PNGs: flat label maps compress nearly as well at 1 as at PIL's default 6, several times faster.
@@ -25,7 +27,12 @@ FAST_PNG = 1
 
 @dataclass
 class Report:
-    """What a conversion did: counts, the detected format and every warning (file and record named)."""
+    """What a conversion did: counts, the detected format and every warning (file and record named).
+
+    Warnings are kept here and sent to ``events.warn`` by ``send_warnings``, once the read (or
+    write) they belong to has succeeded: a read refused for keeping too little ends with its one
+    error, not with every skipped record before it.
+    """
 
     source_format: str | None = None
     detected: bool = False
@@ -36,6 +43,7 @@ class Report:
     # label records read but not kept, by message; the first warning of each names an example
     skipped: dict[str, int] = field(default_factory=dict)
     first_skipped: dict[str, str] = field(default_factory=dict)
+    warnings_sent: int = field(default=0, repr=False)
 
     def warn(self, message: str, *, file: str | Path | None = None, record: str | None = None) -> None:
         """Record one problem that was skipped rather than fatal."""
@@ -44,11 +52,17 @@ class Report:
     def skip(self, message: str, *, file: str | Path | None = None, record: str | None = None, count: int = 1) -> None:
         """Warn that ``count`` label records (instances, or label files whose content is unknown) were not kept.
 
-        ``read_dataset`` refuses a read that keeps none, or under half, of the records it saw.
+        ``open_dataset`` refuses a read that keeps none, or under half, of the records it saw.
         """
         self.warn(message, file=file, record=record)
         self.skipped[message] = self.skipped.get(message, 0) + count
         self.first_skipped.setdefault(message, self.warnings[-1])
+
+    def send_warnings(self) -> None:
+        """Send the warnings recorded since the last call to ``events.warn``."""
+        for warning in self.warnings[self.warnings_sent :]:
+            events.warn(warning)
+        self.warnings_sent = len(self.warnings)
 
 
 class DatasetBuilder:

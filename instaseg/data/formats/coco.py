@@ -8,13 +8,11 @@ which ``Dataset.load`` follows.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
-from instaseg.core import io
+from instaseg.core.errors import InstasegError
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import Report
-from instaseg.core.errors import InstasegError
 
 
 def read(src: Path, *, report: Report, images: Path | None = None, **_) -> Dataset:
@@ -26,8 +24,7 @@ def read(src: Path, *, report: Report, images: Path | None = None, **_) -> Datas
         # labels alone are enough to evaluate or to convert to COCO; formats that copy images will stop
         report.warn("image folder not found (pass --images DIR)", file=dataset.image_root)
     kept = [ann for ann in dataset.annotations if _usable(ann, dataset, src, report)]
-    dataset.coco["annotations"] = kept
-    dataset.reindex()
+    dataset.annotations = kept
     report.images = len(dataset.images)
     report.instances_read = len(kept)
     return dataset
@@ -62,18 +59,9 @@ def _usable(ann: dict, dataset: Dataset, src: Path, report: Report) -> bool:
 
 
 def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = False, **_) -> Path:
-    """Write the dataset as one COCO JSON; the images stay where they are."""
+    """Write the dataset as one COCO JSON; the images stay where they are (``Dataset.save``)."""
     if out.suffix.lower() != ".json":
         raise InstasegError("COCO output must be a .json file", file=out)
-    coco = dict(dataset.coco)
-    info = dict(coco.get("info") or {})
-    image_root = os.path.relpath(dataset.image_root.absolute(), out.absolute().parent)
-    if image_root == ".":
-        info.pop("image_root", None)
-    else:
-        info["image_root"] = Path(image_root).as_posix()
-    if info:
-        coco["info"] = info
-    io.write_json(out, coco, overwrite=overwrite)
+    dataset.save(out, overwrite=overwrite, record_image_root=True)
     report.instances_written = len(dataset.annotations)
     return out

@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from instaseg.core import io, masks as mask_ops
+from instaseg.core import events, io
+from instaseg.core import masks as mask_ops
+from instaseg.core.errors import InstasegError
+from instaseg.core.geometry import clip_to_image
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import (
     DatasetBuilder,
@@ -33,8 +35,6 @@ from instaseg.data.formats._common import (
     output_names,
     read_class_file,
 )
-from instaseg.core.errors import InstasegError
-from instaseg.core.geometry import clip_to_image
 
 LABELME_VERSION = "5.5.0"
 CIRCLE_VERTICES = 64
@@ -56,7 +56,7 @@ def read(src: Path, *, report: Report, images: Path | None = None, classes: Path
     names = _class_names(classes)
     builder = DatasetBuilder(report, names or ())
     found = 0
-    for json_file in tqdm(files, desc="reading LabelMe", unit="file", disable=None):
+    for json_file in events.track(files, "reading LabelMe", unit="file"):
         data = io.read_json(json_file)
         if not is_labelme(data):
             if src.is_file():
@@ -124,9 +124,7 @@ def _embedded_size(image_data: Any, json_file: Path) -> tuple[int, int] | None:
         raise InstasegError(f"imageData is not a base64-encoded image ({exc})", file=json_file) from None
 
 
-def _add_shapes(
-    builder: DatasetBuilder, image: dict, shapes: list, json_file: Path, names: list[str] | None
-) -> None:
+def _add_shapes(builder: DatasetBuilder, image: dict, shapes: list, json_file: Path, names: list[str] | None) -> None:
     groups: dict[Any, list] = {}
     dropped: Counter[str] = Counter()
     for number, shape in enumerate(shapes):
@@ -196,7 +194,7 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
     names = output_names(dataset)
     with io.atomic_path(out, overwrite) as tmp:
         tmp.mkdir()
-        for image in tqdm(dataset.images, desc="writing LabelMe", unit="image", disable=None):
+        for image in events.track(dataset.images, "writing LabelMe", unit="image"):
             name = names[image["id"]]
             copy_image(dataset, image, tmp / name)
             shapes = []

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from instaseg.core import io, masks as mask_ops
+from instaseg.core import events, io
+from instaseg.core import masks as mask_ops
+from instaseg.core.errors import InstasegError
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import DEFAULT_CLASS, DatasetBuilder, Report, copy_image, output_names, read_mask_png
-from instaseg.core.errors import InstasegError
 
 
 def sample_folders(src: Path) -> list[Path]:
@@ -36,7 +36,7 @@ def read(src: Path, *, report: Report, class_name: str | None = None, **_) -> Da
         raise InstasegError("no <id>/images/ + <id>/masks/ folders found", file=src)
     name = class_name or DEFAULT_CLASS
     builder = DatasetBuilder(report, [name])
-    for folder in tqdm(folders, desc="reading mask files", unit="image", disable=None):
+    for folder in events.track(folders, "reading mask files", unit="image"):
         candidates = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in io.IMAGE_SUFFIXES)
         preferred = [p for p in candidates if p.stem == folder.name]
         mask_files = sorted((folder / "masks").glob("*.png"))
@@ -69,7 +69,7 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
     digits = len(str(max((ann["id"] for ann in dataset.annotations), default=0)))
     with io.atomic_path(out, overwrite) as tmp:
         tmp.mkdir()
-        for image in tqdm(dataset.images, desc="writing mask files", unit="image", disable=None):
+        for image in events.track(dataset.images, "writing mask files", unit="image"):
             name = names[image["id"]]
             folder = tmp / Path(name).stem
             copy_image(dataset, image, folder / "images" / name)

@@ -19,15 +19,17 @@ instance hidden entirely is reported. It writes 8-bit PNGs up to 254 instances, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from instaseg.core import io, masks as mask_ops
+from instaseg.core import events, io
+from instaseg.core import masks as mask_ops
+from instaseg.core.errors import InstasegError
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import (
     DEFAULT_CLASS,
@@ -40,8 +42,6 @@ from instaseg.data.formats._common import (
     read_class_file,
     read_mask_png,
 )
-from instaseg.core.errors import InstasegError
-
 
 # What often follows the image's stem in a mask's (PNGImages/FudanPed00001.png, PedMasks/FudanPed00001_mask.png).
 MASK_SUFFIXES = ("_mask", "_masks", "-mask", "_label", "_instance", "_instances", "_gt")
@@ -80,11 +80,12 @@ def read(
     """Read instance-id PNGs and their images into a dataset.
 
     ``mask_suffix`` replaces ``MASK_SUFFIXES`` (identical stems always pair). ``ignore_value`` is the
-    void value: a number, None (no void) or ``"auto"`` (255 in 8-bit PNGs that also hold other ids).
+    void value, as ``ReadOptions`` parses it: a number, None (no void) or ``"auto"`` (255 in 8-bit
+    PNGs that also hold other ids).
     """
     if not src.is_dir():
         raise InstasegError("instance-id masks input must be a folder", file=src)
-    void = _ignore_value(ignore_value)
+    void = ignore_value
     mask_dir = mask_folder(src)
     image_dir = images if images is not None else image_folder(src)
     if image_dir is None or not image_dir.is_dir():
@@ -103,7 +104,7 @@ def read(
     pairs = _pair(mask_files, image_files, MASK_SUFFIXES if mask_suffix is None else (mask_suffix,), report)
     builder = DatasetBuilder(report)
     voided: list[Path] = []
-    for stem, image_file in tqdm(sorted(image_files.items()), desc="reading masks", unit="image", disable=None):
+    for stem, image_file in events.track(sorted(image_files.items()), "reading masks", unit="image"):
         image = builder.add_image(image_file)
         if stem not in pairs:
             report.warn("no instance-id PNG, kept as a background image", file=image_file)
@@ -154,18 +155,6 @@ def _add_instances(
             record=f"instance {instance_id}",
         )
     return voided
-
-
-def _ignore_value(value: int | str | None) -> int | str | None:
-    """``--ignore-value`` as a number, None or ``"auto"``; anything else is refused."""
-    if value is None or isinstance(value, int):
-        return value
-    text = value.strip().lower()
-    if text in ("auto", "none"):
-        return None if text == "none" else "auto"
-    if text.isdigit():
-        return int(text)
-    raise InstasegError(f"--ignore-value takes a number, none or auto, not {value!r}")
 
 
 def _voc_void(labels: np.ndarray, ids: np.ndarray) -> int | None:
@@ -226,7 +215,7 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
     classes: dict[str, dict[str, str]] = {}
     with io.atomic_path(out, overwrite) as tmp:
         (tmp / "masks").mkdir(parents=True)
-        for image in tqdm(dataset.images, desc="writing masks", unit="image", disable=None):
+        for image in events.track(dataset.images, "writing masks", unit="image"):
             name = names[image["id"]]
             copy_image(dataset, image, tmp / "images" / name)
             labels, visible = paint(dataset, image, report)

@@ -8,14 +8,13 @@ first, smaller on top; ``area`` and ``bbox`` describe the pixels that remain vis
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from instaseg.core import io, masks as mask_ops
+from instaseg.core import events, io
+from instaseg.core import masks as mask_ops
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import FAST_PNG, Report, output_names
 from instaseg.data.formats.masks import paint
@@ -37,7 +36,7 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
     annotations = []
     with io.atomic_path(out, overwrite) as tmp:
         (tmp / "panoptic").mkdir(parents=True)
-        for image in tqdm(dataset.images, desc="writing panoptic", unit="image", disable=None):
+        for image in events.track(dataset.images, "writing panoptic", unit="image"):
             labels, visible = paint(dataset, image, report)
             lookup = np.zeros(labels.max(initial=0) + 1, np.uint32)
             segments = []
@@ -71,7 +70,7 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
             for k, cat in enumerate(dataset.categories)
         ]
         images = [{k: image[k] for k in ("id", "file_name", "width", "height")} for image in dataset.images]
-        info = {"image_root": Path(os.path.relpath(dataset.image_root.absolute(), out.absolute())).as_posix()}
+        info = {"image_root": dataset.image_root_relative_to(out)}
         coco = {"info": info, "images": images, "annotations": annotations, "categories": categories}
         io.write_json(tmp / "panoptic.json", coco)
     return out

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
-from instaseg.core import io
+from instaseg.core import events, io
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import FAST_PNG, Report, output_names
 from instaseg.data.formats.masks import paint
@@ -40,7 +39,7 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
     colours = palette(len(class_names))
     with io.atomic_path(out, overwrite) as tmp:
         (tmp / "masks").mkdir(parents=True)
-        for image in tqdm(dataset.images, desc="writing semantic maps", unit="image", disable=None):
+        for image in events.track(dataset.images, "writing semantic maps", unit="image"):
             labels, visible = paint(dataset, image, report)
             # instance id -> class index (category position + 1), 0 stays background
             lookup = np.zeros(labels.max(initial=0) + 1, np.int64)

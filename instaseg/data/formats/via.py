@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from instaseg.core import io
+from instaseg.core import events, io
+from instaseg.core.errors import InstasegError
+from instaseg.core.geometry import clip_to_image
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import (
     DEFAULT_CLASS,
@@ -32,8 +33,6 @@ from instaseg.data.formats._common import (
     output_names,
     single_outline,
 )
-from instaseg.core.errors import InstasegError
-from instaseg.core.geometry import clip_to_image
 
 CLASS_ATTRIBUTES = ("class", "label", "name", "type", "category")
 # Circles and ellipses become polygons with this many vertices (under 1% area error at any size).
@@ -80,12 +79,14 @@ def read(
     regions_by_file: dict[str, list[tuple[str, dict]]] = defaultdict(list)
     for key, entry in entries.items():
         if not isinstance(entry["filename"], str) or not entry["filename"]:
-            raise InstasegError(f"'filename' must be a file name, got {entry['filename']!r}", file=json_file, record=f"entry {key!r}")
+            raise InstasegError(
+                f"'filename' must be a file name, got {entry['filename']!r}", file=json_file, record=f"entry {key!r}"
+            )
         regions = entry.get("regions") or []
         items = regions.items() if isinstance(regions, dict) else enumerate(regions)
         regions_by_file[str(entry["filename"])] += [(f"{entry['filename']} region {k}", r) for k, r in items]
     builder = DatasetBuilder(report)
-    for filename, regions in tqdm(sorted(regions_by_file.items()), desc="reading VIA", unit="image", disable=None):
+    for filename, regions in events.track(sorted(regions_by_file.items()), "reading VIA", unit="image"):
         path = io.safe_join(image_dir, filename, record=filename, file=json_file)
         if not path.is_file():
             report.skip(f"image file not found, its {len(regions)} regions skipped", file=path, count=len(regions))
@@ -112,7 +113,7 @@ def _add_region(
     try:
         points = _shape_points(shape)
         enough = points is not None and len(points) >= 3
-        polygons = clip_to_image(points, image["width"], image["height"]) if enough else None
+        polygons = clip_to_image(points, image["width"], image["height"]) if points is not None and enough else None
     except (KeyError, TypeError, ValueError) as exc:
         raise InstasegError(f"malformed {shape.get('name')} shape ({exc})", file=json_file, record=record) from None
     if points is None:
@@ -152,9 +153,9 @@ def _shape_points(shape: dict) -> np.ndarray | None:
         ry = float(shape["r"] if kind == "circle" else shape["ry"])
         theta = float(shape.get("theta", 0.0))
         t = np.linspace(0, 2 * math.pi, ELLIPSE_VERTICES, endpoint=False)
-        x, y = rx * np.cos(t), ry * np.sin(t)
+        dx, dy = rx * np.cos(t), ry * np.sin(t)
         return np.stack(
-            [cx + x * math.cos(theta) - y * math.sin(theta), cy + x * math.sin(theta) + y * math.cos(theta)], 1
+            [cx + dx * math.cos(theta) - dy * math.sin(theta), cy + dx * math.sin(theta) + dy * math.cos(theta)], 1
         )
     return None
 
@@ -185,10 +186,10 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
     entries = {}
     with io.atomic_path(out, overwrite) as tmp:
         tmp.mkdir()
-        for image in tqdm(dataset.images, desc="writing VIA", unit="image", disable=None):
+        for image in events.track(dataset.images, "writing VIA", unit="image"):
             name = names[image["id"]]
             copy_image(dataset, image, tmp / name)
-            regions = {}
+            regions: dict[str, dict] = {}
             for ann in dataset.annotations_by_image.get(image["id"], []):
                 points = single_outline(dataset, image, ann, report)
                 if points is None:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
-from instaseg.core import io
+from instaseg.core import events, io
+from instaseg.core.errors import InstasegError
+from instaseg.core.geometry import clip_to_image
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import (
     DatasetBuilder,
@@ -32,8 +33,6 @@ from instaseg.data.formats._common import (
     read_text,
     single_outline,
 )
-from instaseg.core.errors import InstasegError
-from instaseg.core.geometry import clip_to_image
 
 
 def label_path(image: Path) -> Path | None:
@@ -64,8 +63,10 @@ def read(src: Path, *, report: Report, classes: Path | None = None, **_) -> Data
         raise InstasegError("no images found under an 'images' folder", file=root)
     labelled = set()
     parsed = []
-    for image_file in tqdm(image_files, desc="reading YOLO labels", unit="image", disable=None):
-        label_file = base / label_path(image_file.relative_to(base))
+    for image_file in events.track(image_files, "reading YOLO labels", unit="image"):
+        relative = label_path(image_file.relative_to(base))
+        assert relative is not None  # image_files holds only images under an images folder
+        label_file = base / relative
         if label_file.is_file():
             labelled.add(label_file)
             lines = _parse(label_file, names)
@@ -74,7 +75,8 @@ def read(src: Path, *, report: Report, classes: Path | None = None, **_) -> Data
         else:
             report.warn("no label file, kept as a background image", file=image_file)
             parsed.append((image_file, label_file, []))
-    labels_root = base / label_path((root / "-").relative_to(base)).parent if root != base else base
+    split_labels = label_path((root / "-").relative_to(base)) if root != base else None
+    labels_root = base / split_labels.parent if split_labels is not None else base
     for label_file in sorted(labels_root.rglob("*.txt")):
         if "labels" in label_file.relative_to(base).parts[:-1] and label_file not in labelled:
             report.skip("label file without an image, skipped", file=label_file)
@@ -160,7 +162,7 @@ def write(dataset: Dataset, out: Path, *, report: Report, overwrite: bool = Fals
     names = output_names(dataset)
     class_index = dataset.category_index
     with io.atomic_path(out, overwrite) as tmp:
-        for image in tqdm(dataset.images, desc="writing YOLO", unit="image", disable=None):
+        for image in events.track(dataset.images, "writing YOLO", unit="image"):
             name = names[image["id"]]
             copy_image(dataset, image, tmp / "images" / split / name)
             lines = []
