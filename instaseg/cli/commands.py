@@ -13,13 +13,41 @@ import warnings
 from collections.abc import Iterator
 
 import typer
+from typer.core import TyperGroup
 
 from instaseg.cli import check, data, evaluate, export, models, predict, review, train
 from instaseg.cli.progress import ConsoleListener
 from instaseg.core import events
 from instaseg.core.errors import InstasegError
 
+# The order ``instaseg --help`` lists the verbs in: the pipeline's.
+PIPELINE_ORDER = (
+    "convert",
+    "check",
+    "stats",
+    "show",
+    "synth",
+    "models",
+    "train",
+    "quickstart",
+    "predict",
+    "eval",
+    "review",
+    "noise",
+    "export",
+)
+
+
+class _InPipelineOrder(TyperGroup):
+    """Lists the verbs in ``PIPELINE_ORDER``; typer would list groups (``review``) after every command."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]  # typer's bundled click Context
+        known = [name for name in PIPELINE_ORDER if name in self.commands]
+        return known + [name for name in self.commands if name not in PIPELINE_ORDER]
+
+
 app = typer.Typer(
+    cls=_InPipelineOrder,
     name="instaseg",
     help="Instance segmentation toolkit: data, models, metric and label review, offline.",
     no_args_is_help=True,
