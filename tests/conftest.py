@@ -14,6 +14,16 @@ from instaseg.cli import main
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
+# A Mask R-CNN small enough to train a few steps in seconds (builder arguments over the "small" preset).
+TINY_MASKRCNN = {
+    "min_size": 64,
+    "max_size": 64,
+    "train_scales": (1.0,),
+    "box_detections_per_img": 10,
+    "rpn_post_nms_top_n_test": 50,
+}
+
+
 @dataclass
 class CliResult:
     code: int

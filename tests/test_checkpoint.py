@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MASKRCNN as TINY
 from conftest import assert_one_line_error
 
 import instaseg
@@ -28,13 +29,6 @@ from instaseg.engine.train import train
 from instaseg.models import MODELS
 from instaseg.models.maskrcnn import PRESETS
 
-TINY = {
-    "min_size": 64,
-    "max_size": 64,
-    "train_scales": (1.0,),
-    "box_detections_per_img": 10,
-    "rpn_post_nms_top_n_test": 50,
-}
 KWARGS = {**PRESETS["small"], **TINY}
 MODEL_CONFIG = {
     "model": "maskrcnn_resnet18_fpn",

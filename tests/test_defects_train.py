@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import typer
+from conftest import TINY_MASKRCNN as TINY
 from conftest import assert_one_line_error
 from PIL import Image
 
@@ -32,13 +33,6 @@ from instaseg.models.maskrcnn import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough that one iteration takes well under a second on one core.
-TINY = {
-    "min_size": 64,
-    "max_size": 64,
-    "train_scales": (1.0,),
-    "box_detections_per_img": 10,
-    "rpn_post_nms_top_n_test": 50,
-}
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MASKRCNN as TINY
 from PIL import Image
 
 from instaseg.core.errors import InstasegError
@@ -22,13 +23,6 @@ from instaseg.models import get_model
 from instaseg.review.sources import seen_warning, training_image_digests
 
 # Small enough that one iteration takes well under a second on one core.
-TINY = {
-    "min_size": 64,
-    "max_size": 64,
-    "train_scales": (1.0,),
-    "box_detections_per_img": 10,
-    "rpn_post_nms_top_n_test": 50,
-}
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import json
 import warnings
 
 import pytest
+from conftest import TINY_MASKRCNN as TINY
 
 from instaseg.core import events
 from instaseg.data import Dataset
@@ -14,13 +15,6 @@ from instaseg.engine.config import TrainConfig
 from instaseg.engine.train import train
 
 # Small enough that one iteration takes well under a second on one core.
-TINY = {
-    "min_size": 64,
-    "max_size": 64,
-    "train_scales": (1.0,),
-    "box_detections_per_img": 10,
-    "rpn_post_nms_top_n_test": 50,
-}
 
 
 @pytest.fixture(scope="module")
