@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from instaseg.cli.options import ImageFolder, Overwrite
 from instaseg.core import io
 from instaseg.data.check import Severity, check_dataset, count_problems, fix_dataset
 from instaseg.data.convert import ReadOptions, open_dataset
@@ -17,14 +18,11 @@ from instaseg.viz import save_overlays
 EXIT_PROBLEMS = 1
 
 DataArgument = typer.Argument(..., help="The dataset: a COCO JSON file (or any format 'instaseg convert' reads).")
-ImagesOption = typer.Option(
-    None, "--images", help="Folder the image file names are relative to (default: beside DATA)."
-)
 
 
 def check(
     data: Path = DataArgument,
-    images: Path | None = ImagesOption,
+    images: ImageFolder = None,
     fix: Path | None = typer.Option(None, "--fix", help="Write a repaired COCO JSON here and list each change."),
     as_json: bool = typer.Option(False, "--json", help="Print the problems as JSON instead of text."),
     no_files: bool = typer.Option(False, "--no-files", help="Do not open the image files (JSON checks only)."),
@@ -75,7 +73,7 @@ def check(
 
 def stats(
     data: Path = DataArgument,
-    images: Path | None = ImagesOption,
+    images: ImageFolder = None,
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
     plot: Path | None = typer.Option(None, "--plot", help="Also save a figure (PNG, SVG or PDF) here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --plot file if it exists."),
@@ -102,9 +100,9 @@ def stats(
 def show(
     data: Path = DataArgument,
     out: Path = typer.Option(..., "--out", help="Folder to write one overlay PNG per image into."),
-    images: Path | None = ImagesOption,
+    images: ImageFolder = None,
     limit: int | None = typer.Option(None, "--limit", min=1, help="Draw only the first N images."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Draw each image's annotations on it and save the pictures as PNG."""
     io.guard_outputs([out], [data], [images or data])

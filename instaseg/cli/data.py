@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from instaseg.cli.options import ClassesFile, ClassName, Overwrite
 from instaseg.data.convert import READERS, WRITERS, ReadOptions
 from instaseg.data.convert import convert as convert_dataset
 
@@ -20,12 +21,8 @@ def convert(
         None, "--to", help=f"Output format: {', '.join(WRITERS)} (coco for a .json OUT)."
     ),
     images: Path | None = typer.Option(None, "--images", help="Image folder, where the input format does not say."),
-    class_name: str | None = typer.Option(
-        None, "--class", help="Class of instances whose format has none (default: object)."
-    ),
-    classes: Path | None = typer.Option(
-        None, "--classes", help="Names file (YOLO, LabelMe) or instance/image -> class mapping (masks)."
-    ),
+    class_name: ClassName = None,
+    classes: ClassesFile = None,
     mask_suffix: str | None = typer.Option(
         None,
         "--mask-suffix",
@@ -49,7 +46,7 @@ def convert(
         help="via: read open polylines as outlines (closed ones always are), not as lines without area.",
     ),
     split: str = typer.Option("train", help="Split folder name for YOLO output."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Convert a dataset between coco, yolo, via, labelme, masks, mask-files, semantic and panoptic."""
     from instaseg.core import io
@@ -82,7 +79,7 @@ def synth(
     num_val: int = typer.Option(50, "--num-val", min=0, help="Validation images."),
     size: int = typer.Option(128, "--size", min=32, help="Image width and height in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Make a synthetic dataset of coloured shapes (circle, square, triangle, star) with COCO masks."""
     from instaseg.core import io

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from instaseg.cli.options import ClassesFile, ClassName, Overwrite
 from instaseg.core import io
 from instaseg.data.convert import ReadOptions, open_dataset
 from instaseg.evaluation import ERROR_KINDS, EvalResult, evaluate_results, load_predictions, write_report
@@ -55,19 +56,13 @@ def eval_command(
             "--from", help="Format of GT, as for 'instaseg convert' (coco, yolo, via, ...); detected when omitted."
         ),
     ] = None,
-    class_name: Annotated[
-        str | None,
-        typer.Option("--class", help="Class of GT instances whose format has none (default: object), as for convert."),
-    ] = None,
-    classes: Annotated[
-        Path | None,
-        typer.Option(help="Names file (YOLO) or instance/image -> class mapping (masks) of GT, as for convert."),
-    ] = None,
+    class_name: ClassName = None,
+    classes: ClassesFile = None,
     score_threshold: Annotated[
         float,
         typer.Option("--score-threshold", min=0.0, help="Score from which predictions count in the error breakdown."),
     ] = 0.5,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """COCO mAP of PRED against GT: the 12 COCO numbers, a per-class table and where AP is lost.
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from instaseg.cli.options import Overwrite
 from instaseg.core import io
 
 
@@ -16,7 +17,7 @@ def export(
     out: Annotated[
         Path | None, typer.Option(help="Output file (default: beside MODEL, .onnx or .torchscript).")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Export a trained model to ONNX (runs in onnxruntime) or TorchScript, with a fixed input size."""
     from instaseg.engine.predictor import load

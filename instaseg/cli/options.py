@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it exists.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")]
 ImageFolder = Annotated[
     Path | None, typer.Option("--images", help="Folder the image file names are relative to (default: beside DATA).")
 ]
@@ -19,4 +19,3 @@ ClassesFile = Annotated[
     Path | None,
     typer.Option("--classes", help="Class names file (YOLO, LabelMe) or id-to-class mapping (instance-id masks)."),
 ]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from instaseg.cli.options import Overwrite
 from instaseg.core import io
 
 DEFAULT_PREDICT_DIR = Path("runs/predict")
@@ -32,7 +33,7 @@ def predict(
         Path | None,
         typer.Option(help="Predictions folder to write (default: the first free runs/predict, runs/predict2, ...)."),
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Overwrite = False,
     overlays: Annotated[bool, typer.Option(help="Draw each image's instances into OUT/overlays.")] = True,
 ) -> None:
     """Segment images with a trained model and write a predictions folder.

@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from instaseg.cli.options import ImageFolder, Overwrite
+
 
 class _RunByDefault(TyperGroup):
     """A group whose ``run`` command is used when the first argument names no subcommand."""
@@ -76,13 +78,13 @@ def review_run(
         int, typer.Option(min=1, help="Each fold model trains as this many CPU processes (2 on a 2-core machine).")
     ] = 1,
     out: Annotated[Path | None, typer.Option(help="Report folder (default: review-<DATA name>).")] = None,
-    images: Annotated[Path | None, typer.Option(help="Image folder, if not beside the dataset.")] = None,
+    images: ImageFolder = None,
     max_pictures: Annotated[
         int, typer.Option(min=0, help="Draw pictures for this many suggestions, worst first.")
     ] = 200,
     min_score: Annotated[float, typer.Option(min=0.0, max=1.0, help="Leave out suggestions scoring below this.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the fold split and training.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Rank suspected label errors (missing, extra, wrong class, bad mask, duplicate) with suggested fixes.
 
@@ -129,7 +131,7 @@ def review_apply(
     accept: Annotated[str, typer.Option(help="Suggestions to apply: ids like 3,7,10-12, 'all', or 'all-above SCORE'.")],
     reject: Annotated[str | None, typer.Option(help="Suggestion ids never to apply, e.g. 4,9.")] = None,
     data: Annotated[Path | None, typer.Option(help="Apply to this COCO JSON instead of the reviewed one.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write the dataset with the accepted suggestions applied; everything else stays exactly as it was."""
     from instaseg.core import io
@@ -159,9 +161,9 @@ def noise(
         str | None,
         typer.Option(help="Error rates, e.g. 'missing=0.1,extra=0.1,wrong_class=0.05,bad_mask=0.1,duplicate=0.03'."),
     ] = None,
-    images: Annotated[Path | None, typer.Option(help="Image folder, if not beside the dataset.")] = None,
+    images: ImageFolder = None,
     seed: Annotated[int, typer.Option(help="The same seed gives the same errors.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Inject known label errors into a dataset; the list of errors goes beside OUT as <OUT>.errors.json."""
     from instaseg.core import io

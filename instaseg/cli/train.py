@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from instaseg.cli.options import Overwrite
+
 
 def train(
     data: Path = typer.Argument(
@@ -99,7 +101,7 @@ def train(
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Folder for data, model, evaluation and pictures."),
     minutes: float = typer.Option(10.0, "--minutes", help="Training budget in minutes."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Synthetic data -> train on the CPU -> evaluate -> predict with overlays, in about --minutes."""
     from instaseg.cli.quickstart import quickstart as run_quickstart
