@@ -1,0 +1,5 @@
+"""TODO(images): filled in by its owner."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api", tags=["images"])

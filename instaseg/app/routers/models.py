@@ -1,0 +1,5 @@
+"""TODO(models): filled in by its owner."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api", tags=["models"])

@@ -1,0 +1,5 @@
+"""TODO(stats): filled in by its owner."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api", tags=["stats"])

@@ -1,0 +1,5 @@
+"""TODO(uploads): filled in by its owner."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api", tags=["uploads"])
