@@ -20,8 +20,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from instaseg.app.auth import hash_password
+from instaseg.app.db.database import Database
+from instaseg.app.db.schema import Role, User
 from instaseg.app.server import create_app, open_project
 from instaseg.app.settings import AppSettings
+from instaseg.app.transfer import scan_images
 from instaseg.core import io
 
 _database_numbers = itertools.count()
@@ -94,6 +98,7 @@ def new_postgres_database(server: str) -> str:
 def database_url(request, tmp_path) -> str:
     """A fresh, empty database: SQLite in the test's folder, or a new database on the PostgreSQL server."""
     if request.param == "sqlite":
+        (tmp_path / "project").mkdir(exist_ok=True)
         return f"sqlite:///{tmp_path / 'project' / 'project.db'}"
     return new_postgres_database(request.getfixturevalue("postgres_server"))
 
@@ -117,9 +122,40 @@ def project_settings(tmp_path, database_url) -> AppSettings:
 
 @pytest.fixture
 def client(project_settings, tmp_path) -> Iterator[TestClient]:
-    """A client of a new project (on each database) whose image root holds three 48x64 PNGs, not yet added."""
+    """A client of a new project (on each database) with three 48x64 PNGs (image ids 1-3) and no classes yet;
+    requests act as the local admin."""
     write_images(tmp_path / "images", 3)
     db = open_project(project_settings, image_root=tmp_path / "images")
+    scan_images(db, tmp_path / "images")
     with TestClient(create_app(project_settings, db)) as test_client:
+        yield test_client
+    db.close()
+
+
+def add_user(db: Database, name: str, role: str, password: str = "correct horse battery") -> int:
+    """A user who can log in with ``password``; their id."""
+    with db.write() as session:
+        user = User(name=name, role=Role(role), password_hash=hash_password(password))
+        session.add(user)
+        session.flush()
+        return user.id
+
+
+def login(client: TestClient, name: str, password: str = "correct horse battery") -> dict[str, str]:
+    """The headers that make ``client``'s requests ``name``'s."""
+    response = client.post("/api/auth/login", json={"name": name, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+@pytest.fixture
+def secured_client(tmp_path, database_url) -> Iterator[TestClient]:
+    """Like ``client``, but every request must log in (as if served off loopback); users are added by the test
+    (``add_user(secured_client.app.state.db, ...)``)."""
+    settings = AppSettings(project_dir=tmp_path / "project", database_url=database_url, login_required=True)
+    write_images(tmp_path / "images", 3)
+    db = open_project(settings, image_root=tmp_path / "images")
+    scan_images(db, tmp_path / "images")
+    with TestClient(create_app(settings, db)) as test_client:
         yield test_client
     db.close()
