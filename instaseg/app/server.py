@@ -18,6 +18,7 @@ from instaseg.app.db.schema import Project, Role
 from instaseg.app.routers import (
     auth,
     classes,
+    exports,
     health,
     history,
     images,
@@ -46,6 +47,7 @@ ROUTERS = (
     stats,
     transfer,
     jobs,
+    exports,
     models,
     suggestions,
     predict,

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import typer
 from typer.core import TyperGroup
 
-from instaseg.cli import check, data, evaluate, export, models, predict, review, train
+from instaseg.cli import app as app_verb
+from instaseg.cli import check, data, evaluate, export, models, predict, review, serve, train, users, worker
 from instaseg.cli.progress import ConsoleListener
 from instaseg.core import events
 from instaseg.core.errors import InstasegError
@@ -35,6 +36,10 @@ PIPELINE_ORDER = (
     "review",
     "noise",
     "export",
+    "app",
+    "users",
+    "worker",
+    "serve",
 )
 
 
@@ -73,6 +78,10 @@ app.command("eval")(evaluate.eval_command)
 app.add_typer(review.review_app, name="review")
 app.command()(review.noise)
 app.command()(export.export)
+app.command("app")(app_verb.app)
+app.add_typer(users.users_app, name="users")
+app.command()(worker.worker)
+app.command()(serve.serve)
 
 EXIT_INPUT_ERROR = 2
 

@@ -1,0 +1,1 @@
+"""TODO(export job kind): filled in by its owner."""

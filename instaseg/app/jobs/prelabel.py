@@ -1,0 +1,1 @@
+"""TODO(prelabel job kind): filled in by its owner."""

@@ -1,0 +1,1 @@
+"""TODO(review job kind): filled in by its owner."""

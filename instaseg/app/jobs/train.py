@@ -1,0 +1,1 @@
+"""TODO(train job kind): filled in by its owner."""
