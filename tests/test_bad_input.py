@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
 from PIL import Image
 
 from instaseg.core import io
+from tests.conftest import assert_one_line_error
 
 W, H = 32, 24
 SQUARE = [4, 4, 14, 4, 14, 14, 4, 14]

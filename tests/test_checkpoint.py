@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MASKRCNN as TINY
-from conftest import assert_one_line_error
 
 import instaseg
 from instaseg.core.errors import InstasegError
@@ -28,6 +26,8 @@ from instaseg.engine.config import TrainConfig
 from instaseg.engine.train import train
 from instaseg.models import MODELS
 from instaseg.models.maskrcnn import PRESETS
+from tests.conftest import TINY_MASKRCNN as TINY
+from tests.conftest import assert_one_line_error
 
 KWARGS = {**PRESETS["small"], **TINY}
 MODEL_CONFIG = {

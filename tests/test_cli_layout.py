@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from conftest import run_cli
+from tests.conftest import run_cli
 
 PIPELINE = ["convert", "check", "stats", "show", "synth", "models", "train", "quickstart", "predict", "eval",
             "review", "noise", "export"]  # fmt: skip

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import shared_dataset
 
 from instaseg.core import masks as mask_ops
 from instaseg.data import Dataset
+from tests.conftest import shared_dataset
 
 
 def _rles_by_image(dataset: Dataset) -> dict[str, list[dict]]:

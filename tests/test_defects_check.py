@@ -12,13 +12,13 @@ import json
 import numpy as np
 import pytest
 import shapely
-from conftest import shared_dataset
 from PIL import Image
 
 from instaseg.core import masks as mask_ops
 from instaseg.core.geometry import join_polygons
 from instaseg.data import Dataset
 from instaseg.data.check import check_dataset, count_problems, fix_dataset
+from tests.conftest import shared_dataset
 
 W, H = 40, 30
 OUTER = [5.0, 5.0, 25.0, 5.0, 25.0, 25.0, 5.0, 25.0]

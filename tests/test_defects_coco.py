@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
-from test_bad_input import Case, H, W, _coco
 
 from instaseg.core import io
 from instaseg.core import masks as mask_ops
+from tests.test_bad_input import Case, H, W, _coco
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, shared_dataset
 from PIL import Image
-from test_evaluate import TOLERANCE, make_case, pycocotools_eval
 
 from instaseg.core import events
 from instaseg.core import masks as mask_ops
@@ -21,6 +19,8 @@ from instaseg.data.synth import make_synthetic
 from instaseg.engine.predict import predict_images
 from instaseg.evaluation import evaluate_results, load_predictions
 from instaseg.review.sources import load_prediction_file
+from tests.conftest import assert_one_line_error, shared_dataset
+from tests.test_evaluate import TOLERANCE, make_case, pycocotools_eval
 
 
 class Oracle:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
 from PIL import Image
 from pycocotools import mask as coco_mask
 
 from instaseg.core.geometry import join_polygons
 from instaseg.data import Dataset
 from instaseg.data.convert import Report, open_dataset
+from tests.conftest import assert_one_line_error
 
 W, H = 32, 24
 SQUARE = [[4, 4], [14, 4], [14, 14], [4, 14]]

@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
 from PIL import Image
 
 from instaseg.core import io
 from instaseg.data.convert import convert, open_dataset, write_dataset
 from instaseg.data.dataset import Dataset
 from instaseg.data.formats._common import Report
+from tests.conftest import assert_one_line_error
 
 W, H = 40, 30
 

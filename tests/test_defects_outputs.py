@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
 from PIL import Image
 
 from instaseg.core import io
 from instaseg.core.errors import InstasegError
 from instaseg.core.structures import Instances
+from tests.conftest import assert_one_line_error
 
 W, H = 32, 24
 

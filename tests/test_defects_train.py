@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import typer
-from conftest import TINY_MASKRCNN as TINY
-from conftest import assert_one_line_error
 from PIL import Image
 
 from instaseg.cli import app
@@ -30,6 +28,8 @@ from instaseg.engine.train import Trainer, train
 from instaseg.export import FORMATS
 from instaseg.models import MODELS
 from instaseg.models.maskrcnn import PRESETS
+from tests.conftest import TINY_MASKRCNN as TINY
+from tests.conftest import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough that one iteration takes well under a second on one core.

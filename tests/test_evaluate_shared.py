@@ -6,11 +6,11 @@ import copy
 
 import cv2
 import numpy as np
-from conftest import shared_dataset
-from test_evaluate import TOLERANCE, pycocotools_eval
 
 from instaseg.core import masks as mask_ops
 from instaseg.evaluation import evaluate_results
+from tests.conftest import shared_dataset
+from tests.test_evaluate import TOLERANCE, pycocotools_eval
 
 
 def _perturbed_predictions(dataset, seed: int = 0) -> list[dict]:

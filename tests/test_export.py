@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_predict import write_tiny_checkpoint
 
 from instaseg.core.errors import InstasegError
 from instaseg.engine.predictor import load
 from instaseg.export import OUTPUT_NAMES, export_model, input_size
+from tests.test_predict import write_tiny_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_one_line_error, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+
+from tests.conftest import assert_one_line_error, run_cli
 
 W, H = 32, 24
 SQUARE_X, SQUARE_Y = [4, 14, 14, 4], [4, 4, 14, 14]

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-import tiny_architecture
 import torch
 
+import tests.tiny_architecture as tiny_architecture
 from instaseg.core.masks import paste
 from instaseg.data import Dataset
 from instaseg.engine.predictor import Predictor, load

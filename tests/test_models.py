@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_model_protocol import assert_same_state, module_state
 
 import instaseg
 from instaseg.core.errors import InstasegError
@@ -16,6 +15,7 @@ from instaseg.engine.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_
 from instaseg.engine.predictor import load
 from instaseg.models import MODELS, count_parameters, get_model, list_models, register_model
 from instaseg.models.maskrcnn import BACKBONES, PRESETS
+from tests.test_model_protocol import assert_same_state, module_state
 
 CLASSES = ["circle", "square", "triangle"]
 TINY = {"min_size": 64, "max_size": 64, "train_scales": (1.0,), "box_detections_per_img": 10}

@@ -11,7 +11,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import SHARED, run_cli, shared_dataset
+
+from tests.conftest import SHARED, run_cli, shared_dataset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SHORT_BUDGETS = {"--minutes": "0.3", "--minutes-per-fold": "0.3"}

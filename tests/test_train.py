@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MASKRCNN as TINY
 from PIL import Image
 
 from instaseg.core.errors import InstasegError
@@ -21,6 +20,7 @@ from instaseg.engine.predictor import load
 from instaseg.engine.train import WARMUP_ITERS, Schedule, Trainer, train
 from instaseg.models import get_model
 from instaseg.review.sources import seen_warning, training_image_digests
+from tests.conftest import TINY_MASKRCNN as TINY
 
 # Small enough that one iteration takes well under a second on one core.
 

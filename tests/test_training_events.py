@@ -6,13 +6,13 @@ import json
 import warnings
 
 import pytest
-from conftest import TINY_MASKRCNN as TINY
 
 from instaseg.core import events
 from instaseg.data import Dataset
 from instaseg.data.synth import make_synthetic
 from instaseg.engine.config import TrainConfig
 from instaseg.engine.train import train
+from tests.conftest import TINY_MASKRCNN as TINY
 
 # Small enough that one iteration takes well under a second on one core.
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_dataset
 from PIL import Image
 
 from instaseg.core import masks as mask_ops
@@ -14,6 +13,7 @@ from instaseg.core.structures import Instances
 from instaseg.data import Dataset
 from instaseg.data.convert import open_dataset
 from instaseg.viz import draw_instances, enlarge, instance_color, save_overlays, side_by_side
+from tests.conftest import shared_dataset
 
 
 def _disc(h, w, cy, cx, r):

@@ -66,15 +66,16 @@ def open_project(settings: AppSettings, image_root: str | Path | None = None) ->
     db.migrate()
     with db.write() as session:
         project = session.scalar(select(Project))
+        root: Path | None = None
         if image_root is not None:
             root = Path(image_root).resolve()
             if not root.is_dir():
                 raise InstasegError("no such image folder", file=image_root)
-        else:
-            root = (project_dir / "images").resolve() if project is None else None
+        elif project is None:
+            root = (project_dir / "images").resolve()
+            root.mkdir(parents=True, exist_ok=True)
         if project is None:
             assert root is not None
-            root.mkdir(parents=True, exist_ok=True)
             session.add(Project(name=project_dir.resolve().name, image_root=str(root)))
         elif root is not None:
             project.image_root = str(root)

@@ -28,7 +28,9 @@ def test_upgrade_from_the_first_schema_keeps_the_data(database_url):
         config.attributes["connection"] = connection
         command.upgrade(config, "0001")
     with db.engine.begin() as connection:
-        connection.execute(text("INSERT INTO classes (name, color, position, revision) VALUES ('cat', '#ff0000', 0, 1)"))
+        connection.execute(
+            text("INSERT INTO classes (name, color, position, revision) VALUES ('cat', '#ff0000', 0, 1)")
+        )
         connection.execute(
             text(
                 "INSERT INTO images (file_name, width, height, status, revision, uploaded, extra, created_at, updated_at)"

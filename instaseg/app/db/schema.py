@@ -20,6 +20,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+# SQLite would give the id of a deleted last row to the next one: a history row or a client holding the old id
+# would then name a different record.
+NEVER_REUSED_IDS = {"sqlite_autoincrement": True}
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
@@ -54,6 +59,7 @@ class Project(Base):
     """The one row that names the project and where its images are."""
 
     __tablename__ = "project"
+    __table_args__ = NEVER_REUSED_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     image_root: Mapped[str] = mapped_column(Text)
@@ -62,6 +68,7 @@ class Project(Base):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = NEVER_REUSED_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     role: Mapped[Role] = mapped_column(_enum(Role))
@@ -75,6 +82,7 @@ class AuthToken(Base):
     """A login: only the token's SHA-256 is stored, so a copy of the database logs nobody in."""
 
     __tablename__ = "auth_tokens"
+    __table_args__ = NEVER_REUSED_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -86,6 +94,7 @@ class AuthToken(Base):
 
 class LabelClass(Base):
     __tablename__ = "classes"
+    __table_args__ = NEVER_REUSED_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     color: Mapped[str] = mapped_column(String(7))  # "#rrggbb"
@@ -97,6 +106,7 @@ class LabelClass(Base):
 
 class Image(Base):
     __tablename__ = "images"
+    __table_args__ = NEVER_REUSED_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     # Relative to the project's image root, with "/" separators; never absolute, never "..".
     file_name: Mapped[str] = mapped_column(Text, unique=True)
@@ -121,6 +131,7 @@ class AnnotatedInstance(Base):
     """One object in one image: its class and its mask, the shape it was drawn as, and who made it."""
 
     __tablename__ = "instances"
+    __table_args__ = NEVER_REUSED_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     class_id: Mapped[int] = mapped_column(ForeignKey("classes.id", ondelete="RESTRICT"), index=True)
@@ -171,7 +182,11 @@ class History(Base):
     change_set: Mapped[str] = mapped_column(String(32), index=True)
     reverts: Mapped[int | None] = mapped_column(Integer)
 
-    __table_args__ = (Index("ix_history_image", "image_id", "id"), Index("ix_history_entity", "entity", "entity_id"))
+    __table_args__ = (
+        Index("ix_history_image", "image_id", "id"),
+        Index("ix_history_entity", "entity", "entity_id"),
+        NEVER_REUSED_IDS,
+    )
 
 
 # --- added by the second migration: the machine's side of the project -----------------------------
@@ -195,6 +210,7 @@ class ModelVersion(Base):
     """A trained model of the project: its checkpoint file (relative to the project folder) and metrics."""
 
     __tablename__ = "model_versions"
+    __table_args__ = NEVER_REUSED_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     architecture: Mapped[str] = mapped_column(String(100))
@@ -210,6 +226,7 @@ class Suggestion(Base):
     """One finding of the label review (``instaseg.review``) and what a reviewer decided about it."""
 
     __tablename__ = "suggestions"
+    __table_args__ = NEVER_REUSED_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     instance_id: Mapped[int | None] = mapped_column(Integer)
@@ -232,6 +249,7 @@ class Job(Base):
     """
 
     __tablename__ = "jobs"
+    __table_args__ = NEVER_REUSED_IDS
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -261,4 +279,4 @@ class JobEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
-    __table_args__ = (Index("ix_job_events_job", "job_id", "id"),)
+    __table_args__ = (Index("ix_job_events_job", "job_id", "id"), NEVER_REUSED_IDS)

@@ -21,6 +21,7 @@ def upgrade() -> None:
         sa.Column("image_root", sa.Text(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
 
     op.create_table(
@@ -39,6 +40,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
+        sqlite_autoincrement=True,
     )
 
     op.create_table(
@@ -51,6 +53,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("token_sha256"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("auth_tokens", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_auth_tokens_user_id"), ["user_id"], unique=False)
@@ -67,6 +70,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("hotkey"),
         sa.UniqueConstraint("name"),
+        sqlite_autoincrement=True,
     )
 
     op.create_table(
@@ -99,6 +103,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["assignee_id"], ["users.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("file_name"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_images_assignee_id"), ["assignee_id"], unique=False)
@@ -133,6 +138,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["class_id"], ["classes.id"], ondelete="RESTRICT"),
         sa.ForeignKeyConstraint(["image_id"], ["images.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("instances", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_instances_class_id"), ["class_id"], unique=False)
@@ -159,6 +165,7 @@ def upgrade() -> None:
         sa.Column("reverts", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("history", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_history_change_set"), ["change_set"], unique=False)

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("current", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
 
     op.create_table(
@@ -57,6 +58,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["decided_by"], ["users.id"], ondelete="SET NULL"),
         sa.ForeignKeyConstraint(["image_id"], ["images.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("suggestions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_suggestions_decision"), ["decision"], unique=False)
@@ -98,6 +100,7 @@ def upgrade() -> None:
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(["created_by"], ["users.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_jobs_status"), ["status"], unique=False)
@@ -111,6 +114,7 @@ def upgrade() -> None:
         sa.Column("data", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("job_events", schema=None) as batch_op:
         batch_op.create_index("ix_job_events_job", ["job_id", "id"], unique=False)
