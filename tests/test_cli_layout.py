@@ -9,7 +9,7 @@ import sys
 from tests.conftest import run_cli
 
 PIPELINE = ["convert", "check", "stats", "show", "synth", "models", "train", "quickstart", "predict", "eval",
-            "review", "noise", "export"]  # fmt: skip
+            "review", "noise", "export", "app", "users", "worker", "serve"]  # fmt: skip
 
 
 def _listed_verbs(help_text: str) -> list[str]:

@@ -64,12 +64,13 @@ def appearance_report(shapes: list[tuple[int, int]]) -> list[dict]:
 
 
 def run_bounded(code: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a child Python (this folder importable) allowed ``BOUND`` more bytes of address space
+    """Run ``code`` in a child Python (the tests package importable) allowed ``BOUND`` more bytes of address space
     than its imports took; the timeout only stops a child that would never finish."""
     prelude = textwrap.dedent(f"""
         import resource, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import test_defects_review, instaseg.cli, instaseg.cli.review, instaseg.evaluation, instaseg.review
+        sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+        from tests import test_defects_review
+        import instaseg.cli, instaseg.cli.review, instaseg.evaluation, instaseg.review
         try:
             import torch  # a lazy import of it later would count against the bound
         except ImportError:

@@ -137,7 +137,7 @@ def test_export_refuses_bad_requests(checkpoint, tmp_path, cli):
 
 
 def test_export_leaves_the_shared_model_as_it_was(predictor, tmp_path):
-    from test_model_protocol import assert_same_state, module_state
+    from tests.test_model_protocol import assert_same_state, module_state
 
     image = _images()[1]
     expected = predictor.predict(image, score_threshold=0.0)

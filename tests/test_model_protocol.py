@@ -168,7 +168,7 @@ def test_detections_carry_the_masks_predict_boxes_gives_for_their_boxes():
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     root = tmp_path_factory.mktemp("tiny")
     result = run_cli("synth", root / "data", "--num-train", "6", "--num-val", "3", "--size", "64")

@@ -808,6 +808,19 @@ def create_class(
         supercategory=supercategory,
         revision=1,
     )
+    _insert_class(session, label_class, fields, user_id=user_id, change_set=change_set or new_change_set())
+    return label_class
+
+
+def _insert_class(
+    session: Session,
+    label_class: LabelClass,
+    fields: dict[str, Any],
+    *,
+    user_id: int | None,
+    change_set: str,
+    reverts: int | None = None,
+) -> None:
     session.add(label_class)
     _flush_unique(session, fields)
     _record(
@@ -819,11 +832,11 @@ def create_class(
         None,
         class_json(label_class),
         user_id=user_id,
-        change_set=change_set or new_change_set(),
+        change_set=change_set,
         moment=now(),
+        reverts=reverts,
     )
     session.flush()
-    return label_class
 
 
 def _update_class(
@@ -1059,22 +1072,7 @@ def _revert_class(
         fields = {k: row.before[k] for k in CLASS_FIELDS}
         _check_unique(session, fields, None)
         label_class = LabelClass(id=row.entity_id, revision=row.before["revision"] + 1, **fields)
-        session.add(label_class)
-        _flush_unique(session, fields)
-        _record(
-            session,
-            "class",
-            label_class.id,
-            None,
-            HistoryAction.create,
-            None,
-            class_json(label_class),
-            user_id=user_id,
-            change_set=change_set,
-            moment=now(),
-            reverts=row.id,
-        )
-        session.flush()
+        _insert_class(session, label_class, fields, user_id=user_id, change_set=change_set, reverts=row.id)
         return RevertResult(change_set, "class", label_class.id)
     if current is None:
         raise conflict("history_id", f"class {row.entity_id} is deleted; revert its deletion first", None)

@@ -26,23 +26,31 @@ class BodyLimit:
             await _too_large(send, limit)
             return
         seen = 0
+        refused = False
 
         async def counted() -> Message:
-            nonlocal seen
+            # The 413 goes out the moment the count passes the limit; the application then sees the client
+            # gone, and whatever it makes of that (a parse error, an exception) is not sent.
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise _BodyTooLarge
+                refused = True
+                await _too_large(send, limit)
+                return {"type": "http.disconnect"}
             return message
 
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
+
         try:
-            await self.app(scope, counted, send)
-        except _BodyTooLarge:
-            await _too_large(send, limit)
-
-
-class _BodyTooLarge(Exception):
-    pass
+            await self.app(scope, counted, unless_refused)
+        except Exception:
+            if not refused:
+                raise
 
 
 def _is_upload(scope: Scope) -> bool:
