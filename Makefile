@@ -8,7 +8,7 @@ quickstart: $(VENV)/.installed
 	$(BIN)/instaseg quickstart --out runs/quickstart --overwrite
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # Lint, format, types and the import direction between the pipeline's folders (pyproject.toml).
 lint: $(VENV)/.installed

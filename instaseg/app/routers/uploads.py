@@ -111,14 +111,15 @@ def upload_images(files: list[UploadFile] = File(...), db: Database = Depends(ge
                 if existing is not None or (folder / item.name).exists():
                     current = None if existing is None else image_json(existing, _instance_count(session, existing))
                     raise ApiError(409, f"{item.field}.filename", f"{file_name!r} exists", current=current)
-                with io.atomic_path(folder / item.name) as temporary:
+                # The name was free a moment ago, and the flush below claims it (a concurrent upload of the
+                # same name waits there and then fails), so only the row's owner ever renames into place;
+                # the check at the rename would race with that owner's own rename.
+                with io.atomic_path(folder / item.name, overwrite=True) as temporary:
                     temporary.write_bytes(item.data)
                     width, height = io.image_size(temporary)
                     sha1 = hashlib.sha1(item.data).hexdigest()
                     row = Image(file_name=file_name, width=width, height=height, sha1=sha1, uploaded=True)
                     session.add(row)
-                    # The row claims the name before the file is renamed into place: a concurrent upload of
-                    # the same name waits here and then fails, so it never replaces this file.
                     session.flush()
                 written.append(folder / item.name)
                 rows.append(row)
